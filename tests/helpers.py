@@ -1,0 +1,42 @@
+"""Small builders shared by the tests (plain functions, imported explicitly)."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import yaml
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs")
+
+
+def base_config(source_dir: str) -> dict:
+    """A small valid job: three local parquet sources under `source_dir`, three stages."""
+    return copy.deepcopy({
+        "run": {"name": "t", "workers": 2, "use_gpu": False, "seed": 7},
+        "data": {"tokenizer": "gpt2"},
+        "sources": {
+            name: {"path": os.path.join(source_dir, name, "*.parquet"), "format": "parquet"}
+            for name in ("fineweb", "math", "code")
+        },
+        "model": {"preset": "tiny", "backend": "torch"},
+        "optimizer": {"peak_lr": 1e-3, "warmup_tokens": 100},
+        "curriculum": {
+            "target_tokens": 2048 + 4096 + 8192,
+            "stages": [
+                {"name": "a", "seq_len": 8, "tokens": 2048, "batch_size": 16,
+                 "mix": {"fineweb": 0.5, "math": 0.25, "code": 0.25}},
+                {"name": "b", "seq_len": 16, "tokens": 4096, "batch_size": 16,
+                 "mix": {"fineweb": 0.75, "math": 0.25, "code": 0.0}},
+                {"name": "c", "seq_len": 32, "tokens": 8192, "batch_size": 8,
+                 "mix": {"fineweb": 0.5, "math": 0.25, "code": 0.25}},
+            ],
+        },
+    })
+
+
+def write_yaml(path: str, data: dict) -> str:
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(data, f, sort_keys=False)
+    return path

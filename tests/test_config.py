@@ -1,0 +1,248 @@
+"""Config loading: every shipped config, every bad-input case, --set overrides."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import CONFIGS, REPO, base_config, write_yaml
+from yxanul_ray.cli import main
+from yxanul_ray.config import ConfigError, load_job, stage_stride
+
+USER_STAGES = [
+    ("Basic Patterns", 8, 10_000_000, (0.95, 0.05, 0.0)),
+    ("Sentences", 16, 20_000_000, (0.95, 0.05, 0.0)),
+    ("Paragraphs", 32, 30_000_000, (0.90, 0.08, 0.02)),
+    ("Extended Context", 64, 40_000_000, (0.85, 0.10, 0.05)),
+    ("Reasoning Development", 128, 75_000_000, (0.80, 0.12, 0.08)),
+    ("Complex Patterns", 256, 100_000_000, (0.75, 0.15, 0.10)),
+    ("Integration", 512, 125_000_000, (0.70, 0.18, 0.12)),
+    ("Deep Understanding", 768, 150_000_000, (0.65, 0.20, 0.15)),
+    ("Expert Reasoning", 1536, 200_000_000, (0.60, 0.22, 0.18)),
+    ("Final Polish", 2048, 250_000_000, (0.55, 0.25, 0.20)),
+]
+
+
+def test_user_curriculum_is_exactly_the_users_table():
+    job = load_job(os.path.join(CONFIGS, "yxanul_270m_progressive_curriculum.yaml"))
+    assert job.curriculum.target_tokens == 1_000_000_000
+    got = [(s.name, s.seq_len, s.tokens, tuple(s.mix[k] for k in ("fineweb", "math", "code")))
+           for s in job.curriculum.stages]
+    assert got == USER_STAGES
+    assert job.sources["fineweb"].hf == "HuggingFaceFW/fineweb-edu"
+    assert job.sources["fineweb"].hf_config == "sample-10BT"
+    assert job.sources["math"].hf == "Yxanul/cc-math-finest"
+    assert job.sources["code"].hf == "Yxanul/python-finest-pretrain"
+    assert all(s.text_field == "text" for s in job.sources.values())
+    for st in job.curriculum.stages:
+        assert st.global_batch % 8 == 0 and st.global_batch % job.run.workers == 0
+        assert 100_000 <= st.step_tokens <= 200_000  # sensible for a 270M model on H100s
+
+
+def test_demo_config_keeps_stage_names_seq_lens_and_mixes(demo_paths_in_cwd):
+    job = load_job(os.path.join(CONFIGS, "demo.yaml"))
+    got = [(s.name, s.seq_len, tuple(s.mix[k] for k in ("fineweb", "math", "code")))
+           for s in job.curriculum.stages]
+    assert got == [(n, q, m) for n, q, _, m in USER_STAGES]
+    assert job.curriculum.target_tokens < 10_000_000
+    assert not job.run.use_gpu
+
+
+def test_every_shipped_config_loads(demo_paths_in_cwd):
+    files = glob.glob(os.path.join(CONFIGS, "*.yaml"))
+    assert len(files) >= 2
+    for path in files:
+        assert load_job(path).curriculum.stages
+
+
+def _fails(tmp_path, data, *fragments, overrides=()):
+    path = write_yaml(str(tmp_path / "job.yaml"), data)
+    with pytest.raises(ConfigError) as err:
+        load_job(path, list(overrides))
+    msg = str(err.value)
+    assert msg.startswith(path), msg
+    for frag in fragments:
+        assert frag in msg, msg
+    return msg
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("run:\n  workers: 2\n  name: [unclosed\nsources: {}\n")
+    with pytest.raises(ConfigError) as err:
+        load_job(str(path))
+    assert "YAML syntax error" in str(err.value) and "line " in str(err.value)
+
+
+def test_unknown_key(tmp_path, placeholder_sources):
+    data = base_config(placeholder_sources)
+    data["run"]["wrokers"] = 3
+    _fails(tmp_path, data, "run.wrokers", "unknown key", "workers")
+
+
+def test_unknown_top_level_key(tmp_path, placeholder_sources):
+    data = base_config(placeholder_sources)
+    data["trainer"] = {}
+    _fails(tmp_path, data, "trainer", "unknown key")
+
+
+def test_missing_key(tmp_path, placeholder_sources):
+    data = base_config(placeholder_sources)
+    del data["curriculum"]["stages"][1]["seq_len"]
+    _fails(tmp_path, data, "curriculum.stages[1].seq_len", "missing required key")
+
+
+def test_missing_section(tmp_path, placeholder_sources):
+    data = base_config(placeholder_sources)
+    del data["curriculum"]
+    _fails(tmp_path, data, "curriculum", "missing")
+
+
+def test_wrong_type(tmp_path, placeholder_sources):
+    data = base_config(placeholder_sources)
+    data["curriculum"]["stages"][0]["tokens"] = "lots"
+    _fails(tmp_path, data, "curriculum.stages[0].tokens", "expected an integer")
+
+
+def test_wrong_type_bool(tmp_path, placeholder_sources):
+    data = base_config(placeholder_sources)
+    data["run"]["use_gpu"] = "yes please"
+    _fails(tmp_path, data, "run.use_gpu", "true or false")
+
+
+def test_mix_not_summing_to_one(tmp_path, placeholder_sources):
+    data = base_config(placeholder_sources)
+    data["curriculum"]["stages"][2]["mix"]["fineweb"] = 0.45
+    _fails(tmp_path, data, "curriculum.stages[2].mix", "sum to 0.95", "must sum to 1")
+
+
+def test_mix_names_undeclared_source(tmp_path, placeholder_sources):
+    data = base_config(placeholder_sources)
+    data["curriculum"]["stages"][0]["mix"] = {"fineweb": 0.5, "wiki": 0.5}
+    _fails(tmp_path, data, "curriculum.stages[0].mix.wiki", "no declared source", "fineweb, math, code")
+
+
+@pytest.mark.parametrize("seq_len", [0, -8, 4096])
+def test_bad_seq_len(tmp_path, placeholder_sources, seq_len):
+    data = base_config(placeholder_sources)
+    data["curriculum"]["stages"][1]["seq_len"] = seq_len
+    _fails(tmp_path, data, "curriculum.stages[1].seq_len", "1..2048")
+
+
+def test_batch_not_multiple_of_8(tmp_path, placeholder_sources):
+    data = base_config(placeholder_sources)
+    data["curriculum"]["stages"][0]["batch_size"] = 12
+    _fails(tmp_path, data, "curriculum.stages[0].batch_size", "multiple of 8")
+
+
+def test_tokens_per_step_alternative(tmp_path, placeholder_sources):
+    data = base_config(placeholder_sources)
+    del data["curriculum"]["stages"][0]["batch_size"]
+    data["curriculum"]["stages"][0]["tokens_per_step"] = 128
+    job = load_job(write_yaml(str(tmp_path / "ok.yaml"), data))
+    assert job.curriculum.stages[0].global_batch == 16
+    data["curriculum"]["stages"][0]["tokens_per_step"] = 100
+    _fails(tmp_path, data, "curriculum.stages[0].tokens_per_step", "multiple of seq_len")
+
+
+@pytest.mark.parametrize("tokens", [0, -5])
+def test_tokens_not_positive(tmp_path, placeholder_sources, tokens):
+    data = base_config(placeholder_sources)
+    data["curriculum"]["stages"][0]["tokens"] = tokens
+    _fails(tmp_path, data, "curriculum.stages[0].tokens", "> 0")
+
+
+def test_budgets_not_adding_up(tmp_path, placeholder_sources):
+    data = base_config(placeholder_sources)
+    data["curriculum"]["target_tokens"] += 1
+    _fails(tmp_path, data, "curriculum.target_tokens", "add up to 14,336")
+    data["curriculum"]["target_tokens"] -= 2
+    _fails(tmp_path, data, "curriculum.target_tokens", "add up to")
+
+
+def test_duplicate_stage_names(tmp_path, placeholder_sources):
+    data = base_config(placeholder_sources)
+    data["curriculum"]["stages"][2]["name"] = "a"
+    _fails(tmp_path, data, "curriculum.stages[2].name", "duplicate")
+
+
+def test_local_path_matching_nothing(tmp_path, placeholder_sources):
+    data = base_config(placeholder_sources)
+    data["sources"]["math"]["path"] = str(tmp_path / "nowhere" / "*.parquet")
+    _fails(tmp_path, data, "sources.math.path", "matches no file")
+
+
+def test_source_needs_exactly_one_location(tmp_path, placeholder_sources):
+    data = base_config(placeholder_sources)
+    data["sources"]["math"]["hf"] = "someone/math"
+    _fails(tmp_path, data, "sources.math", "exactly one")
+
+
+def test_bad_literal(tmp_path, placeholder_sources):
+    data = base_config(placeholder_sources)
+    data["sources"]["math"]["format"] = "csv"
+    _fails(tmp_path, data, "sources.math.format", "'parquet', 'jsonl'")
+
+
+def test_unknown_model_override(tmp_path, placeholder_sources):
+    data = base_config(placeholder_sources)
+    data["model"]["overrides"] = {"d_modle": 64}
+    _fails(tmp_path, data, "model.overrides.d_modle", "unknown model field")
+
+
+def test_fp8_shape_rejected_at_config_time(tmp_path, placeholder_sources):
+    data = base_config(placeholder_sources)
+    data["model"]["overrides"] = {"d_model": 40, "n_heads": 4, "n_kv_heads": 2}
+    data["curriculum"]["stages"][0]["fp8"] = True
+    _fails(tmp_path, data, "curriculum.stages[0].fp8", "multiple of 16")
+
+
+def test_set_overrides_apply_and_validate(tmp_path, placeholder_sources):
+    path = write_yaml(str(tmp_path / "job.yaml"), base_config(placeholder_sources))
+    job = load_job(path, ["run.workers=4", "curriculum.stages.1.seq_len=32", "optimizer.peak_lr=3e-4",
+                          "curriculum.stages.c.lr_scale=0.5", "model.overrides.d_model=64"])
+    assert job.run.workers == 4
+    assert job.curriculum.stages[1].seq_len == 32
+    assert job.optimizer.peak_lr == 3e-4
+    assert job.curriculum.stages[2].lr_scale == 0.5
+    assert job.model.shape.d_model == 64
+    with pytest.raises(ConfigError, match="curriculum.stages\\[0\\].batch_size"):
+        load_job(path, ["curriculum.stages.0.batch_size=10"])
+    with pytest.raises(ConfigError, match="run.bogus"):
+        load_job(path, ["run.bogus=1"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_job(path, ["run.workers"])
+    with pytest.raises(ConfigError, match="no list item named"):
+        load_job(path, ["curriculum.stages.zzz.tokens=5"])
+
+
+def test_overlap_policy_gives_stride(tmp_path, placeholder_sources):
+    data = base_config(placeholder_sources)
+    data["curriculum"]["overlap"] = 0.5
+    data["curriculum"]["overlap_above_seq_len"] = 8
+    job = load_job(write_yaml(str(tmp_path / "job.yaml"), data))
+    strides = [stage_stride(job.curriculum, s) for s in job.curriculum.stages]
+    assert strides == [8, 8, 16]
+
+
+def test_cli_exit_code_2_before_torch_or_ray(tmp_path, placeholder_sources):
+    data = base_config(placeholder_sources)
+    data["curriculum"]["stages"][0]["mix"]["fineweb"] = 0.9
+    path = write_yaml(str(tmp_path / "job.yaml"), data)
+    code = (
+        "import sys; from yxanul_ray.cli import main; rc = main(['plan', sys.argv[1]]); "
+        "assert 'torch' not in sys.modules and 'ray' not in sys.modules, 'heavy import'; sys.exit(rc)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2, proc.stderr
+    assert "curriculum.stages[0].mix" in proc.stderr and path in proc.stderr
+    assert proc.stderr.count("\n") == 1  # one message, no traceback
+
+
+def test_cli_missing_file(capsys):
+    assert main(["plan", "/nonexistent/job.yaml"]) == 2
+    assert "no such config file" in capsys.readouterr().err

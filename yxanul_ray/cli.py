@@ -1,0 +1,64 @@
+"""`yxanul-ray` command line: plan, demo-data, check, train, export.
+
+Each command validates its config before importing torch or Ray, so bad input costs a second,
+not a cluster start. Exit codes: 0 success, 1 a failed check or run, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from yxanul_ray.config import ConfigError, load_job
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="curriculum YAML, e.g. configs/demo.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set run.workers=2 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="yxanul-ray", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plan", help="print the stage table, totals, warnings and a time estimate")
+    _add_config_args(p)
+
+    p = sub.add_parser("demo-data", help="build the offline demo corpus (parquet) in DIR")
+    p.add_argument("dir", nargs="?", default="data/demo")
+    p.add_argument("--scale", type=float, default=1.0, help="corpus size multiplier (benchmarks)")
+    return parser
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from yxanul_ray.plan import render_plan
+
+    job = load_job(args.config, args.overrides)
+    print(render_plan(job))
+    return 0
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from yxanul_ray.demo_corpus import build_demo_corpus
+
+    counts = build_demo_corpus(args.dir, scale=args.scale)
+    for name, (docs, chars) in counts.items():
+        print(f"{name}: {docs:,} documents, {chars:,} characters -> {args.dir}/{name}/")
+    return 0
+
+
+COMMANDS = {"plan": cmd_plan, "demo-data": cmd_demo_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

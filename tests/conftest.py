@@ -28,3 +28,35 @@ def demo_paths_in_cwd(tmp_path, monkeypatch):
 
 def pytest_report_header(config):
     return f"cwd: {os.getcwd()}"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster for the session (4 logical CPUs on the 2 real cores, so train
+    workers and Ray Data tasks never starve each other)."""
+    from yxanul_ray.raycluster import local_ray_env, quiet_ray_data
+
+    local_ray_env()
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}})
+    quiet_ray_data()
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory):
+    from yxanul_ray.demo_corpus import build_demo_corpus
+
+    root = tmp_path_factory.mktemp("demo")
+    build_demo_corpus(str(root))
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def ray_ledger(ray_cluster):
+    from yxanul_ray.ledger import StageLedger
+
+    return StageLedger.remote()

@@ -41,6 +41,9 @@ class SourceSpec:
     hf_config: str | None = None
     """Dataset config (subset) name, e.g. `sample-10BT`; its files live under that folder."""
     split: str = "train"
+    hf_mirror: str | None = None
+    """A local directory laid out like hf:// (datasets/<repo>/...): the Hub code path, read from
+    disk, for air-gapped clusters and tests."""
     path: str | None = None
     """Local file or glob (relative paths are relative to the working directory)."""
     format: Literal["parquet", "jsonl"] = "parquet"
@@ -141,6 +144,8 @@ class DataSpec:
     """Documents per tokenizer call in Ray Data's map_batches."""
     data_cpus: float = 0.25
     """Logical CPUs each Ray Data task reserves; small so train workers never starve the pipeline."""
+    tokenizer_actors: int = 2
+    """Most tokenizer actors per source (Ray Data scales the pool between 1 and this)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,12 +165,12 @@ class RunSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class JobSpec:
-    run: RunSpec
-    data: DataSpec
     sources: dict[str, SourceSpec]
-    model: ModelSpec
-    optimizer: OptimizerSpec
     curriculum: CurriculumSpec
+    run: RunSpec = field(default_factory=RunSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     path: str = ""
     """The YAML file this came from (for messages)."""
 
@@ -366,6 +371,8 @@ def _validate(job: JobSpec) -> None:
         where = f"sources.{name}"
         if (src.hf is None) == (src.path is None):
             fail(where, "give exactly one of `hf` (a hub dataset id) or `path` (local files)")
+        if src.hf_mirror is not None and not os.path.isdir(os.path.expanduser(src.hf_mirror)):
+            fail(f"{where}.hf_mirror", f"{src.hf_mirror!r} is not a directory")
         if src.path is not None and not _matches(src.path):
             fail(f"{where}.path", f"{src.path!r} matches no file; build the demo corpus with "
                  "`yxanul-ray demo-data data/demo` or fix the path")
@@ -405,6 +412,8 @@ def _validate(job: JobSpec) -> None:
         fail("run.cpus_per_worker", "must be > 0")
     if run.checkpoint_every_tokens < 0:
         fail("run.checkpoint_every_tokens", "must be >= 0 (0: stage boundaries only)")
+    if job.data.tokenizer_actors < 1 or job.data.data_cpus <= 0:
+        fail("data.tokenizer_actors" if job.data.tokenizer_actors < 1 else "data.data_cpus", "must be > 0")
     if job.data.max_doc_chars < 1000:
         fail("data.max_doc_chars", "must be >= 1000")
 

@@ -1,0 +1,58 @@
+"""Running stages of the real Ray Data pipeline from tests (plain functions)."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tests.helpers import CONFIGS
+from yxanul_ray.config import load_job
+from yxanul_ray.cursors import SourceCursor
+from yxanul_ray.hub import resolve_files
+from yxanul_ray.stage_data import build_stage_data, iter_worker_batches
+from yxanul_ray.tokenizer import load_tokenizer
+
+
+def demo_job(corpus: str, *extra: str, scale: int = 10):
+    """configs/demo.yaml on `corpus`, every stage budget divided by `scale` (the target too)."""
+    from yxanul_ray.config import read_yaml
+
+    raw = read_yaml(os.path.join(CONFIGS, "demo.yaml"))
+    total = 0
+    overrides = [f"sources.{s}.path={corpus}/{s}/*.parquet" for s in ("fineweb", "math", "code")]
+    for i, st in enumerate(raw["curriculum"]["stages"]):
+        tokens = st["tokens"] // scale
+        total += tokens
+        overrides.append(f"curriculum.stages.{i}.tokens={tokens}")
+    overrides.append(f"curriculum.target_tokens={total}")
+    return load_job(os.path.join(CONFIGS, "demo.yaml"), overrides + list(extra))
+
+
+def run_stage(job, stage_index: int, cursors: dict, world: int, ledger, files=None):
+    """Consume one stage on `world` concurrent consumers; returns (per-rank batches, end state)."""
+    import ray
+
+    files = files or {s: resolve_files(spec) for s, spec in job.sources.items()}
+    eos = load_tokenizer(job.data.tokenizer).eos_id
+    sd = build_stage_data(job, stage_index, cursors, world, files, eos, ledger)
+    ids = {n: i for i, n in enumerate(job.sources)}
+    splits = sd.split(world)
+    with ThreadPoolExecutor(max_workers=world) as pool:
+        per_rank = list(pool.map(lambda its: list(iter_worker_batches(its, sd.schedule, ids)), splits))
+    end = ray.get(sd.end_state)
+    return sd, per_rank, end
+
+
+def next_cursors(end: dict, cursors: dict) -> dict:
+    out = dict(cursors)
+    out.update({s: SourceCursor.from_dict(v["cursor"]) for s, v in end.items()})
+    return out
+
+
+def write_docs(path: str, texts: list, *, binary: bool = False, row_group_size: int = 4) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    typ = pa.binary() if binary else pa.string()
+    pq.write_table(pa.table({"text": pa.array(texts, typ)}), path, row_group_size=row_group_size)

@@ -1,0 +1,139 @@
+"""Pure packing and mixing: integer fixtures, exact expectations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from yxanul_ray.curriculum import plan_stage
+from yxanul_ray.cursors import SourceCursor, file_order
+from yxanul_ray.mixing import MixSchedule
+from yxanul_ray.packing import Packer
+
+EOS = 0
+
+
+def docs(n: int, seed: int = 0) -> list[np.ndarray]:
+    """Documents of varied length whose tokens are unique stream positions (1, 2, 3, ...)."""
+    rng = np.random.default_rng(seed)
+    out, nxt = [], 1
+    for _ in range(n):
+        length = int(rng.integers(1, 40))
+        out.append(np.arange(nxt, nxt + length, dtype=np.int32))
+        nxt += length
+    return out
+
+
+def stream_of(ds: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.append(d, EOS) for d in ds])
+
+
+def pack_all(packer: Packer, ds, start_doc: int = 0, batch: int = 7) -> np.ndarray:
+    rows = []
+    for i in range(start_doc, len(ds), batch):
+        for j, d in enumerate(ds[i:i + batch]):
+            packer.add((0, 0, i + j, 0), d, True)
+        rows.append(packer.take_rows())
+    return np.concatenate(rows)
+
+
+@pytest.mark.parametrize("seq_len", [1, 4, 8, 31])
+def test_eos_after_every_document_and_no_token_lost(seq_len):
+    ds = docs(50)
+    stream = stream_of(ds)
+    max_rows = (len(stream) - 1) // seq_len
+    p = Packer(seq_len, seq_len, EOS, max_rows, SourceCursor())
+    rows = pack_all(p, ds)
+    assert rows.shape == (max_rows, seq_len + 1)
+    # Consecutive rows share one token; stitched back they are the stream itself.
+    assert (rows[1:, 0] == rows[:-1, -1]).all()
+    rebuilt = np.concatenate([rows[0], *(r[1:] for r in rows[1:])])
+    assert (rebuilt == stream[:len(rebuilt)]).all()
+    assert len(stream) - len(rebuilt) < seq_len + 1  # only the unfinished tail remains
+    assert p.stats.trained_tokens == max_rows * seq_len
+    assert p.stats.eos == int((rows[:, 1:] == EOS).sum())
+
+
+def test_overlap_stride_repeats_targets_and_counts_distinct():
+    ds = docs(30)
+    stream = stream_of(ds)
+    p = Packer(8, 4, EOS, 20, SourceCursor())
+    rows = pack_all(p, ds)
+    for i, r in enumerate(rows):
+        assert (r == stream[i * 4:i * 4 + 9]).all()
+    stats = p.final_stats()
+    assert stats.trained_tokens == 160 and stats.distinct_tokens == 19 * 4 + 8
+
+
+def test_cursor_resume_continues_the_stream_exactly():
+    """Stage k then stage k+1 from its cursor == one continuous stream: no repeat, no loss."""
+    ds = docs(80, seed=3)
+    stream = stream_of(ds)
+    first = Packer(8, 8, EOS, 25, SourceCursor())
+    rows_a = pack_all(first, ds)
+    cur = first.end_cursor()
+    second = Packer(16, 16, EOS, 10, cur)
+    rows_b = pack_all(second, ds, start_doc=cur.row)
+    targets = np.concatenate([rows_a[:, 1:].ravel(), rows_b[:, 1:].ravel()])
+    assert (targets == stream[1:1 + len(targets)]).all()
+    assert rows_b[0, 0] == rows_a[-1, -1]  # the last target is reused only as an input
+
+
+def test_cursor_inside_a_document_points_at_its_token():
+    ds = [np.arange(1, 101, dtype=np.int32)]  # one 100-token document
+    p = Packer(10, 10, EOS, 3, SourceCursor())
+    p.add((0, 0, 0, 0), ds[0], True)
+    p.take_rows()
+    assert p.end_cursor() == SourceCursor(0, 0, 0, 0, 30)
+
+
+def test_stops_at_max_rows_and_ignores_later_documents():
+    ds = docs(40)
+    p = Packer(4, 4, EOS, 5, SourceCursor())
+    rows = pack_all(p, ds)
+    assert len(rows) == 5 and p.done
+    p.note_bad("null")  # after the stage's end: belongs to the next stage
+    assert p.stats.bad == {}
+
+
+def test_wrap_is_counted():
+    p = Packer(4, 4, EOS, 100, SourceCursor())
+    p.add((0, 0, 0, 0), np.arange(1, 5, dtype=np.int32), True)
+    p.add((1, 0, 0, 0), np.arange(1, 5, dtype=np.int32), True)
+    assert p.stats.wraps == 1
+
+
+def test_file_order_sorted_first_then_seeded():
+    assert file_order(5, 0, 1, "math") == [0, 1, 2, 3, 4]
+    assert file_order(50, 1, 1, "math") == file_order(50, 1, 1, "math")
+    assert file_order(50, 1, 1, "math") != file_order(50, 2, 1, "math")
+    assert file_order(50, 1, 1, "math") != file_order(50, 1, 2, "math")
+    assert sorted(file_order(50, 3, 1, "math")) == list(range(50))
+
+
+@pytest.mark.parametrize("weights", [(0.95, 0.05), (0.55, 0.25, 0.20), (0.9, 0.08, 0.02), (1 / 3, 1 / 3, 1 / 3)])
+@pytest.mark.parametrize("rows", [8, 13, 64, 256])
+def test_mix_every_batch_within_one_row(weights, rows):
+    names = tuple("abc"[:len(weights)])
+    sched = MixSchedule(names, weights, (rows,) * 50 + (rows // 2 + 1,))
+    given = dict.fromkeys(names, 0)
+    target = dict.fromkeys(names, 0.0)
+    for step_rows, counts in zip(sched.step_rows, sched.counts()):
+        assert sum(counts.values()) == step_rows
+        for s, w in zip(names, weights):
+            assert abs(counts[s] - w * step_rows) < 1.0 + 1e-9
+            given[s] += counts[s]
+            target[s] += w * step_rows
+            assert abs(given[s] - target[s]) < 1.0 + 1e-9  # the stage total never drifts either
+    assert list(sched.counts()) == list(sched.counts())  # deterministic
+
+
+def test_mix_plan_totals_match_stage_rows():
+    from yxanul_ray.config import StageSpec
+    from yxanul_ray.mixing import build_schedule
+
+    st = StageSpec(name="x", seq_len=8, tokens=10_000, batch_size=64, mix={"a": 0.9, "b": 0.1, "c": 0.0})
+    plan = plan_stage(st, 0, 0, 2)
+    sched = build_schedule(st.mix, plan, 2)
+    assert sched.sources == ("a", "b")
+    assert sum(sched.totals_per_worker().values()) * 2 == plan.rows

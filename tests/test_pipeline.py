@@ -1,0 +1,246 @@
+"""The Ray Data pipeline on a real local cluster: real parquet/jsonl files, the real GPT-2 BPE."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from tests.pipeline_helpers import demo_job, next_cursors, run_stage, write_docs
+from yxanul_ray.config import ConfigError, job_from_dict, load_job
+from yxanul_ray.cursors import SourceCursor
+from yxanul_ray.hub import SourceUnavailable, resolve_files
+from yxanul_ray.tokenizer import load_tokenizer
+
+pytestmark = pytest.mark.ray
+TOK = load_tokenizer("gpt2")
+
+
+def one_source_job(path: str, *, fmt: str = "parquet", seq_len: int = 8, tokens: int = 256, batch: int = 8,
+                   max_doc_chars: int = 1_000_000, seed: int = 1, holdout: int = 0, extra_stages=()):
+    stages = [{"name": "s0", "seq_len": seq_len, "tokens": tokens, "batch_size": batch, "mix": {"a": 1.0}}]
+    stages += list(extra_stages)
+    return job_from_dict({
+        "run": {"workers": 1, "seed": seed},
+        "data": {"max_doc_chars": max_doc_chars, "tokenizer_actors": 1},
+        "sources": {"a": {"path": path, "format": fmt, "validation_docs": holdout}},
+        "model": {"preset": "tiny"},
+        "curriculum": {"target_tokens": sum(s["tokens"] for s in stages), "stages": stages},
+    }, "<test>")
+
+
+def stream_tokens(texts: list[str]) -> np.ndarray:
+    return np.concatenate([np.append(np.array(ids, dtype=np.int32), TOK.eos_id) for ids in TOK.encode_batch(texts)])
+
+
+def rows_of(per_rank) -> np.ndarray:
+    return np.concatenate([b["tokens"] for rank in per_rank for b in rank])
+
+
+def test_eos_placement_and_no_lost_tokens(ray_cluster, tmp_path, ray_ledger):
+    texts = [f"Document number {i} says: " + "lorem ipsum " * (i % 7 + 1) for i in range(40)]
+    write_docs(str(tmp_path / "a" / "part-0.parquet"), texts[:25])
+    write_docs(str(tmp_path / "a" / "part-1.parquet"), texts[25:])
+    stream = stream_tokens(texts)
+    seq_len = 8
+    usable = (len(stream) - 1) // seq_len * seq_len
+    job = one_source_job(str(tmp_path / "a" / "*.parquet"), seq_len=seq_len, tokens=usable, batch=8)
+    _, per_rank, end = run_stage(job, 0, {}, 1, ray_ledger)
+    rows = rows_of(per_rank)
+    assert rows.shape[1] == seq_len + 1
+    targets = rows[:, 1:].ravel()
+    # Every token of every document, in order, with EOS after each; nothing lost across
+    # row groups or files (masked positions of the final partial step are still in the rows).
+    assert (targets[:usable] == stream[1:1 + usable]).all()
+    stats = end["a"]["stats"]
+    assert stats["documents"] == 40 and stats["eos"] == int((targets == TOK.eos_id).sum())
+
+
+def test_no_document_repeated_across_stages(ray_cluster, tmp_path, ray_ledger):
+    texts = [f"Unique doc {i}: " + " ".join(f"w{i}x{j}" for j in range(i % 5 + 3)) for i in range(120)]
+    write_docs(str(tmp_path / "a" / "part-0.parquet"), texts[:30], row_group_size=7)
+    write_docs(str(tmp_path / "a" / "part-1.parquet"), texts[30:], row_group_size=7)
+    stream = stream_tokens(texts)
+    stage2 = {"name": "s1", "seq_len": 16, "tokens": 512, "batch_size": 8, "mix": {"a": 1.0}}
+    stage3 = {"name": "s2", "seq_len": 4, "tokens": 96, "batch_size": 8, "mix": {"a": 1.0}}
+    job = one_source_job(str(tmp_path / "a" / "*.parquet"), seq_len=8, tokens=512, extra_stages=[stage2, stage3])
+    cursors, trained = {}, []
+    for k in range(3):
+        _, per_rank, end = run_stage(job, k, cursors, 1, ray_ledger)
+        trained.append(rows_of(per_rank)[:, 1:].ravel())
+        cursors = next_cursors(end, cursors)
+        assert end["a"]["stats"]["wraps"] == 0
+    targets = np.concatenate(trained)
+    assert (targets == stream[1:1 + len(targets)]).all()  # each stage starts where the last stopped
+    assert cursors["a"].file_pos == 1  # the cursor crossed into the second file
+
+
+def test_wraps_when_a_source_runs_dry(ray_cluster, tmp_path, ray_ledger):
+    texts = [f"tiny corpus doc {i}" for i in range(6)]
+    write_docs(str(tmp_path / "a" / "part-0.parquet"), texts[:3])
+    write_docs(str(tmp_path / "a" / "part-1.parquet"), texts[3:])
+    per_epoch = len(stream_tokens(texts))
+    job = one_source_job(str(tmp_path / "a" / "*.parquet"), seq_len=8, tokens=8 * 8 * ((3 * per_epoch) // 64 + 1))
+    _, per_rank, end = run_stage(job, 0, {}, 1, ray_ledger)
+    stats = end["a"]["stats"]
+    assert stats["wraps"] >= 3
+    assert end["a"]["cursor"]["epoch"] == stats["wraps"]
+    assert rows_of(per_rank).shape[0] * 8 >= job.curriculum.stages[0].tokens
+
+
+def piece_tokens(text: str, max_chars: int) -> np.ndarray:
+    """A document's tokens as the pipeline makes them: pieces of max_chars, then one EOS."""
+    pieces = [text[i:i + max_chars] for i in range(0, len(text), max_chars)]
+    ids = [t for p in TOK.encode_batch(pieces) for t in p]
+    return np.array(ids + [TOK.eos_id], dtype=np.int32)
+
+
+def test_every_bad_row_kind_is_counted(ray_cluster, tmp_path, ray_ledger):
+    good = [f"A good document {i} with several words in it." for i in range(8)]
+    long_doc = "word " * 500  # 2,500 characters: split into three 1,000-character pieces
+    write_docs(str(tmp_path / "p" / "part-0.parquet"), [good[0], None, "", "   ", good[1], long_doc, good[2]])
+    write_docs(str(tmp_path / "p" / "part-1.parquet"), [good[3].encode(), b"\xff\xfe broken", good[4].encode()],
+               binary=True)
+    lines = [json.dumps({"text": good[5]}).encode(), b"{not json", json.dumps({"text": 42}).encode(),
+             json.dumps({"body": "no text field"}).encode(), json.dumps({"text": None}).encode(),
+             b'{"text": "bad \xff utf8"}', json.dumps({"text": good[6]}).encode(),
+             json.dumps({"text": good[7]}).encode()]
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "part-0.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+
+    def run(path, fmt, docs):
+        # A budget that ends inside the last good document: every bad row before it is passed.
+        stream_len = sum(len(piece_tokens(d, 1000)) for d in docs)
+        tokens = (stream_len - 3) // 4 * 4
+        job = one_source_job(path, fmt=fmt, seq_len=4, tokens=tokens, batch=8, max_doc_chars=1000)
+        _, _, end = run_stage(job, 0, {}, 1, ray_ledger)
+        assert end["a"]["stats"]["wraps"] == 0
+        return end["a"]["stats"]
+
+    stats = run(str(tmp_path / "p" / "*.parquet"), "parquet", [good[0], good[1], long_doc, *good[2:5]])
+    assert stats["bad"] == {"null": 1, "empty": 2, "split_long_doc": 1, "invalid_utf8": 1}
+    assert stats["documents"] == 6
+    stats = run(str(tmp_path / "j" / "*.jsonl"), "jsonl", good[5:8])
+    assert stats["bad"] == {"malformed_json": 1, "non_string": 1, "missing_field": 1, "null": 1,
+                            "invalid_utf8": 1}
+
+
+def test_identical_output_for_identical_seeds(ray_cluster, demo_corpus, ray_ledger):
+    job = demo_job(demo_corpus, "run.seed=5", scale=20)
+    _, a, _ = run_stage(job, 3, {}, 1, ray_ledger)
+    _, b, _ = run_stage(job, 3, {}, 1, ray_ledger)
+    assert len(a[0]) == len(b[0])
+    for x, y in zip(a[0], b[0]):
+        assert (x["tokens"] == y["tokens"]).all() and (x["source"] == y["source"]).all()
+
+
+def test_exact_mix_for_every_stage_of_the_curriculum(ray_cluster, demo_corpus, ray_ledger):
+    """Ten stages, two workers: every worker batch holds each source within one row of its
+    share (so every global batch within one row per worker), counted in tokens per source, and
+    every stage trains exactly its budget."""
+    world = 2
+    job = demo_job(demo_corpus, scale=10)
+    ids = {n: i for i, n in enumerate(job.sources)}
+    files = {s: resolve_files(spec) for s, spec in job.sources.items()}
+    cursors: dict = {}
+    for k, st in enumerate(job.curriculum.stages):
+        sd, per_rank, end = run_stage(job, k, cursors, world, ray_ledger, files)
+        cursors = next_cursors(end, cursors)
+        assert len(per_rank[0]) == len(per_rank[1]) == sd.plan.steps
+        tokens_by_source = dict.fromkeys(job.sources, 0)
+        for step in range(sd.plan.steps):
+            global_rows = sum(len(rank[step]["source"]) for rank in per_rank)
+            assert global_rows == sd.plan.step_rows(step)
+            for rank in per_rank:
+                batch = rank[step]
+                assert batch["tokens"].shape[1] == st.seq_len + 1
+                for name, w in st.mix.items():
+                    n = int((batch["source"] == ids[name]).sum())
+                    assert abs(n - w * len(batch["source"])) < 1.0 + 1e-9, (st.name, step, name, n)
+                    tokens_by_source[name] += n * st.seq_len
+        trained = sum(tokens_by_source.values()) - sd.plan.last_masked_tokens
+        assert trained == st.tokens
+        for name, w in st.mix.items():
+            assert abs(tokens_by_source[name] - w * sum(tokens_by_source.values())) <= world * st.seq_len
+            if w == 0:
+                assert tokens_by_source[name] == 0
+
+
+def test_hub_source_offline_fails_fast_with_message(monkeypatch):
+    job = load_job(os.path.join(os.path.dirname(__file__), "..", "configs",
+                                "yxanul_270m_progressive_curriculum.yaml"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t = time.time()
+    with pytest.raises(SourceUnavailable) as err:
+        resolve_files(job.sources["fineweb"])
+    assert time.time() - t < 5
+    assert "source fineweb" in str(err.value) and "HF_HUB_OFFLINE" in str(err.value)
+
+
+def test_hub_source_unreachable_fails_fast_with_message(monkeypatch):
+    job = load_job(os.path.join(os.path.dirname(__file__), "..", "configs",
+                                "yxanul_270m_progressive_curriculum.yaml"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # A closed local port stands in for an unreachable Hub, whatever network the machine has.
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
+    t = time.time()
+    with pytest.raises(SourceUnavailable) as err:
+        resolve_files(job.sources["math"])
+    assert time.time() - t < 5
+    assert "source math" in str(err.value) and "unreachable" in str(err.value)
+    assert "Yxanul/cc-math-finest" in str(err.value)
+
+
+def test_hub_code_path_on_a_local_mirror(ray_cluster, tmp_path, ray_ledger):
+    """The hf:// listing (dataset card configs -> data_files globs) and reader, on local files."""
+    repo = tmp_path / "datasets" / "org" / "corpus"
+    texts = [f"mirrored doc {i} " * 3 for i in range(30)]
+    write_docs(str(repo / "sample" / "10BT" / "000_00000.parquet"), texts[:15])
+    write_docs(str(repo / "sample" / "10BT" / "001_00000.parquet"), texts[15:])
+    write_docs(str(repo / "data" / "other.parquet"), ["not this config"])
+    (repo / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/*\n"
+        "- config_name: sample-10BT\n  data_files:\n  - split: train\n    path: sample/10BT/*\n---\n# card\n")
+    job = job_from_dict({
+        "sources": {"a": {"hf": "org/corpus", "hf_config": "sample-10BT", "hf_mirror": str(tmp_path),
+                          "validation_docs": 0}},
+        "curriculum": {"target_tokens": 64, "stages": [
+            {"name": "s", "seq_len": 8, "tokens": 64, "batch_size": 8, "mix": {"a": 1.0}}]},
+        "model": {"preset": "tiny"},
+    }, "<test>")
+    files = resolve_files(job.sources["a"])
+    assert files.kind == "hf" and [os.path.basename(p) for p in files.paths] == ["000_00000.parquet",
+                                                                                 "001_00000.parquet"]
+    _, per_rank, _ = run_stage(job, 0, {}, 1, ray_ledger, {"a": files})
+    assert (rows_of(per_rank)[:, 1:].ravel()[:64] == stream_tokens(texts)[1:65]).all()
+
+
+def test_missing_text_field_names_source_file_and_field(ray_cluster, tmp_path, ray_ledger):
+    write_docs(str(tmp_path / "a" / "part-0.parquet"), ["some text"])
+    job = one_source_job(str(tmp_path / "a" / "*.parquet"))
+    job = job_from_dict({**_as_raw(job), "sources": {"a": {"path": str(tmp_path / "a" / "*.parquet"),
+                                                           "text_field": "content", "validation_docs": 0}}})
+    with pytest.raises(Exception) as err:
+        run_stage(job, 0, {}, 1, ray_ledger)
+    assert "source a" in str(err.value) and "'content'" in str(err.value) and "part-0.parquet" in str(err.value)
+
+
+def _as_raw(job) -> dict:
+    d = job.to_dict()
+    d.pop("path")
+    for s in d["sources"].values():
+        s.pop("name")
+    return d
+
+
+def test_config_rejects_missing_local_files(tmp_path):
+    with pytest.raises(ConfigError, match="sources.a.path"):
+        one_source_job(str(tmp_path / "none" / "*.parquet"))
+
+
+def test_cursor_round_trip():
+    c = SourceCursor(1, 2, 3, 0, 9)
+    assert SourceCursor.from_dict(c.to_dict()) == c

@@ -1,0 +1,167 @@
+"""Resolving a source to a sorted file list: local globs, or a Hub dataset's parquet files.
+
+Hub sources are read as parquet over `HfFileSystem` (hf://datasets/...), never through
+`load_dataset(streaming=True)`, whose Ray integration reads in a single task. Calls retry with
+backoff on 429/5xx/timeouts; an unreachable Hub fails in seconds with a message naming the source.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import yaml
+
+from yxanul_ray.config import SourceSpec
+
+T = TypeVar("T")
+
+RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+_NETWORK_ERRORS = ("ConnectError", "ConnectTimeout", "ReadTimeout", "TimeoutException", "NetworkError",
+                   "ConnectionError", "RemoteDisconnected", "ProtocolError", "TransportError")
+
+
+class SourceUnavailable(RuntimeError):
+    """A source cannot be listed or read; the message names it and says what to do."""
+
+
+@dataclass(frozen=True)
+class SourceFiles:
+    source: str
+    kind: str
+    """'local' or 'hf'."""
+    paths: tuple[str, ...]
+    """Sorted; hf paths are relative to hf:// (datasets/<repo>/...)."""
+    format: str
+    mirror: str | None = None
+    """For 'hf': a local directory standing in for hf:// (same listing and reading code)."""
+    sizes: tuple[int, ...] = ()
+    """File sizes in bytes, where the listing gave them (to plan wrap-around read tasks)."""
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def hf_token() -> str | None:
+    """From the environment only; never logged, never written to a config or checkpoint."""
+    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+
+
+def _status(exc: BaseException) -> int | None:
+    resp = getattr(exc, "response", None)
+    return getattr(resp, "status_code", None)
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    return any(cls.__name__ in _NETWORK_ERRORS for cls in type(exc).__mro__) or isinstance(exc, TimeoutError)
+
+
+def with_retries(fn: Callable[[], T], what: str, *, attempts: int = 6, base_delay_s: float = 1.0,
+                 unreachable_attempts: int = 2, sleep=time.sleep) -> T:
+    """Call fn, retrying transient Hub errors: 429/5xx with exponential backoff (1, 2, 4, ... s),
+    connection failures only briefly, so an unreachable Hub fails within a few seconds."""
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - classified below, re-raised when not transient
+            status = _status(exc)
+            if status in RETRYABLE_STATUS and tries < attempts:
+                sleep(base_delay_s * 2 ** (tries - 1))
+                continue
+            if _is_network_error(exc):
+                if tries < unreachable_attempts:
+                    sleep(0.5 * tries)
+                    continue
+                raise SourceUnavailable(
+                    f"{what}: the Hugging Face Hub is unreachable ({type(exc).__name__}: {exc}). "
+                    "To run offline, point the source at local files (sources.<name>.path) and set "
+                    "HF_HUB_OFFLINE=1; the demo config runs entirely offline."
+                ) from None
+            if status is not None:
+                hint = " (check HF_TOKEN for gated or private datasets)" if status in (401, 403) else ""
+                raise SourceUnavailable(f"{what}: the Hub answered HTTP {status}{hint}") from None
+            raise
+
+
+def hf_filesystem(mirror: str | None = None, token: str | None = None):
+    """hf:// as an fsspec filesystem: the Hub, or a local mirror laid out the same way."""
+    if mirror:
+        from fsspec.implementations.dirfs import DirFileSystem
+        from fsspec.implementations.local import LocalFileSystem
+
+        return DirFileSystem(path=os.path.abspath(os.path.expanduser(mirror)), fs=LocalFileSystem())
+    from huggingface_hub import HfFileSystem
+
+    return HfFileSystem(token=token)
+
+
+def resolve_files(spec: SourceSpec) -> SourceFiles:
+    """The source's files, sorted; raises SourceUnavailable with the source's name on failure."""
+    if spec.path is not None:
+        paths = sorted(glob.glob(os.path.expanduser(spec.path)))
+        if not paths:
+            raise SourceUnavailable(f"source {spec.name}: path {spec.path!r} matches no file")
+        return SourceFiles(spec.name, "local", tuple(os.path.abspath(p) for p in paths), spec.format,
+                           sizes=tuple(os.path.getsize(p) for p in paths))
+    what = f"source {spec.name} (hf://datasets/{spec.hf})"
+    if hub_offline() and not spec.hf_mirror:
+        raise SourceUnavailable(
+            f"{what}: HF_HUB_OFFLINE is set, so the Hub is not contacted. Unset it to stream from "
+            "the Hub, or point the source at local files (sources.<name>.path)."
+        )
+    fs = hf_filesystem(spec.hf_mirror, hf_token())
+    patterns = with_retries(lambda: _data_file_patterns(fs, spec), what)
+    found: dict[str, int] = {}
+    for pattern in patterns:
+        found.update(with_retries(lambda p=pattern: fs.glob(p, detail=True), what))
+    files = sorted(p for p in found if p.endswith(".parquet"))
+    if not files:
+        raise SourceUnavailable(
+            f"{what}: no parquet files for config {spec.hf_config or 'default'!r}, split {spec.split!r} "
+            f"(looked at {', '.join(patterns)})"
+        )
+    sizes = tuple(int(found[p].get("size") or 0) for p in files)
+    return SourceFiles(spec.name, "hf", tuple(files), "parquet", spec.hf_mirror, sizes)
+
+
+def _data_file_patterns(fs, spec: SourceSpec) -> list[str]:
+    """Glob patterns for the config/split, from the dataset card's `configs:` (the Hub's own
+    mapping), else the conventional `<config>/<split>-*` / `data/<split>-*` layouts."""
+    root = f"datasets/{spec.hf}"
+    card = _read_card(fs, root)
+    wanted = spec.hf_config or "default"
+    for cfg in card.get("configs") or []:
+        if cfg.get("config_name", "default") != wanted:
+            continue
+        data_files = cfg.get("data_files")
+        if isinstance(data_files, str):
+            return [f"{root}/{data_files}"]
+        for entry in data_files or []:
+            if isinstance(entry, dict) and entry.get("split") == spec.split:
+                pats = entry.get("path")
+                return [f"{root}/{p}" for p in ([pats] if isinstance(pats, str) else pats)]
+        raise SourceUnavailable(f"source {spec.name}: config {wanted!r} of {spec.hf} has no split {spec.split!r}")
+    if spec.hf_config:
+        return [f"{root}/{spec.hf_config}/**/{spec.split}*.parquet", f"{root}/{spec.hf_config}/**/*.parquet"]
+    return [f"{root}/data/{spec.split}-*.parquet", f"{root}/**/{spec.split}/*.parquet",
+            f"{root}/{spec.split}*.parquet"]
+
+
+def _read_card(fs, root: str) -> dict:
+    try:
+        with fs.open(f"{root}/README.md", "r", encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return {}
+    if not text.startswith("---"):
+        return {}
+    front = text.split("---", 2)[1]
+    data = yaml.safe_load(front)
+    return data if isinstance(data, dict) else {}

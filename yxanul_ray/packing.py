@@ -1,0 +1,136 @@
+"""Pure packing of one source's token stream into rows of seq_len + 1 tokens.
+
+Documents are concatenated with EOS after each; row i covers stream positions
+[i*stride, i*stride + seq_len]. With stride == seq_len every token is a target exactly once
+(consecutive rows share one input token); a smaller stride is the predecessor's overlap. The
+tail of a document continues into the next row, and nothing is buffered beyond one row's worth.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from yxanul_ray.cursors import SourceCursor, SourceStats
+
+DocKey = tuple[int, int, int, int]  # (epoch, file_pos, row, piece)
+
+
+@dataclass(frozen=True)
+class _Segment:
+    start: int
+    """Stream position of the segment's first token."""
+    length: int
+    """Tokens in the stream, the EOS included when the piece ends a document."""
+    key: DocKey
+    first_offset: int
+    """Token offset inside the piece of the segment's first token (non-zero after a resume)."""
+
+
+class Packer:
+    """Stateful packer for one source in one stage; see module docstring.
+
+    Feed it documents in stream order with `add`; it returns the rows that became complete and
+    stops after `max_rows`, at which point `end_cursor()` tells where the next stage starts.
+    """
+
+    def __init__(self, seq_len: int, stride: int, eos_id: int, max_rows: int, start: SourceCursor):
+        if not 0 < stride <= seq_len:
+            raise ValueError(f"stride {stride} must be in 1..seq_len ({seq_len})")
+        self.seq_len, self.stride, self.eos_id, self.max_rows = seq_len, stride, eos_id, max_rows
+        self.start = start
+        self.rows_out = 0
+        self.stats = SourceStats()
+        self._buf = np.empty(0, dtype=np.int32)
+        self._buf_start = 0  # stream position of _buf[0]
+        self._pending: list[np.ndarray] = []  # added since the last take_rows (one concatenate)
+        self._stream_len = 0
+        self._segments: deque[_Segment] = deque()
+        self._epoch = start.epoch
+        self._end: SourceCursor | None = None
+        # Stream positions needed for max_rows rows; later documents are not consumed.
+        self._needed = (max_rows - 1) * stride + seq_len + 1 if max_rows > 0 else 0
+
+    @property
+    def done(self) -> bool:
+        return self.rows_out >= self.max_rows
+
+    def note_bad(self, kind: str) -> None:
+        if not self.full:
+            self.stats.bad[kind] = self.stats.bad.get(kind, 0) + 1
+
+    @property
+    def full(self) -> bool:
+        """Holds every token the stage's rows need; later documents belong to the next stage."""
+        return self._stream_len >= self._needed
+
+    def add(self, key: DocKey, tokens: np.ndarray, last_piece: bool) -> None:
+        """Append one document piece (and its EOS when it ends the document)."""
+        if self.full:
+            return
+        if key[0] != self._epoch:
+            self._epoch = key[0]
+            self.stats.wraps += 1
+        if last_piece:
+            tokens = np.append(tokens.astype(np.int32, copy=False), np.int32(self.eos_id))
+        offset = 0
+        if key == self.start.key() and self.start.token_offset:
+            # Resuming inside this piece: its first token_offset tokens were trained already.
+            offset = min(self.start.token_offset, len(tokens))
+            tokens = tokens[offset:]
+        if key[3] == 0 and offset == 0:
+            self.stats.documents += 1
+        if len(tokens) == 0:
+            return
+        self._segments.append(_Segment(self._stream_len, len(tokens), key, offset))
+        self._pending.append(tokens.astype(np.int32, copy=False))
+        self._stream_len += len(tokens)
+
+    def take_rows(self) -> np.ndarray:
+        """Rows completed so far, shape [n, seq_len + 1] int32 (n may be 0)."""
+        width = self.seq_len + 1
+        if self._pending:
+            self._buf = np.concatenate([self._buf, *self._pending])
+            self._pending.clear()
+        avail = len(self._buf)
+        n = 0 if avail < width else (avail - width) // self.stride + 1
+        n = min(n, self.max_rows - self.rows_out)
+        if n <= 0:
+            return np.empty((0, width), dtype=np.int32)
+        windows = np.lib.stride_tricks.sliding_window_view(self._buf, width)[:: self.stride][:n]
+        rows = np.ascontiguousarray(windows)
+        self.rows_out += n
+        self.stats.rows += n
+        self.stats.trained_tokens += n * self.seq_len
+        self.stats.eos += int(np.count_nonzero(rows[:, 1:] == self.eos_id))
+        if self.done:
+            self._end = self._cursor_at(self._last_target_pos())
+        drop = n * self.stride
+        self._buf = self._buf[drop:]
+        self._buf_start += drop
+        while self._segments and self._segments[0].start + self._segments[0].length <= self._buf_start:
+            self._segments.popleft()
+        return rows
+
+    def _last_target_pos(self) -> int:
+        # The next stage starts at the last trained target, used again only as an input.
+        return (self.max_rows - 1) * self.stride + self.seq_len
+
+    def _cursor_at(self, pos: int) -> SourceCursor:
+        for seg in self._segments:
+            if seg.start <= pos < seg.start + seg.length:
+                e, f, r, p = seg.key
+                return SourceCursor(e, f, r, p, seg.first_offset + (pos - seg.start))
+        raise AssertionError(f"stream position {pos} is not buffered")  # a packing bug
+
+    def end_cursor(self) -> SourceCursor:
+        if self._end is None:
+            raise RuntimeError("the stage has not produced all its rows yet")
+        return self._end
+
+    def final_stats(self) -> SourceStats:
+        """Stats for the rows emitted; distinct tokens are stream positions first trained here."""
+        self.stats.distinct_tokens = (self.rows_out - 1) * self.stride + self.seq_len if self.rows_out else 0
+        return self.stats

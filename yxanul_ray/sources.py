@@ -1,0 +1,394 @@
+"""One source as a Ray Dataset of packed rows: read -> tokenize -> pack -> limit.
+
+- Read: a Datasource with one read task per file (parquet read row group by row group, jsonl
+  line by line), from the source's cursor on, across wrap epochs. Rows carry their position
+  (epoch, file_pos, row, piece) and, for malformed rows, the kind of defect instead of text.
+- Tokenize: map_batches as tasks on pooled worker processes; each process loads the tokenizer
+  once (a per-stage actor pool would start new processes at every stage boundary).
+- Pack: map_batches on a single actor (packing carries a document's tail into the next row, so
+  it needs the stream in order; it is a memcpy, cheap next to tokenizing). It emits exactly
+  `max_rows` rows and reports where it stopped to the stage ledger.
+
+Ray Data runs these with preserve_order=True so the stream order is the file order, which is
+what makes cursors and seeded runs reproducible.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from yxanul_ray.cursors import SourceCursor, file_order
+from yxanul_ray.hub import SourceFiles, hf_filesystem, with_retries
+from yxanul_ray.packing import Packer
+from yxanul_ray.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+END_OF_DATA = "end_of_data"  # marker row after the last wrap epoch: the source is exhausted
+MAX_WRAP_EPOCHS = 64
+BLOCK_BYTES = 2 << 20
+
+DOC_SCHEMA = pa.schema([
+    ("epoch", pa.int32()), ("file_pos", pa.int32()), ("row", pa.int64()), ("piece", pa.int32()),
+    ("last_piece", pa.bool_()), ("bad", pa.string()), ("text", pa.large_string()),
+])
+
+
+class _Redacted:
+    """Holds a secret (HF_TOKEN) so that it travels to read tasks but never prints."""
+
+    def __init__(self, value: str | None):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<redacted>" if self.value else "None"
+
+
+# --------------------------------------------------------------------------------------------
+# Reading documents
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    files: SourceFiles
+    text_field: str
+    max_doc_chars: int
+    holdout_docs: int
+    """Documents at the end of the last file (sorted order) kept out of training for validation."""
+    seed: int
+
+
+def _split_text(value, max_chars: int) -> tuple[list[str], str]:
+    """(pieces, defect kind or '')."""
+    if value is None:
+        return [], "null"
+    if isinstance(value, bytes | bytearray):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return [], "invalid_utf8"
+    if not isinstance(value, str):
+        return [], "non_string"
+    if not value.strip():
+        return [], "empty"
+    if len(value) <= max_chars:
+        return [value], ""
+    return [value[i:i + max_chars] for i in range(0, len(value), max_chars)], "split_long_doc"
+
+
+class _DocBatch:
+    """Accumulates document rows and hands them out as Arrow tables of bounded size."""
+
+    def __init__(self, epoch: int, file_pos: int, max_chars: int):
+        self.epoch, self.file_pos, self.max_chars = epoch, file_pos, max_chars
+        self.cols: dict[str, list] = {n: [] for n in DOC_SCHEMA.names}
+        self.chars = 0
+
+    def add(self, row: int, value, start_piece: int = 0) -> None:
+        pieces, bad = _split_text(value, self.max_chars)
+        if not pieces:
+            self._append(row, 0, True, bad, "")
+            return
+        if bad and start_piece == 0:  # a split document: counted once, then its pieces follow
+            self._append(row, -1, False, bad, "")
+        for i, piece in enumerate(pieces):
+            if i >= start_piece:
+                self._append(row, i, i == len(pieces) - 1, "", piece)
+
+    def add_bad(self, row: int, kind: str) -> None:
+        self._append(row, 0, True, kind, "")
+
+    def _append(self, row, piece, last, bad, text) -> None:
+        for name, v in zip(DOC_SCHEMA.names, (self.epoch, self.file_pos, row, piece, last, bad, text)):
+            self.cols[name].append(v)
+        self.chars += len(text)
+
+    def flush(self) -> pa.Table | None:
+        if not self.cols["row"]:
+            return None
+        table = pa.table(self.cols, schema=DOC_SCHEMA)
+        self.cols = {n: [] for n in DOC_SCHEMA.names}
+        self.chars = 0
+        return table
+
+
+def _open(files: SourceFiles, path: str, token: _Redacted):
+    if files.kind == "local":
+        return open(path, "rb")
+    fs = hf_filesystem(files.mirror, token.value)
+    return with_retries(lambda: fs.open(path, "rb", block_size=8 << 20), f"source {files.source} ({path})")
+
+
+def read_file_docs(spec: ReadSpec, token: _Redacted, epoch: int, file_pos: int, file_index: int,
+                   start: SourceCursor | None, end_marker: bool) -> Iterator[pa.Table]:
+    """Yield document rows of one file (from `start` when the cursor is inside it)."""
+    files = spec.files
+    path = files.paths[file_index]
+    holdout = spec.holdout_docs if file_index == len(files.paths) - 1 else 0
+    first_row = start.row if start else 0
+    first_piece = start.piece if start else 0
+    batch = _DocBatch(epoch, file_pos, spec.max_doc_chars)
+    with _open(files, path, token) as f:
+        if files.format == "parquet":
+            rows = _parquet_rows(f, path, spec, first_row, holdout, files.source)
+        else:
+            rows = _jsonl_rows(f, spec, first_row, holdout)
+        for row, value, bad in rows:
+            if bad:
+                batch.add_bad(row, bad)
+            else:
+                batch.add(row, value, first_piece if row == first_row else 0)
+            if batch.chars >= 1 << 20 or len(batch.cols["row"]) >= 1024:
+                yield batch.flush()
+    if end_marker:
+        batch.add_bad(-1, END_OF_DATA)
+    table = batch.flush()
+    if table is not None:
+        yield table
+
+
+def _parquet_rows(f, path: str, spec: ReadSpec, first_row: int, holdout: int, source: str):
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(f)
+    if spec.text_field not in pf.schema_arrow.names:
+        raise KeyError(
+            f"source {source}: {path} has no column {spec.text_field!r} (columns: "
+            f"{', '.join(pf.schema_arrow.names)}); set sources.{source}.text_field"
+        )
+    total = pf.metadata.num_rows
+    stop = max(0, total - holdout)
+    offset = 0
+    for g in range(pf.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if offset + n <= first_row:  # row groups before the cursor are never fetched
+            offset += n
+            continue
+        if offset >= stop:
+            break
+        column = pf.read_row_group(g, columns=[spec.text_field]).column(0)
+        values = column.to_pylist()
+        for i, value in enumerate(values):
+            row = offset + i
+            if first_row <= row < stop:
+                yield row, value, ""
+        offset += n
+
+
+def _jsonl_rows(f, spec: ReadSpec, first_row: int, holdout: int):
+    lines = io.BufferedReader(f).read().split(b"\n")
+    if lines and not lines[-1].strip():
+        lines.pop()
+    stop = max(0, len(lines) - holdout)
+    for row in range(first_row, stop):
+        raw = lines[row]
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            yield row, None, "invalid_utf8"
+            continue
+        except json.JSONDecodeError:
+            yield row, None, "malformed_json"
+            continue
+        if not isinstance(obj, dict) or spec.text_field not in obj:
+            yield row, None, "missing_field"
+            continue
+        yield row, obj[spec.text_field], ""
+
+
+def read_holdout_docs(spec: ReadSpec) -> list[str]:
+    """The held-out validation documents of a source (the last `holdout_docs` of its last file)."""
+    files, token = spec.files, _Redacted(None)
+    if files.kind == "hf":
+        from yxanul_ray.hub import hf_token
+
+        token = _Redacted(hf_token())
+    path = files.paths[-1]
+    out: list[str] = []
+    with _open(files, path, token) as f:
+        if files.format == "parquet":
+            import pyarrow.parquet as pq
+
+            pf = pq.ParquetFile(f)
+            total = pf.metadata.num_rows
+            table = pf.read(columns=[spec.text_field])
+            values = table.column(0).to_pylist()[max(0, total - spec.holdout_docs):]
+        else:
+            lines = [ln for ln in io.BufferedReader(f).read().split(b"\n") if ln.strip()]
+            values = []
+            for raw in lines[max(0, len(lines) - spec.holdout_docs):]:
+                try:
+                    values.append(json.loads(raw.decode("utf-8")).get(spec.text_field))
+                except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                    values.append(None)
+    for value in values:
+        pieces, _ = _split_text(value, spec.max_doc_chars)
+        if pieces:
+            out.append("".join(pieces))
+    return out
+
+
+def make_datasource(spec: ReadSpec, start: SourceCursor, wrap_epochs: int = MAX_WRAP_EPOCHS):
+    from ray.data import Datasource
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import ReadTask
+
+    from yxanul_ray.hub import hf_token
+
+    token = _Redacted(hf_token() if spec.files.kind == "hf" else None)
+
+    class DocumentDatasource(Datasource):
+        """One read task per file, in stream order from the cursor, across wrap epochs."""
+
+        def get_name(self) -> str:
+            return f"Read{spec.files.source.capitalize()}Docs"
+
+        def estimate_inmemory_data_size(self):
+            return None
+
+        def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
+            tasks = []
+            n = len(spec.files.paths)
+            for epoch in range(start.epoch, start.epoch + wrap_epochs + 1):
+                order = file_order(n, epoch, spec.seed, spec.files.source)
+                first_pos = start.file_pos if epoch == start.epoch else 0
+                for pos in range(first_pos, n):
+                    cursor = start if (epoch, pos) == (start.epoch, start.file_pos) else None
+                    last = epoch == start.epoch + wrap_epochs and pos == n - 1
+                    meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None,
+                                         input_files=(spec.files.paths[order[pos]],))
+                    tasks.append(ReadTask(
+                        lambda e=epoch, p=pos, i=order[pos], c=cursor, m=last:
+                            read_file_docs(spec, token, e, p, i, c, m),
+                        meta, schema=DOC_SCHEMA,
+                    ))
+            return tasks
+
+    return DocumentDatasource()
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizing and packing (Ray Data class UDFs: constructed once per actor)
+# --------------------------------------------------------------------------------------------
+
+TOKEN_SCHEMA_FIELDS = ("epoch", "file_pos", "row", "piece", "last_piece", "bad")
+
+
+def tokenize_batch(batch: pa.Table, tokenizer: str) -> pa.Table:
+    """Tokenize a batch of document rows. A plain function, so Ray Data runs it as tasks on
+    pooled worker processes (no actor start per stage); `load_tokenizer` caches per process,
+    so each worker process loads the tokenizer once."""
+    tok = load_tokenizer(tokenizer)
+    texts = batch.column("text").to_pylist()
+    ids = tok.encode_batch(texts)
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    offsets = np.zeros(len(ids) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(offsets[-1]))
+    tokens = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+    cols = {name: batch.column(name) for name in TOKEN_SCHEMA_FIELDS}
+    return pa.table({**cols, "tokens": tokens})
+
+
+class Pack:
+    def __init__(self, *, source: str, source_id: int, seq_len: int, stride: int, eos_id: int, max_rows: int,
+                 start: dict, wrap_epochs: int, ledger=None, ledger_key=None):
+        self.source, self.source_id, self.wrap_epochs = source, source_id, wrap_epochs
+        self.packer = Packer(seq_len, stride, eos_id, max_rows, SourceCursor.from_dict(start))
+        self.ledger, self.ledger_key = ledger, ledger_key
+        self.reported = False
+        self.width = seq_len + 1
+
+    def __call__(self, batch: pa.Table) -> Iterator[dict[str, np.ndarray]]:
+        p = self.packer
+        if not p.done:
+            batch = batch.combine_chunks()
+            epoch = batch.column("epoch").to_numpy()
+            file_pos = batch.column("file_pos").to_numpy()
+            row = batch.column("row").to_numpy()
+            piece = batch.column("piece").to_numpy()
+            last = batch.column("last_piece").to_numpy(zero_copy_only=False)
+            bad = batch.column("bad").to_pylist()
+            tok_col = batch.column("tokens").chunk(0) if batch.num_rows else None
+            offsets = tok_col.offsets.to_numpy() if tok_col is not None else None
+            values = tok_col.values.to_numpy() if tok_col is not None else None
+            for i in range(batch.num_rows):
+                if p.full:
+                    break
+                if bad[i]:
+                    if bad[i] == END_OF_DATA:
+                        raise RuntimeError(
+                            f"source {self.source} ran dry {self.wrap_epochs} times in one stage; it is far "
+                            "too small for the stage's budget: add data or lower its mix weight")
+                    p.note_bad(bad[i])
+                    continue
+                key = (int(epoch[i]), int(file_pos[i]), int(row[i]), int(piece[i]))
+                p.add(key, values[offsets[i]:offsets[i + 1]], bool(last[i]))
+        rows = p.take_rows()
+        if p.done and not self.reported:
+            self._report()
+        if len(rows):  # an empty tensor column would fall back to pickled objects
+            yield {"tokens": rows, "source": np.full(len(rows), self.source_id, dtype=np.int16)}
+
+    def _report(self) -> None:
+        self.reported = True
+        stats = self.packer.final_stats()
+        if stats.wraps:
+            log.warning("source %s ran dry and wrapped %d time(s) into a new epoch", self.source, stats.wraps)
+        if self.ledger is not None:
+            self.ledger.report.remote(self.ledger_key, self.source,
+                                      {"cursor": self.packer.end_cursor().to_dict(), "stats": stats.to_dict()})
+
+
+MIN_TOKENS_PER_FILE_BYTE = 0.01  # far below real text (~0.35 for parquet-compressed English)
+
+
+def wrap_epochs_needed(spec: ReadSpec, tokens: int) -> int:
+    """How many extra passes over the source to plan read tasks for: enough for `tokens` even at
+    an implausibly low token density, so a stage never stops short; unread tasks cost nothing."""
+    total_bytes = sum(spec.files.sizes) if spec.files.sizes else 0
+    if not total_bytes:
+        return MAX_WRAP_EPOCHS
+    passes = tokens / (total_bytes * MIN_TOKENS_PER_FILE_BYTE)
+    return min(MAX_WRAP_EPOCHS, int(passes) + 2)
+
+
+def build_source_dataset(spec: ReadSpec, *, source_id: int, start: SourceCursor, seq_len: int, stride: int,
+                         max_rows: int, tokenizer: str, eos_id: int, tokenize_batch_size: int, data_cpus: float,
+                         tokenizer_actors: int, ledger=None, ledger_key=None):
+    """The packed-row Dataset of one source for one stage: exactly `max_rows` rows."""
+    import ray.data
+
+    # Few concurrent reads: Ray Data would otherwise start a read per logical CPU and starve the
+    # tokenizers of the real cores; reads are cheap next to tokenizing.
+    wrap_epochs = wrap_epochs_needed(spec, max_rows * stride + seq_len)
+    ds = ray.data.read_datasource(make_datasource(spec, start, wrap_epochs), num_cpus=data_cpus,
+                                  concurrency=tokenizer_actors)
+    ds = ds.map_batches(tokenize_batch, fn_kwargs={"tokenizer": tokenizer}, batch_size=tokenize_batch_size,
+                        batch_format="pyarrow", num_cpus=data_cpus, concurrency=tokenizer_actors)
+    # The packer carries state from block to block, so it must see blocks in stream order:
+    # Ray Data lets actor tasks run out of order by default, and would restart a dead actor
+    # with fresh state; both are switched off (a lost packer fails the stage, which resumes).
+    ds = ds.map_batches(
+        Pack, batch_size=None, batch_format="pyarrow", num_cpus=data_cpus,
+        compute=ray.data.ActorPoolStrategy(size=1), allow_out_of_order_execution=False,
+        max_restarts=0, max_task_retries=0,
+        fn_constructor_kwargs={"source": spec.files.source, "source_id": source_id, "seq_len": seq_len,
+                               "stride": stride, "eos_id": eos_id, "max_rows": max_rows,
+                               "start": start.to_dict(), "wrap_epochs": wrap_epochs, "ledger": ledger,
+                               "ledger_key": ledger_key},
+    )
+    ds = ds.limit(max_rows)
+    ds.context.execution_options.preserve_order = True
+    # Small blocks: the first rows of a stage arrive after a few hundred documents are tokenized,
+    # not after a whole file (map_batches coalesces its output up to this size).
+    ds.context.target_max_block_size = BLOCK_BYTES
+    return ds

@@ -1,0 +1,124 @@
+"""A stage's data: per-source packed Datasets sized by the mix schedule, their splits, and the
+per-worker batch assembly that draws rows from each source at the scheduled counts.
+
+`build_stage_data(stage, cursors, world size) -> StageData` is what the coordinator calls for
+every stage; `StageData.end_state` resolves to the next stage's cursors (and this stage's
+per-source stats) as soon as the packers have produced the stage's last rows, which is before
+the trainer has consumed them, so stage k+1 can be built while stage k still trains.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from yxanul_ray.config import JobSpec, stage_stride
+from yxanul_ray.curriculum import StagePlan, plan_curriculum
+from yxanul_ray.cursors import SourceCursor
+from yxanul_ray.hub import SourceFiles
+from yxanul_ray.mixing import MixSchedule, build_schedule
+from yxanul_ray.sources import ReadSpec, build_source_dataset
+
+
+@dataclass
+class StageData:
+    index: int
+    plan: StagePlan
+    schedule: MixSchedule
+    datasets: dict[str, Any]
+    """Source -> ray.data.Dataset of exactly rows[source] packed rows."""
+    rows: dict[str, int]
+    end_state: Any
+    """ObjectRef -> {source: {"cursor": {...}, "stats": {...}}}."""
+
+    def split(self, world_size: int) -> list[dict[str, Any]]:
+        """One {source: DataIterator} per worker; equal=True so no rank waits on a longer shard."""
+        per_source = {s: ds.streaming_split(world_size, equal=True) for s, ds in self.datasets.items()}
+        return [{s: its[rank] for s, its in per_source.items()} for rank in range(world_size)]
+
+
+def read_spec(job: JobSpec, files: SourceFiles) -> ReadSpec:
+    src = job.sources[files.source]
+    return ReadSpec(files=files, text_field=src.text_field, max_doc_chars=job.data.max_doc_chars,
+                    holdout_docs=src.validation_docs, seed=job.run.seed)
+
+
+def build_stage_data(job: JobSpec, stage_index: int, cursors: dict[str, SourceCursor], world_size: int,
+                     files: dict[str, SourceFiles], eos_id: int, ledger, run_key: str = "") -> StageData:
+    """Build stage `stage_index`'s per-source Datasets starting at `cursors` (lazy: nothing runs
+    until a consumer iterates)."""
+    stage = job.curriculum.stages[stage_index]
+    plan = plan_curriculum(job.curriculum, world_size)[stage_index]
+    schedule = build_schedule(stage.mix, plan, world_size)
+    per_worker = schedule.totals_per_worker()
+    rows = {s: n * world_size for s, n in per_worker.items()}
+    source_ids = {name: i for i, name in enumerate(job.sources)}
+    # Unique per build: a rebuilt stage (resume, retry) must never read an older build's report.
+    stage_key = (run_key, stage_index, uuid.uuid4().hex)
+    datasets = {
+        s: build_source_dataset(
+            read_spec(job, files[s]), source_id=source_ids[s], start=cursors.get(s, SourceCursor()),
+            seq_len=stage.seq_len, stride=stage_stride(job.curriculum, stage), max_rows=n,
+            tokenizer=job.data.tokenizer, eos_id=eos_id, tokenize_batch_size=job.data.tokenize_batch_size,
+            data_cpus=job.data.data_cpus, tokenizer_actors=job.data.tokenizer_actors, ledger=ledger,
+            ledger_key=stage_key)
+        for s, n in rows.items() if n > 0
+    }
+    end_state = ledger.wait.remote(stage_key, list(datasets))
+    return StageData(stage_index, plan, schedule, datasets, rows, end_state)
+
+
+class _RowReader:
+    """Takes exact row counts from one source's DataIterator, across block boundaries."""
+
+    def __init__(self, iterator, prefetch_batches: int):
+        self._blocks = iter(iterator.iter_batches(batch_size=None, batch_format="numpy",
+                                                  prefetch_batches=prefetch_batches))
+        self._tokens: np.ndarray | None = None
+        self._pos = 0
+
+    def prime(self) -> None:
+        """Fetch the first block (starts this source's pipeline and its prefetching)."""
+        if self._tokens is None:
+            self._next_block()
+
+    def _next_block(self) -> None:
+        try:
+            block = next(self._blocks)
+        except StopIteration:
+            raise RuntimeError("a source's shard ended before the stage's scheduled rows") from None
+        self._tokens, self._pos = block["tokens"], 0
+
+    def take(self, n: int) -> np.ndarray:
+        parts = []
+        while n > 0:
+            if self._tokens is None or self._pos >= len(self._tokens):
+                self._next_block()
+                continue
+            take = min(n, len(self._tokens) - self._pos)
+            parts.append(self._tokens[self._pos:self._pos + take])
+            self._pos += take
+            n -= take
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def iter_worker_batches(iterators: dict[str, Any], schedule: MixSchedule, source_ids: dict[str, int],
+                        prefetch_batches: int = 2) -> Iterator[dict[str, np.ndarray]]:
+    """Per step: {"tokens": [rows, seq_len+1] int32, "source": [rows] int16} with exactly the
+    scheduled rows of each source."""
+    readers = {s: _RowReader(it, prefetch_batches) for s, it in iterators.items()}
+    # Start every source's pipeline at once rather than one after another on first use.
+    with ThreadPoolExecutor(max_workers=max(1, len(readers))) as pool:
+        list(pool.map(_RowReader.prime, readers.values()))
+    for counts in schedule.counts():
+        tokens, sources = [], []
+        for s, n in counts.items():
+            if n:
+                tokens.append(readers[s].take(n))
+                sources.append(np.full(n, source_ids[s], dtype=np.int16))
+        yield {"tokens": np.concatenate(tokens), "source": np.concatenate(sources)}

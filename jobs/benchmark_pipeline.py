@@ -1,0 +1,172 @@
+"""Data pipeline throughput and memory on the demo corpus (a benchmark, not a test).
+
+For seq_len 8, 128 and 2048 it prints:
+  - tokenize+pack in one process on one core (the GPT-2 BPE via tiktoken + the packer), tokens/s;
+  - the full Ray path (read -> tokenize -> pack -> exact mix -> one consumer), tokens/s overall and
+    per CPU core, from first row to last (steady state) and including the pipeline's cold start;
+  - the peak resident memory of all Ray processes during the run,
+at 1x and 10x corpus size, so a reader can see that memory stays flat as the corpus grows.
+
+    python jobs/benchmark_pipeline.py [--scales 1,10] [--seq-lens 8,128,2048] [--tokens 3000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def ray_rss_bytes() -> int:
+    """Resident memory of every Ray process on this machine (raylet, GCS, workers), from /proc."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+            if b"ray" not in cmd or b"benchmark_pipeline" in cmd:
+                continue
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
+
+
+class PeakSampler(threading.Thread):
+    def __init__(self, interval_s: float = 0.25):
+        super().__init__(daemon=True)
+        self.interval_s, self.peak, self._halt = interval_s, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.peak = max(self.peak, ray_rss_bytes())
+            self._halt.wait(self.interval_s)
+
+    def stop(self) -> int:
+        self._halt.set()
+        self.join()
+        return self.peak
+
+
+def in_process_rate(corpus: str, seq_len: int, max_docs: int = 4000) -> float:
+    """Tokenize + pack on this process's one thread: the per-core ceiling of the pipeline."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from yxanul_ray.cursors import SourceCursor
+    from yxanul_ray.packing import Packer
+    from yxanul_ray.tokenizer import load_tokenizer
+
+    tok = load_tokenizer("gpt2")
+    texts = []
+    for source in ("fineweb", "math", "code"):
+        folder = os.path.join(corpus, source)
+        for name in sorted(os.listdir(folder)):
+            texts += pq.read_table(os.path.join(folder, name)).column("text").to_pylist()
+    texts = texts[: max_docs * 3]
+    start = time.perf_counter()
+    packer = Packer(seq_len, seq_len, tok.eos_id, 10**12, SourceCursor())
+    tokens = 0
+    for i in range(0, len(texts), 256):
+        ids = tok.encode_batch(texts[i:i + 256])
+        for j, doc in enumerate(ids):
+            packer.add((0, 0, i + j, 0), np.asarray(doc, dtype=np.int32), True)
+        tokens += packer.take_rows().shape[0] * seq_len
+    return tokens / (time.perf_counter() - start)
+
+
+def ray_rate(corpus: str, seq_len: int, tokens: int) -> dict:
+    import ray
+
+    from yxanul_ray.config import job_from_dict
+    from yxanul_ray.hub import resolve_files
+    from yxanul_ray.ledger import StageLedger
+    from yxanul_ray.stage_data import build_stage_data, iter_worker_batches
+    from yxanul_ray.tokenizer import load_tokenizer
+
+    batch = max(8, (65536 // seq_len) // 8 * 8)
+    tokens = tokens // (batch * seq_len) * batch * seq_len
+    job = job_from_dict({
+        "run": {"workers": 1},
+        "data": {"tokenizer_actors": 2, "data_cpus": 0.25},
+        "sources": {s: {"path": f"{corpus}/{s}/*.parquet", "validation_docs": 0} for s in ("fineweb", "math", "code")},
+        "model": {"preset": "tiny"},
+        "curriculum": {"target_tokens": tokens, "stages": [
+            {"name": "bench", "seq_len": seq_len, "tokens": tokens, "batch_size": batch,
+             "mix": {"fineweb": 0.55, "math": 0.25, "code": 0.20}}]},
+    }, "<benchmark>")
+    files = {s: resolve_files(spec) for s, spec in job.sources.items()}
+    ledger = StageLedger.remote()
+    sampler = PeakSampler()
+    sampler.start()
+    t0 = time.perf_counter()
+    sd = build_stage_data(job, 0, {}, 1, files, load_tokenizer("gpt2").eos_id, ledger)
+    [iterators] = sd.split(1)
+    first = None
+    got = 0
+    for b in iter_worker_batches(iterators, sd.schedule, {s: i for i, s in enumerate(job.sources)}):
+        if first is None:
+            first = time.perf_counter()
+        got += b["tokens"].shape[0] * seq_len
+    end = time.perf_counter()
+    ray.get(sd.end_state)
+    peak = sampler.stop()
+    return {"tokens": got, "total_s": end - t0, "cold_s": first - t0,
+            "steady_tok_s": got / max(1e-9, end - first), "overall_tok_s": got / (end - t0), "peak_rss": peak}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scales", default="1,10")
+    ap.add_argument("--seq-lens", default="8,128,2048")
+    ap.add_argument("--tokens", type=int, default=3_000_000, help="tokens per run at scale 1 (x scale)")
+    ap.add_argument("--num-cpus", type=int, default=0, help="logical CPUs for Ray (default: 2 x cores)")
+    args = ap.parse_args()
+
+    import ray
+
+    from yxanul_ray.demo_corpus import build_demo_corpus
+    from yxanul_ray.raycluster import local_ray_env, quiet_ray_data
+
+    cores = os.cpu_count() or 1
+    local_ray_env()
+    ray.init(num_cpus=args.num_cpus or 2 * cores, include_dashboard=False, log_to_driver=False,
+             _node_ip_address="127.0.0.1")
+    quiet_ray_data()
+    seq_lens = [int(s) for s in args.seq_lens.split(",")]
+    print(f"machine: {cores} CPU cores; Ray with {args.num_cpus or 2 * cores} logical CPUs")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for scale in [float(s) for s in args.scales.split(",")]:
+            corpus = os.path.join(tmp, f"x{scale:g}")
+            counts = build_demo_corpus(corpus, scale=scale)
+            chars = sum(c for _, c in counts.values())
+            print(f"\ncorpus x{scale:g}: {chars / 1e6:.1f}M characters")
+            for seq_len in seq_lens:
+                single = in_process_rate(corpus, seq_len)
+                r = ray_rate(corpus, seq_len, int(args.tokens * scale))
+                rows.append((scale, seq_len, single, r))
+                print(f"  seq {seq_len:>5}: tokenize+pack 1 core {single / 1e6:5.2f}M tok/s | Ray path "
+                      f"{r['tokens'] / 1e6:5.1f}M tokens: steady {r['steady_tok_s'] / 1e6:5.2f}M tok/s "
+                      f"({r['steady_tok_s'] / cores / 1e6:4.2f}M per core), with cold start "
+                      f"{r['overall_tok_s'] / 1e6:5.2f}M tok/s, first batch after {r['cold_s']:.1f} s, "
+                      f"peak Ray RSS {r['peak_rss'] / 2**30:.2f} GiB", flush=True)
+    print("\nsummary (scale, seq_len, 1-core tok/s, Ray steady tok/s per core, peak Ray RSS GiB)")
+    for scale, seq_len, single, r in rows:
+        print(f"  x{scale:<4g} {seq_len:>5} {single:>12,.0f} {r['steady_tok_s'] / cores:>12,.0f} "
+              f"{r['peak_rss'] / 2**30:>8.2f}")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

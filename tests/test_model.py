@@ -1,0 +1,164 @@
+"""The GPT on CPU (torch twin) and, where a GPU with Transformer Engine exists, the TE blocks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from yxanul_ray.model import GPT, build_model, compile_model, mark_seq_dynamic
+from yxanul_ray.precision import fp8_available, te_available
+from yxanul_ray.presets import PRESETS, count_params, flops_per_token, resolve_shape
+
+SMALL = resolve_shape("tiny", {"vocab_size": 512, "max_seq_len": 256})
+
+
+def test_forward_backward_shapes_and_grads():
+    torch.manual_seed(0)
+    model = build_model(SMALL, "torch")
+    idx = torch.randint(0, 512, (3, 17))
+    logits = model(idx)
+    assert logits.shape == (3, 17, 512)
+    F.cross_entropy(logits.view(-1, 512), idx.view(-1)).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_causal_no_peeking_at_future_tokens():
+    torch.manual_seed(0)
+    model = build_model(SMALL, "torch").eval()
+    a = torch.randint(0, 512, (1, 12))
+    b = a.clone()
+    b[0, 8:] = (b[0, 8:] + 1) % 512
+    with torch.no_grad():
+        assert torch.allclose(model(a)[0, :8], model(b)[0, :8], atol=1e-5)
+
+
+def test_loss_decreases_overfitting_one_batch():
+    torch.manual_seed(0)
+    model = build_model(SMALL, "torch")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    rows = torch.randint(0, 512, (4, 33))
+    losses = []
+    for _ in range(60):
+        logits = model(rows[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, 512), rows[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("preset,expected_m", [("tiny", 1.63), ("demo", 3.31), ("270m", 277.0),
+                                                ("yxanul-270m", 151.8)])
+def test_parameter_count_of_each_preset(preset, expected_m):
+    shape = PRESETS[preset]
+    assert count_params(shape) / 1e6 == pytest.approx(expected_m, abs=0.01)
+    if preset in ("tiny", "demo"):  # the model agrees with the arithmetic (big ones: too slow here)
+        assert sum(p.numel() for p in GPT(shape).parameters()) == count_params(shape)
+    assert flops_per_token(shape, 2048) > 6 * count_params(shape) - 6 * shape.vocab_size * shape.d_model
+
+
+def test_270m_preset_fits_the_brief():
+    shape = PRESETS["270m"]
+    assert 250e6 <= count_params(shape) <= 290e6 and shape.vocab_size <= 65536
+    y = PRESETS["yxanul-270m"]
+    assert (y.d_model, y.n_layers, y.n_heads, y.n_kv_heads, y.ffn_hidden) == (640, 28, 10, 2, 1712)
+
+
+def test_state_dict_round_trip():
+    torch.manual_seed(0)
+    a = build_model(SMALL, "torch")
+    b = build_model(SMALL, "torch")
+    b.load_portable_state_dict(a.portable_state_dict())
+    idx = torch.randint(0, 512, (2, 9))
+    assert torch.equal(a(idx), b(idx))
+    with pytest.raises(KeyError, match="missing"):
+        b.load_portable_state_dict({k: v for k, v in a.portable_state_dict().items() if "blocks.0" not in k})
+
+
+def test_export_loads_in_transformers_with_matching_logits(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from yxanul_ray.export import export_hf
+
+    torch.manual_seed(0)
+    shape = resolve_shape("tiny", {"max_seq_len": 128})
+    model = build_model(shape, "torch").eval()
+    export_hf(model.portable_state_dict(), shape, "gpt2", str(tmp_path))
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), torch_dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(tmp_path))
+    ids = torch.tensor([tok("The standard library's json module parses text.")["input_ids"]])
+    with torch.no_grad():
+        ours, theirs = model(ids), hf(ids).logits
+    assert (ours - theirs).abs().max().item() < 1e-4
+
+
+def test_compile_across_stage_seq_lens_without_eager_fallback():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = build_model(resolve_shape("tiny", {"vocab_size": 256, "max_seq_len": 2048}), "torch")
+    compiled = compile_model(model, backend="eager")  # dynamo's graph capture, without C++ codegen
+    old = torch._dynamo.config.recompile_limit
+    torch._dynamo.config.recompile_limit = 8  # the default that ten fixed shapes would exceed
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
+    try:
+        for seq_len in (8, 16, 32, 64, 128, 256, 512, 768, 1536, 2048):
+            idx = mark_seq_dynamic(torch.randint(0, 256, (2, seq_len)))
+            out = compiled(idx)
+            assert out.shape == (2, seq_len, 256)
+    finally:
+        torch._dynamo.config.recompile_limit = old
+        torch._dynamo.config.fail_on_recompile_limit_hit = False
+        torch._dynamo.reset()
+
+
+def test_importing_the_package_does_not_import_te():
+    import subprocess
+    import sys
+
+    code = "import sys, yxanul_ray.model, yxanul_ray.cli; sys.exit('transformer_engine' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+TE_OK, TE_REASON = te_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not TE_OK, reason=TE_REASON)
+def test_te_block_matches_torch_block_in_bf16():
+    torch.manual_seed(0)
+    shape = resolve_shape("tiny", {"d_model": 128, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 256,
+                                   "vocab_size": 1024})
+    ref = GPT(shape, "torch").cuda()
+    te_model = GPT(shape, "te").cuda()
+    te_model.load_portable_state_dict(ref.portable_state_dict())
+    idx = torch.randint(0, 1024, (4, 64), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        a, b = ref(idx).float(), te_model(idx).float()
+    assert (a - b).abs().max().item() < 5e-2 * a.abs().max().item()
+    back = GPT(shape, "torch").cuda()
+    back.load_portable_state_dict(te_model.portable_state_dict())  # TE -> torch loads too
+
+
+FP8_OK, FP8_REASON = fp8_available() if TE_OK else (False, TE_REASON)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not FP8_OK, reason=FP8_REASON)
+def test_fp8_step_runs():
+    from yxanul_ray.precision import fp8_autocast, make_recipe
+
+    torch.manual_seed(0)
+    shape = resolve_shape("tiny", {"d_model": 128, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 256})
+    model = GPT(shape, "te").cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    idx = torch.randint(0, shape.vocab_size, (8, 65), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16), fp8_autocast(True, make_recipe()):
+        logits = model(idx[:, :-1])
+    loss = F.cross_entropy(logits.float().reshape(-1, shape.vocab_size), idx[:, 1:].reshape(-1))
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)

@@ -1,0 +1,71 @@
+"""Export a checkpoint as a Hugging Face Llama model (config.json + safetensors + tokenizer).
+
+Our block is Llama's block (RMSNorm, RoPE in the rotate-half convention, GQA, SwiGLU, no biases),
+so the export is a renaming plus splitting the fused QKV and gate/up weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from yxanul_ray.presets import ModelShape
+
+
+def llama_config(shape: ModelShape, eos_id: int) -> dict:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": shape.vocab_size,
+        "hidden_size": shape.d_model,
+        "intermediate_size": shape.ffn_hidden,
+        "num_hidden_layers": shape.n_layers,
+        "num_attention_heads": shape.n_heads,
+        "num_key_value_heads": shape.n_kv_heads,
+        "head_dim": shape.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": shape.max_seq_len,
+        "rms_norm_eps": shape.norm_eps,
+        "rope_theta": shape.rope_theta,
+        "tie_word_embeddings": shape.tie_embeddings,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "bos_token_id": eos_id,
+        "eos_token_id": eos_id,
+        "torch_dtype": "float32",
+    }
+
+
+def to_llama_state_dict(state: dict[str, torch.Tensor], shape: ModelShape) -> dict[str, torch.Tensor]:
+    d, kv = shape.d_model, shape.n_kv_heads * shape.head_dim
+    out = {"model.embed_tokens.weight": state["tok_emb.weight"], "model.norm.weight": state["final_norm_weight"]}
+    if not shape.tie_embeddings:
+        out["lm_head.weight"] = state["lm_head.weight"]
+    for i in range(shape.n_layers):
+        p, h = f"blocks.{i}.", f"model.layers.{i}."
+        q, k, v = state[p + "qkv.weight"].split([d, kv, kv], dim=0)
+        gate, up = state[p + "mlp.fc1_weight"].chunk(2, dim=0)
+        out.update({
+            h + "input_layernorm.weight": state[p + "qkv.layer_norm_weight"],
+            h + "self_attn.q_proj.weight": q, h + "self_attn.k_proj.weight": k, h + "self_attn.v_proj.weight": v,
+            h + "self_attn.o_proj.weight": state[p + "proj.weight"],
+            h + "post_attention_layernorm.weight": state[p + "mlp.layer_norm_weight"],
+            h + "mlp.gate_proj.weight": gate, h + "mlp.up_proj.weight": up,
+            h + "mlp.down_proj.weight": state[p + "mlp.fc2_weight"],
+        })
+    return {k: v.detach().to(torch.float32).contiguous() for k, v in out.items()}
+
+
+def export_hf(state: dict[str, torch.Tensor], shape: ModelShape, tokenizer_spec: str, out_dir: str) -> None:
+    from safetensors.torch import save_file
+
+    from yxanul_ray.tokenizer import load_tokenizer
+
+    os.makedirs(out_dir, exist_ok=True)
+    tok = load_tokenizer(tokenizer_spec)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(llama_config(shape, tok.eos_id), f, indent=2)
+    save_file(to_llama_state_dict(state, shape), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    tok.save(out_dir)

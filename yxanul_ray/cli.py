@@ -7,6 +7,7 @@ not a cluster start. Exit codes: 0 success, 1 a failed check or run, 2 bad input
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from yxanul_ray.config import ConfigError, load_job
@@ -25,6 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="print the stage table, totals, warnings and a time estimate")
     _add_config_args(p)
 
+    p = sub.add_parser("train", help="run the curriculum on Ray (joins a running cluster or starts one)")
+    _add_config_args(p)
+    p.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint directory")
+
+    p = sub.add_parser("export", help="write a checkpoint as a Hugging Face Llama model")
+    p.add_argument("checkpoint", help="a checkpoint directory (holds model.pt, state.json, job.json)")
+    p.add_argument("out_dir")
+
     p = sub.add_parser("demo-data", help="build the offline demo corpus (parquet) in DIR")
     p.add_argument("dir", nargs="?", default="data/demo")
     p.add_argument("--scale", type=float, default=1.0, help="corpus size multiplier (benchmarks)")
@@ -39,6 +48,31 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from yxanul_ray.driver import prepare_demo_corpus, run_training
+
+    prepare_demo_corpus(args.config, args.overrides)
+    job = load_job(args.config, args.overrides)
+    return run_training(job, resume=args.resume)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from yxanul_ray.checkpoint import load_state, load_tensors
+    from yxanul_ray.config import job_from_dict
+    from yxanul_ray.export import export_hf
+
+    try:
+        _, job_dict = load_state(args.checkpoint)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    job = job_from_dict(job_dict, os.path.join(args.checkpoint, "job.json"))
+    model_state, _ = load_tensors(args.checkpoint)
+    export_hf(model_state, job.model.shape, job.data.tokenizer, args.out_dir)
+    print(f"exported {args.checkpoint} -> {args.out_dir} (Hugging Face Llama format)")
+    return 0
+
+
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from yxanul_ray.demo_corpus import build_demo_corpus
 
@@ -48,7 +82,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"plan": cmd_plan, "demo-data": cmd_demo_data}
+COMMANDS = {"plan": cmd_plan, "train": cmd_train, "export": cmd_export, "demo-data": cmd_demo_data}
 
 
 def main(argv: list[str] | None = None) -> int:

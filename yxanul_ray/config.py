@@ -100,6 +100,8 @@ class CurriculumSpec:
     """Apply `overlap` only to stages whose seq_len exceeds this (the predecessor: 64)."""
     validation_seq_len: int = 128
     """Fixed seq_len for held-out validation, so values compare across stages."""
+    validation_rows: int = 64
+    """Held-out rows per source evaluated at each stage boundary (0: no validation)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,6 +146,8 @@ class DataSpec:
     """Documents per tokenizer call in Ray Data's map_batches."""
     data_cpus: float = 0.25
     """Logical CPUs each Ray Data task reserves; small so train workers never starve the pipeline."""
+    demo_corpus: str | None = None
+    """If set, `train`/`check` build the offline demo corpus in this directory when it is missing."""
     tokenizer_actors: int = 2
     """Most tokenizer actors per source (Ray Data scales the pool between 1 and this)."""
 

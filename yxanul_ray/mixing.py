@@ -46,11 +46,15 @@ class MixSchedule:
                 given[i] += n
             yield dict(zip(self.sources, base))
 
-    def totals_per_worker(self) -> dict[str, int]:
+    def totals_per_worker(self, first_step: int = 0, end_step: int | None = None) -> dict[str, int]:
+        """Rows each worker takes from each source over steps [first_step, end_step)."""
         totals = dict.fromkeys(self.sources, 0)
-        for step in self.counts():
-            for s, n in step.items():
-                totals[s] += n
+        for i, step in enumerate(self.counts()):
+            if end_step is not None and i >= end_step:
+                break
+            if i >= first_step:
+                for s, n in step.items():
+                    totals[s] += n
         return totals
 
 

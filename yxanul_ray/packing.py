@@ -36,11 +36,15 @@ class Packer:
     stops after `max_rows`, at which point `end_cursor()` tells where the next stage starts.
     """
 
-    def __init__(self, seq_len: int, stride: int, eos_id: int, max_rows: int, start: SourceCursor):
+    def __init__(self, seq_len: int, stride: int, eos_id: int, max_rows: int, start: SourceCursor,
+                 skip_rows: int = 0):
         if not 0 < stride <= seq_len:
             raise ValueError(f"stride {stride} must be in 1..seq_len ({seq_len})")
         self.seq_len, self.stride, self.eos_id, self.max_rows = seq_len, stride, eos_id, max_rows
         self.start = start
+        # Resuming mid-stage: the first skip_rows rows were trained before the interruption; they
+        # are re-made (same stream, same rows) and dropped, so the stage continues exactly.
+        self.skip_rows = skip_rows
         self.rows_out = 0
         self.stats = SourceStats()
         self._buf = np.empty(0, dtype=np.int32)
@@ -101,6 +105,7 @@ class Packer:
             return np.empty((0, width), dtype=np.int32)
         windows = np.lib.stride_tricks.sliding_window_view(self._buf, width)[:: self.stride][:n]
         rows = np.ascontiguousarray(windows)
+        first_row = self.rows_out
         self.rows_out += n
         self.stats.rows += n
         self.stats.trained_tokens += n * self.seq_len
@@ -112,6 +117,8 @@ class Packer:
         self._buf_start += drop
         while self._segments and self._segments[0].start + self._segments[0].length <= self._buf_start:
             self._segments.popleft()
+        if first_row < self.skip_rows:
+            rows = rows[self.skip_rows - first_row:]
         return rows
 
     def _last_target_pos(self) -> int:

@@ -28,12 +28,32 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
         ray.init(address=address, log_to_driver=True)
         return ray
     local_ray_env()
-    try:
-        ray.init(address="auto", log_to_driver=True)
-    except ConnectionError:
+    running = running_cluster_address()
+    if running:
+        ray.init(address=running, log_to_driver=True)
+    else:
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
                  _node_ip_address="127.0.0.1", log_to_driver=True)
     return ray
+
+
+def running_cluster_address() -> str | None:
+    """The address of a live `ray start` cluster on this machine, else None. Ray's own
+    address="auto" trusts a leftover file and then waits ~30 s for a GCS that is gone."""
+    import socket
+
+    try:
+        from ray._private.services import get_ray_address_from_environment
+
+        address = get_ray_address_from_environment("auto", None)
+    except Exception:  # noqa: BLE001 - no cluster file, or an unreadable one
+        return None
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return address
+    except (OSError, ValueError):
+        return None
 
 
 def quiet_ray_data() -> None:

@@ -300,9 +300,9 @@ def tokenize_batch(batch: pa.Table, tokenizer: str) -> pa.Table:
 
 class Pack:
     def __init__(self, *, source: str, source_id: int, seq_len: int, stride: int, eos_id: int, max_rows: int,
-                 start: dict, wrap_epochs: int, ledger=None, ledger_key=None):
+                 start: dict, wrap_epochs: int, skip_rows: int = 0, ledger=None, ledger_key=None):
         self.source, self.source_id, self.wrap_epochs = source, source_id, wrap_epochs
-        self.packer = Packer(seq_len, stride, eos_id, max_rows, SourceCursor.from_dict(start))
+        self.packer = Packer(seq_len, stride, eos_id, max_rows, SourceCursor.from_dict(start), skip_rows)
         self.ledger, self.ledger_key = ledger, ledger_key
         self.reported = False
         self.width = seq_len + 1
@@ -363,8 +363,8 @@ def wrap_epochs_needed(spec: ReadSpec, tokens: int) -> int:
 
 def build_source_dataset(spec: ReadSpec, *, source_id: int, start: SourceCursor, seq_len: int, stride: int,
                          max_rows: int, tokenizer: str, eos_id: int, tokenize_batch_size: int, data_cpus: float,
-                         tokenizer_actors: int, ledger=None, ledger_key=None):
-    """The packed-row Dataset of one source for one stage: exactly `max_rows` rows."""
+                         tokenizer_actors: int, skip_rows: int = 0, ledger=None, ledger_key=None):
+    """The packed-row Dataset of one source for one stage: exactly `max_rows - skip_rows` rows."""
     import ray.data
 
     # Few concurrent reads: Ray Data would otherwise start a read per logical CPU and starve the
@@ -383,10 +383,10 @@ def build_source_dataset(spec: ReadSpec, *, source_id: int, start: SourceCursor,
         max_restarts=0, max_task_retries=0,
         fn_constructor_kwargs={"source": spec.files.source, "source_id": source_id, "seq_len": seq_len,
                                "stride": stride, "eos_id": eos_id, "max_rows": max_rows,
-                               "start": start.to_dict(), "wrap_epochs": wrap_epochs, "ledger": ledger,
-                               "ledger_key": ledger_key},
+                               "start": start.to_dict(), "wrap_epochs": wrap_epochs, "skip_rows": skip_rows,
+                               "ledger": ledger, "ledger_key": ledger_key},
     )
-    ds = ds.limit(max_rows)
+    ds = ds.limit(max_rows - skip_rows)
     ds.context.execution_options.preserve_order = True
     # Small blocks: the first rows of a stage arrive after a few hundred documents are tokenized,
     # not after a whole file (map_batches coalesces its output up to this size).

@@ -28,6 +28,8 @@ from yxanul_ray.sources import ReadSpec, build_source_dataset
 @dataclass
 class StageData:
     index: int
+    start_step: int
+    """First step these datasets feed (non-zero when resuming mid-stage)."""
     plan: StagePlan
     schedule: MixSchedule
     datasets: dict[str, Any]
@@ -49,13 +51,15 @@ def read_spec(job: JobSpec, files: SourceFiles) -> ReadSpec:
 
 
 def build_stage_data(job: JobSpec, stage_index: int, cursors: dict[str, SourceCursor], world_size: int,
-                     files: dict[str, SourceFiles], eos_id: int, ledger, run_key: str = "") -> StageData:
-    """Build stage `stage_index`'s per-source Datasets starting at `cursors` (lazy: nothing runs
-    until a consumer iterates)."""
+                     files: dict[str, SourceFiles], eos_id: int, ledger, run_key: str = "",
+                     start_step: int = 0) -> StageData:
+    """Build stage `stage_index`'s per-source Datasets starting at `cursors` (the stage's start)
+    and feeding steps from `start_step` on. Lazy: nothing runs until a consumer iterates."""
     stage = job.curriculum.stages[stage_index]
     plan = plan_curriculum(job.curriculum, world_size)[stage_index]
     schedule = build_schedule(stage.mix, plan, world_size)
     per_worker = schedule.totals_per_worker()
+    done = schedule.totals_per_worker(0, start_step)
     rows = {s: n * world_size for s, n in per_worker.items()}
     source_ids = {name: i for i, name in enumerate(job.sources)}
     # Unique per build: a rebuilt stage (resume, retry) must never read an older build's report.
@@ -65,12 +69,12 @@ def build_stage_data(job: JobSpec, stage_index: int, cursors: dict[str, SourceCu
             read_spec(job, files[s]), source_id=source_ids[s], start=cursors.get(s, SourceCursor()),
             seq_len=stage.seq_len, stride=stage_stride(job.curriculum, stage), max_rows=n,
             tokenizer=job.data.tokenizer, eos_id=eos_id, tokenize_batch_size=job.data.tokenize_batch_size,
-            data_cpus=job.data.data_cpus, tokenizer_actors=job.data.tokenizer_actors, ledger=ledger,
-            ledger_key=stage_key)
+            data_cpus=job.data.data_cpus, tokenizer_actors=job.data.tokenizer_actors,
+            skip_rows=done[s] * world_size, ledger=ledger, ledger_key=stage_key)
         for s, n in rows.items() if n > 0
     }
     end_state = ledger.wait.remote(stage_key, list(datasets))
-    return StageData(stage_index, plan, schedule, datasets, rows, end_state)
+    return StageData(stage_index, start_step, plan, schedule, datasets, rows, end_state)
 
 
 class _RowReader:
@@ -107,18 +111,36 @@ class _RowReader:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
+class StageBatches:
+    """One worker's batches for one stage: {"tokens": [rows, seq_len+1] int32, "source": [rows]
+    int16} per step, with exactly the scheduled rows of each source. `prime()` starts every
+    source's pipeline (call it ahead of time to hide a stage switch)."""
+
+    def __init__(self, iterators: dict[str, Any], schedule: MixSchedule, source_ids: dict[str, int],
+                 start_step: int = 0, prefetch_batches: int = 2):
+        self.readers = {s: _RowReader(it, prefetch_batches) for s, it in iterators.items()}
+        self.schedule, self.source_ids, self.start_step = schedule, source_ids, start_step
+        self._primed = False
+
+    def prime(self) -> None:
+        if not self._primed:
+            with ThreadPoolExecutor(max_workers=max(1, len(self.readers))) as pool:
+                list(pool.map(_RowReader.prime, self.readers.values()))
+            self._primed = True
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        self.prime()
+        for step, counts in enumerate(self.schedule.counts()):
+            if step < self.start_step:
+                continue
+            tokens, sources = [], []
+            for s, n in counts.items():
+                if n:
+                    tokens.append(self.readers[s].take(n))
+                    sources.append(np.full(n, self.source_ids[s], dtype=np.int16))
+            yield {"tokens": np.concatenate(tokens), "source": np.concatenate(sources)}
+
+
 def iter_worker_batches(iterators: dict[str, Any], schedule: MixSchedule, source_ids: dict[str, int],
-                        prefetch_batches: int = 2) -> Iterator[dict[str, np.ndarray]]:
-    """Per step: {"tokens": [rows, seq_len+1] int32, "source": [rows] int16} with exactly the
-    scheduled rows of each source."""
-    readers = {s: _RowReader(it, prefetch_batches) for s, it in iterators.items()}
-    # Start every source's pipeline at once rather than one after another on first use.
-    with ThreadPoolExecutor(max_workers=max(1, len(readers))) as pool:
-        list(pool.map(_RowReader.prime, readers.values()))
-    for counts in schedule.counts():
-        tokens, sources = [], []
-        for s, n in counts.items():
-            if n:
-                tokens.append(readers[s].take(n))
-                sources.append(np.full(n, source_ids[s], dtype=np.int16))
-        yield {"tokens": np.concatenate(tokens), "source": np.concatenate(sources)}
+                        prefetch_batches: int = 2, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    return iter(StageBatches(iterators, schedule, source_ids, start_step, prefetch_batches))

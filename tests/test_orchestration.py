@@ -1,0 +1,173 @@
+"""The whole job on a real Ray cluster: `ray job submit` of the demo curriculum, a worker killed
+mid-stage, and `--resume` from a mid-stage checkpoint. Two CPU workers with DDP on 2 cores."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO
+from yxanul_ray.config import load_job
+
+pytestmark = pytest.mark.ray
+DEMO = os.path.join(REPO, "configs", "demo.yaml")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+DONE = re.compile(r"Stage (\d+)/(\d+) done: ([\d,]+) tokens; realised mix: (.*)")
+MIX_ITEM = re.compile(r"(\w+) ([\d,]+) \(")
+
+
+def _int(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def stage_results(output: str) -> dict[int, dict]:
+    """{stage: {"tokens": n, "mix": {source: tokens}}} from the rank-0 'done' lines (last wins)."""
+    out = {}
+    for line in ANSI.sub("", output).splitlines():
+        m = DONE.search(line)
+        if m:
+            mix = {s: _int(n) for s, n in MIX_ITEM.findall(m.group(4))}
+            out[int(m.group(1))] = {"tokens": _int(m.group(3)), "mix": mix}
+    return out
+
+
+def assert_curriculum_completed(output: str, job, world: int = 2, stages=None) -> None:
+    results = stage_results(output)
+    stages = stages or range(1, len(job.curriculum.stages) + 1)
+    for k in stages:
+        st = job.curriculum.stages[k - 1]
+        assert k in results, f"stage {k} never finished:\n{output[-3000:]}"
+        got = results[k]
+        assert got["tokens"] == st.tokens, (k, got)  # each stage ends exactly on its budget
+        total = sum(got["mix"].values())
+        assert total == st.tokens
+        for source, weight in st.mix.items():
+            # Within one row per worker of the ratio (plus the stage's final masked positions).
+            assert abs(got["mix"].get(source, 0) - weight * total) <= world * st.seq_len + world * st.seq_len, \
+                (k, source, got)
+    assert f"REACHED TARGET: {job.curriculum.target_tokens:,} tokens" in ANSI.sub("", output)
+
+
+@pytest.fixture(scope="module")
+def job_address(tmp_path_factory):
+    """The Ray head's job API: CI's (YXANUL_RAY_JOB_ADDRESS), else a head started here."""
+    address = os.environ.get("YXANUL_RAY_JOB_ADDRESS")
+    if address:
+        yield address
+        return
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    port = "8275"
+    subprocess.run(["ray", "start", "--head", "--num-cpus=4", "--port=6390", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={port}", "--disable-usage-stats", "--node-ip-address=127.0.0.1"],
+                   check=True, env=env, capture_output=True)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True)
+
+
+def submit(address: str, *args: str, timeout_s: int = 1500) -> str:
+    cmd = ["ray", "job", "submit", "--address", address, "--working-dir", REPO,
+           "--runtime-env-json", json.dumps({"excludes": [".venv", "data", "runs", ".git"]}),
+           "--", "python", "jobs/train.py", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    return out
+
+
+def test_demo_curriculum_via_ray_job_submit(job_address, tmp_path):
+    out = submit(job_address, "--config", "configs/demo.yaml", "--set", f"run.storage_path={tmp_path}")
+    job = load_job(DEMO)
+    assert "2 worker(s)" in out  # two CPU workers with DDP on 2 cores, no deadlock
+    assert_curriculum_completed(out, job)
+    starts = [int(m) for m in re.findall(r"Stage (\d+)/10: ", ANSI.sub("", out))]
+    assert starts == sorted(starts) and sorted(set(starts)) == list(range(1, 11))  # all ten, in order
+    checkpoints = glob.glob(os.path.join(tmp_path, "*", "checkpoint_*", "state.json"))
+    stages_checkpointed = {json.load(open(p))["stage"] for p in checkpoints}
+    assert set(range(1, 11)) <= stages_checkpointed  # a checkpoint at the end of every stage
+
+
+def _train_proc(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "jobs/train.py", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _train_worker_pids() -> list[int]:
+    pids = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"RayTrainWorker" in f.read():
+                        pids.append(int(pid))
+            except OSError:
+                pass
+    return pids
+
+
+# Half the demo's budgets through the user's --target-tokens flag (each stage scaled by 0.5).
+FAULT_ARGS = ["--config", "configs/demo.yaml", "--target-tokens", "200000",
+              "--set", "run.checkpoint_every_tokens=10000"]
+
+
+def half_demo():
+    raw = load_job(DEMO)
+    overrides = [f"curriculum.stages.{i}.tokens={st.tokens // 2}" for i, st in enumerate(raw.curriculum.stages)]
+    return load_job(DEMO, [*overrides, "curriculum.target_tokens=200000"])
+
+
+def test_killed_worker_restores_and_finishes_with_same_totals(tmp_path):
+    proc = _train_proc(*FAULT_ARGS, "--set", f"run.storage_path={tmp_path}")
+    lines, killed = [], None
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if killed is None and "Stage 5/10 (" in ANSI.sub("", line) and "Step " in line:
+                pids = _train_worker_pids()
+                assert pids, "no train worker process found"
+                killed = pids[-1]
+                os.kill(killed, signal.SIGKILL)  # a process this test started, by PID
+        proc.wait(timeout=1200)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    out = "".join(lines)
+    assert killed is not None, out[-3000:]
+    assert proc.returncode == 0, out[-5000:]
+    assert "Resumed from" in out
+    assert_curriculum_completed(out, half_demo())
+    test_killed_worker_restores_and_finishes_with_same_totals.run_dir = str(tmp_path)
+
+
+def test_resume_from_mid_stage_checkpoint(tmp_path):
+    run_dirs = getattr(test_killed_worker_restores_and_finishes_with_same_totals, "run_dir", None)
+    if run_dirs is None:  # run on its own: make a short run to take checkpoints from
+        proc = subprocess.run([sys.executable, "jobs/train.py", *FAULT_ARGS, "--set", f"run.storage_path={tmp_path}"],
+                              cwd=REPO, capture_output=True, text=True, timeout=1200)
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        run_dirs = str(tmp_path)
+    mid = []
+    for path in glob.glob(os.path.join(run_dirs, "*", "checkpoint_*", "state.json")):
+        state = json.load(open(path))
+        if state["step_in_stage"] > 0 and state["stage"] >= 7:
+            mid.append((state["tokens"], os.path.dirname(path), state))
+    assert mid, "no mid-stage checkpoint was written"
+    tokens, ckpt, state = sorted(mid)[0]
+    out_dir = tmp_path / "resumed"
+    proc = subprocess.run([sys.executable, "jobs/train.py", *FAULT_ARGS, "--set", f"run.storage_path={out_dir}",
+                           "--resume", ckpt], cwd=REPO, capture_output=True, text=True, timeout=1200)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    stage, step_in_stage = state["stage"] + 1, state["step_in_stage"]
+    assert f"Resumed from {ckpt}: stage {stage}, step {state['step']} ({step_in_stage} into the stage), " \
+           f"{tokens:,} tokens" in ANSI.sub("", out)
+    assert_curriculum_completed(out, half_demo(), stages=range(stage, 11))
+    assert not re.search(rf"Stage {stage - 1}/10 done", ANSI.sub("", out))  # earlier stages not re-run

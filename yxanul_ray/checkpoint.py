@@ -1,0 +1,71 @@
+"""Checkpoints: model, optimizer, trainer state and the coordinator's curriculum state.
+
+A checkpoint is a directory: model.pt (the portable state_dict both backends share),
+optimizer.pt, state.json (TrainState: step, tokens, stage, step in stage, per-source tokens, the
+coordinator's cursors and stats, loss history) and job.json (the resolved config). Tensors load
+with weights_only=True; the rest is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    """Optimizer steps done."""
+    tokens: int = 0
+    """Trained target positions done, all workers together."""
+    stage: int = 0
+    step_in_stage: int = 0
+    tokens_by_source: dict[str, int] = field(default_factory=dict)
+    stage_tokens_by_source: list[dict[str, int]] = field(default_factory=list)
+    """Realised mix per finished or current stage, in trained tokens."""
+    loss_history: list[list[float]] = field(default_factory=list)
+    """[global tokens, mean loss over the log interval] pairs, for the loss plot."""
+    validation: list[dict] = field(default_factory=list)
+    """Per stage boundary: {"stage", "tokens", "loss": {source: loss}}."""
+    coordinator: dict = field(default_factory=dict)
+    """The coordinator's state: cursors at each stage's start and per-stage source stats."""
+    resumes: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainState:
+        return cls(**d)
+
+
+def save_checkpoint(path: str, model_state: dict, optimizer_state: dict, state: TrainState, job: dict) -> None:
+    os.makedirs(path, exist_ok=True)
+    torch.save(model_state, os.path.join(path, "model.pt"))
+    torch.save(optimizer_state, os.path.join(path, "optimizer.pt"))
+    with open(os.path.join(path, "state.json"), "w") as f:
+        json.dump(state.to_dict(), f)
+    with open(os.path.join(path, "job.json"), "w") as f:
+        json.dump(job, f, indent=1, default=list)
+
+
+def load_state(path: str) -> tuple[TrainState, dict]:
+    """TrainState and the job dict, without touching the tensors (cheap, for the driver)."""
+    try:
+        with open(os.path.join(path, "state.json")) as f:
+            state = TrainState.from_dict(json.load(f))
+        with open(os.path.join(path, "job.json")) as f:
+            job = json.load(f)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{path} is not a yxanul-ray checkpoint (missing {os.path.basename(e.filename)})") \
+            from None
+    return state, job
+
+
+def load_tensors(path: str, map_location="cpu") -> tuple[dict, dict]:
+    model = torch.load(os.path.join(path, "model.pt"), map_location=map_location, weights_only=True)
+    optim = torch.load(os.path.join(path, "optimizer.pt"), map_location=map_location, weights_only=True)
+    return model, optim

@@ -1,0 +1,178 @@
+"""The curriculum coordinator: one named actor per job, the single owner of curriculum state.
+
+It builds each stage's data (stage_data.build_stage_data) from the cursors where the previous
+stage stopped, splits it across the train workers, and builds stage k+1 as soon as stage k's
+packers have produced their last rows (before the workers have consumed them), so the switch has
+no cold start. Workers ask it for their iterators once per stage and send it progress
+fire-and-forget; it never sits on the step path. Stage switches themselves are arithmetic on
+the workers, not decided here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import ray
+
+from yxanul_ray.config import job_from_dict
+from yxanul_ray.cursors import SourceCursor, SourceStats
+from yxanul_ray.hub import resolve_files
+from yxanul_ray.ledger import StageLedger
+from yxanul_ray.packing import Packer
+from yxanul_ray.sources import read_holdout_docs
+from yxanul_ray.stage_data import StageData, build_stage_data, read_spec
+from yxanul_ray.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Build:
+    data: StageData
+    splits: list[dict[str, Any]]
+    handed: set[int] = field(default_factory=set)
+
+
+@ray.remote(num_cpus=0, max_concurrency=64)
+class CurriculumCoordinator:
+    def __init__(self, job: dict, world_size: int, resumed: dict | None = None):
+        from yxanul_ray.raycluster import quiet_ray_data
+
+        quiet_ray_data()
+        self.job = job_from_dict(job, job.get("path") or "<job>")
+        self.world = world_size
+        self.files = {s: resolve_files(spec) for s, spec in self.job.sources.items()}
+        self.eos_id = load_tokenizer(self.job.data.tokenizer).eos_id
+        self.ledger = StageLedger.remote()
+        self.source_ids = {name: i for i, name in enumerate(self.job.sources)}
+        resumed = resumed or {}
+        # Cursors at the start of each stage (stage 0: the start of every source).
+        self.stage_cursors: dict[int, dict[str, dict]] = {
+            int(k): v for k, v in resumed.get("stage_cursors", {"0": {}}).items()}
+        self.stage_stats: dict[int, dict[str, dict]] = {int(k): v for k, v in resumed.get("stage_stats", {}).items()}
+        self._cursor_events: dict[int, asyncio.Event] = {}
+        self._builds: dict[tuple[int, int], asyncio.Future] = {}
+        self._progress: dict = {}
+        self._metrics = _Gauges()
+
+    # ---- stage data --------------------------------------------------------------------------
+
+    async def stage_input(self, stage: int, rank: int, start_step: int = 0) -> dict:
+        """This rank's {source: DataIterator} for `stage` from `start_step`, plus what it needs
+        to assemble batches. A rank asking twice for the same build is a restarted worker group:
+        it gets a fresh build (Ray Data iterators cannot be rewound)."""
+        key = (stage, start_step)
+        fut = self._builds.get(key)
+        if fut is None or (fut.done() and rank in fut.result().handed):
+            fut = self._builds[key] = asyncio.ensure_future(self._build(stage, start_step))
+        build = await fut
+        build.handed.add(rank)
+        d = build.data
+        return {"iterators": build.splits[rank], "schedule": d.schedule, "source_ids": self.source_ids,
+                "start_step": start_step}
+
+    async def _build(self, stage: int, start_step: int) -> _Build:
+        cursors = await self._cursors_at(stage)
+        data = build_stage_data(self.job, stage, {s: SourceCursor.from_dict(c) for s, c in cursors.items()},
+                                self.world, self.files, self.eos_id, self.ledger, start_step=start_step)
+        build = _Build(data, data.split(self.world))
+        asyncio.ensure_future(self._after_stage_produced(stage, data))
+        log.info("built stage %d from step %d", stage + 1, start_step)
+        return build
+
+    async def _cursors_at(self, stage: int) -> dict[str, dict]:
+        if stage not in self.stage_cursors:
+            await self._cursor_event(stage).wait()
+        return self.stage_cursors[stage]
+
+    def _cursor_event(self, stage: int) -> asyncio.Event:
+        return self._cursor_events.setdefault(stage, asyncio.Event())
+
+    async def _after_stage_produced(self, stage: int, data: StageData) -> None:
+        """When a stage's rows are all produced: record where each source stopped, then build the
+        next stage ahead of time."""
+        try:
+            end = await data.end_state
+        except Exception as e:  # noqa: BLE001 - a failed pipeline is reported to the workers, not here
+            log.warning("stage %d data failed: %s", stage + 1, e)
+            return
+        if data.start_step == 0:
+            self.stage_stats[stage] = {s: v["stats"] for s, v in end.items()}
+        nxt = stage + 1
+        if nxt not in self.stage_cursors:
+            cursors = dict(self.stage_cursors[stage])
+            cursors.update({s: v["cursor"] for s, v in end.items()})
+            self.stage_cursors[nxt] = cursors
+            self._cursor_event(nxt).set()
+        if nxt < len(self.job.curriculum.stages) and (nxt, 0) not in self._builds:
+            self._builds[(nxt, 0)] = asyncio.ensure_future(self._build(nxt, 0))
+
+    # ---- state, validation, progress ----------------------------------------------------------
+
+    def state(self) -> dict:
+        """What a checkpoint must hold to rebuild any stage exactly (JSON-able)."""
+        return {"stage_cursors": {str(k): v for k, v in self.stage_cursors.items()},
+                "stage_stats": {str(k): v for k, v in self.stage_stats.items()}}
+
+    async def stage_report(self, stage: int) -> dict[str, dict]:
+        """Per-source stats of a stage (rows, distinct tokens, documents, bad rows, wraps)."""
+        await self._cursors_at(stage + 1)
+        return self.stage_stats.get(stage, {})
+
+    def validation_rows(self, seq_len: int, max_rows: int) -> dict[str, np.ndarray]:
+        """Held-out rows per source, packed at one fixed seq_len so losses compare across stages."""
+        tok = load_tokenizer(self.job.data.tokenizer)
+        out = {}
+        for name, files in self.files.items():
+            spec = read_spec(self.job, files)
+            if spec.holdout_docs == 0:
+                continue
+            docs = read_holdout_docs(spec)
+            packer = Packer(seq_len, seq_len, self.eos_id, max_rows, SourceCursor())
+            for i, ids in enumerate(tok.encode_batch(docs)):
+                packer.add((0, 0, i, 0), np.asarray(ids, dtype=np.int32), True)
+            rows = packer.take_rows()
+            if len(rows):
+                out[name] = rows
+        return out
+
+    def record_progress(self, progress: dict) -> None:
+        """Fire-and-forget from rank 0 at each log interval; feeds the dashboard gauges."""
+        self._progress = progress
+        self._metrics.update(progress)
+
+    def progress(self) -> dict:
+        return self._progress
+
+    def total_stats(self) -> dict[str, dict]:
+        total: dict[str, SourceStats] = {}
+        for per_source in self.stage_stats.values():
+            for s, st in per_source.items():
+                total[s] = total.get(s, SourceStats()).add(SourceStats.from_dict(st))
+        return {s: st.to_dict() for s, st in total.items()}
+
+
+class _Gauges:
+    """Custom metrics in the Ray dashboard (Metrics view / Grafana), tagged by run."""
+
+    def __init__(self) -> None:
+        from ray.util.metrics import Gauge
+
+        self.tokens = Gauge("yxanul_global_tokens", description="Trained tokens, all workers")
+        self.stage = Gauge("yxanul_stage", description="Current curriculum stage (1-based)")
+        self.by_source = Gauge("yxanul_tokens_by_source", description="Trained tokens per source",
+                               tag_keys=("source",))
+        self.rate = Gauge("yxanul_tokens_per_s", description="Training throughput, tokens/s")
+        self.loss = Gauge("yxanul_loss", description="Training loss, mean over the log interval")
+
+    def update(self, p: dict) -> None:
+        self.tokens.set(p.get("tokens", 0))
+        self.stage.set(p.get("stage", 0))
+        self.rate.set(p.get("tokens_per_s", 0.0))
+        self.loss.set(p.get("loss", 0.0))
+        for source, n in p.get("tokens_by_source", {}).items():
+            self.by_source.set(n, tags={"source": source})

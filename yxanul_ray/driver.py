@@ -1,0 +1,104 @@
+"""The job's driver: validates, connects to Ray, creates the coordinator and runs the TorchTrainer.
+
+Works the same under `ray job submit` (it joins the job's cluster), after `ray start --head`
+(it finds the running cluster) and with no cluster at all (it starts a local one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+from yxanul_ray.config import ConfigError, JobSpec, read_yaml
+
+
+def prepare_demo_corpus(config_path: str, overrides: list[str]) -> None:
+    """Build the offline demo corpus where a config's `data.demo_corpus` says, if it is missing,
+    so the demo runs on a fresh clone (and inside `ray job submit`'s uploaded working dir)."""
+    from yxanul_ray.config import apply_override
+
+    raw = read_yaml(config_path)
+    for item in overrides:
+        apply_override(raw, item, config_path)
+    target = (raw.get("data") or {}).get("demo_corpus")
+    if not target:
+        return
+    marker = os.path.join(target, "code")
+    if not os.path.isdir(marker) or not os.listdir(marker):
+        from yxanul_ray.demo_corpus import build_demo_corpus
+
+        counts = build_demo_corpus(target)
+        print(f"built the offline demo corpus in {target}: " + ", ".join(
+            f"{k} {d:,} docs" for k, (d, _) in counts.items()), flush=True)
+
+
+def absolute_paths(job: JobSpec) -> JobSpec:
+    """Local source paths relative to the driver's working directory, made absolute for the
+    workers (whose working directory differs)."""
+    sources = {
+        name: dataclasses.replace(src, path=os.path.abspath(os.path.expanduser(src.path)) if src.path else None,
+                                  hf_mirror=os.path.abspath(os.path.expanduser(src.hf_mirror)) if src.hf_mirror
+                                  else None)
+        for name, src in job.sources.items()
+    }
+    run = dataclasses.replace(job.run, storage_path=os.path.abspath(os.path.expanduser(job.run.storage_path)))
+    return dataclasses.replace(job, sources=sources, run=run)
+
+
+def run_training(job: JobSpec, resume: str | None = None) -> int:
+    from yxanul_ray.curriculum import plan_curriculum
+
+    try:
+        plan_curriculum(job.curriculum, job.run.workers)
+    except ValueError as e:
+        raise ConfigError(f"{job.path}: curriculum.stages: {e} (run.workers={job.run.workers})") from None
+    job = absolute_paths(job)
+    resumed_coordinator = None
+    if resume:
+        from yxanul_ray.checkpoint import load_state
+
+        state, _ = load_state(resume)
+        resumed_coordinator = state.coordinator
+        resume = os.path.abspath(resume)
+
+    from yxanul_ray.raycluster import init_ray, quiet_ray_data
+
+    cores = os.cpu_count() or 1
+    # A cluster of our own gets twice the cores as logical CPUs: train workers and Ray Data's
+    # tasks hold fractions of a CPU, and on small machines whole CPUs would starve the pipeline.
+    ray = init_ray(num_cpus=max(4, 2 * cores))
+    quiet_ray_data()
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from yxanul_ray.coordinator import CurriculumCoordinator
+    from yxanul_ray.train_loop import train_loop_per_worker
+
+    run_name = f"{job.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = os.path.join(job.run.storage_path, run_name)
+    coordinator = CurriculumCoordinator.options(name=f"yxanul-coordinator-{run_name}").remote(
+        job.to_dict(), job.run.workers, resumed_coordinator)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": job.to_dict(), "coordinator": coordinator, "run_dir": run_dir,
+                           "resume_from": resume},
+        scaling_config=ScalingConfig(num_workers=job.run.workers, use_gpu=job.run.use_gpu,
+                                     resources_per_worker={"CPU": job.run.cpus_per_worker}),
+        run_config=RunConfig(name=run_name, storage_path=job.run.storage_path,
+                             failure_config=FailureConfig(max_failures=job.run.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=None),
+                             # Ray Train's print patch would log every progress line twice.
+                             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}),
+        torch_config=TorchConfig(backend="nccl" if job.run.use_gpu else "gloo"),
+    )
+    print(f"run {run_name}: {job.run.workers} worker(s), storage {run_dir}", flush=True)
+    result = trainer.fit()
+    if result.error:
+        print(f"training failed: {result.error}", flush=True)
+        return 1
+    print(f"run finished: checkpoints under {run_dir}", flush=True)
+    if result.checkpoint is not None:
+        print(f"final checkpoint: {result.checkpoint.path}", flush=True)
+    del ray
+    return 0

@@ -1,0 +1,357 @@
+"""`train_loop_per_worker`: what each Ray Train worker runs. Reads like a table of contents; the
+pieces live in small helpers below and in the pure modules (curriculum, accounting, mixing)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import ray
+import ray.train
+import torch
+import torch.nn.functional as F
+
+from yxanul_ray.accounting import progress_line, step_tokens_by_source, valid_targets
+from yxanul_ray.checkpoint import TrainState, load_state, load_tensors, save_checkpoint
+from yxanul_ray.config import JobSpec, job_from_dict
+from yxanul_ray.curriculum import lr_at, plan_curriculum
+from yxanul_ray.model import build_model, compile_model, mark_seq_dynamic
+from yxanul_ray.precision import fp8_autocast, make_recipe
+from yxanul_ray.presets import flops_per_token
+from yxanul_ray.stage_data import StageBatches
+
+IGNORE = -100
+
+
+def train_loop_per_worker(config: dict) -> None:
+    job = job_from_dict(config["job"], config["job"].get("path", "<job>"))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    coord = config["coordinator"]
+    run = Run(job, rank, world, coord, config["run_dir"])
+    state = run.restore(ray.train.get_checkpoint(), config.get("resume_from"))
+    plans = plan_curriculum(job.curriculum, world)
+    next_input = Prefetch(coord, rank, state.stage, state.step_in_stage)
+
+    while state.stage < len(plans):
+        # --- stage setup ---
+        plan, stage = plans[state.stage], job.curriculum.stages[state.stage]
+        batches = next_input.result()
+        if state.stage + 1 < len(plans):  # hide the next switch: fetch and start its data now
+            next_input = Prefetch(coord, rank, state.stage + 1, 0)
+        run.stage_banner(state, plan)
+        for batch in batches:
+            run.note_first_batch(state)
+            # --- train step ---
+            step_in_stage = state.step_in_stage
+            global_valid = plan.step_tokens(step_in_stage)
+            lr = lr_at(job.optimizer, job.curriculum.target_tokens, state.tokens, stage.lr_scale)
+            loss_sum = run.train_step(batch["tokens"], global_valid, lr, stage)
+            # --- accounting/logging ---
+            counts = _counts_of(batch, batches)
+            run.account(state, counts, global_valid, stage.seq_len, loss_sum)
+            state.step_in_stage += 1
+            if state.step % job.run.log_every_steps == 0:
+                run.log(state, lr, plan)
+            # --- stage switch/checkpoint ---
+            if state.step_in_stage == plan.steps:
+                break
+            if run.checkpoint_due(state):
+                run.report(state, checkpoint=True)
+        run.log(state, lr, plan)
+        run.stage_ended = time.perf_counter()
+        state.stage += 1
+        state.step_in_stage = 0
+        run.end_of_stage(state)
+        run.report(state, checkpoint=True)
+    run.finish(state)
+
+
+def _counts_of(batch: dict, batches: StageBatches) -> dict[str, int]:
+    ids = batches.source_ids
+    return {s: int(np.count_nonzero(batch["source"] == ids[s])) for s in batches.schedule.sources}
+
+
+class Prefetch:
+    """Fetches a stage's iterators from the coordinator and primes them on a background thread."""
+
+    def __init__(self, coord, rank: int, stage: int, start_step: int):
+        self._result: StageBatches | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(coord, rank, stage, start_step), daemon=True)
+        self._thread.start()
+
+    def _run(self, coord, rank, stage, start_step) -> None:
+        try:
+            got = ray.get(coord.stage_input.remote(stage, rank, start_step))
+            batches = StageBatches(got["iterators"], got["schedule"], got["source_ids"], got["start_step"])
+            batches.prime()
+            self._result = batches
+        except BaseException as e:  # noqa: BLE001 - re-raised on the training thread
+            self._error = e
+
+    def result(self) -> StageBatches:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
+class Run:
+    """One worker's model, optimizer, clocks and logs."""
+
+    def __init__(self, job: JobSpec, rank: int, world: int, coord, run_dir: str):
+        self.job, self.rank, self.world, self.coord, self.run_dir = job, rank, world, coord, run_dir
+        torch.manual_seed(job.run.seed)
+        self.device = ray.train.torch.get_device()
+        self.shape = job.model.shape
+        model = build_model(self.shape, job.model.backend, self.device)
+        self.raw_model = model
+        self.model = ray.train.torch.prepare_model(model) if world > 1 else model
+        if job.model.compile:
+            self.model = compile_model(self.model)
+        self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else None
+        self.fp8_recipe = None
+        if self.raw_model.backend == "te":
+            m = job.model
+            self.fp8_recipe = make_recipe(m.fp8_recipe, m.fp8_format, m.fp8_amax_history_len)
+        self.optimizer = _make_optimizer(self.raw_model, job, self.device)
+        self.interval = {"loss": 0.0, "tokens": 0, "t0": time.perf_counter(), "steps": 0}
+        self.last_ckpt_tokens = 0
+        self.writer = None
+        if rank == 0:
+            os.makedirs(run_dir, exist_ok=True)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+
+    # ---- restore / report ----------------------------------------------------------------------
+
+    def restore(self, checkpoint, resume_from: str | None) -> TrainState:
+        path = None
+        if checkpoint is not None:
+            path = checkpoint.to_directory()
+        elif resume_from:
+            path = resume_from
+        if path is None:
+            return TrainState(tokens_by_source=dict.fromkeys(self.job.sources, 0))
+        state, _ = load_state(path)
+        model_state, optim_state = load_tensors(path, self.device)
+        self.raw_model.load_portable_state_dict(model_state)
+        self.optimizer.load_state_dict(optim_state)
+        state.resumes += 1
+        self.last_ckpt_tokens = state.tokens
+        if self.rank == 0:
+            print(f"Resumed from {path}: stage {state.stage + 1}, step {state.step} "
+                  f"({state.step_in_stage} into the stage), {state.tokens:,} tokens; the stage's data is "
+                  f"rebuilt from its start cursors and the {state.step_in_stage} finished steps' rows are "
+                  "re-made and skipped, so nothing is repeated or lost", flush=True)
+        return state
+
+    def checkpoint_due(self, state: TrainState) -> bool:
+        every = self.job.run.checkpoint_every_tokens
+        return bool(every) and state.tokens - self.last_ckpt_tokens >= every
+
+    def report(self, state: TrainState, checkpoint: bool) -> None:
+        """Every rank reports (Ray Train requires it); rank 0 attaches the checkpoint."""
+        import tempfile
+
+        metrics = {"step": state.step, "tokens": state.tokens, "stage": min(state.stage + 1, len(
+            self.job.curriculum.stages)), "step_in_stage": state.step_in_stage}
+        if self.rank != 0 or not checkpoint:
+            ray.train.report(metrics)
+            return
+        state.coordinator = ray.get(self.coord.state.remote())
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(tmp, self.raw_model.portable_state_dict(), self.optimizer.state_dict(), state,
+                            self.job.to_dict())
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        self.last_ckpt_tokens = state.tokens
+
+    # ---- the step --------------------------------------------------------------------------------
+
+    def train_step(self, rows: np.ndarray, global_valid: int, lr: float, stage) -> float:
+        """One optimizer step on this rank's rows; returns the summed loss of its valid targets."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        tokens = torch.from_numpy(rows.astype(np.int64)).to(self.device, non_blocking=True)
+        x, y = tokens[:, :-1], tokens[:, 1:].clone()  # [R, S] each
+        rows_here, seq_len = y.shape
+        valid = valid_targets(global_valid, self.rank, rows_here, seq_len)
+        if valid < y.numel():
+            y.view(-1)[valid:] = IGNORE  # the stage's budget ends inside this batch
+        micro = stage.micro_batch_size or rows_here
+        chunks = list(zip(x.split(micro), y.split(micro)))
+        loss_sum = 0.0
+        for i, (xc, yc) in enumerate(chunks):
+            sync = i == len(chunks) - 1
+            with _no_sync(self.model, sync):
+                if self.job.model.compile:
+                    mark_seq_dynamic(xc)
+                with self.amp or _null(), fp8_autocast(stage.fp8 and self.fp8_recipe is not None, self.fp8_recipe):
+                    logits = self.model(xc)
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), yc.reshape(-1),
+                                       ignore_index=IGNORE, reduction="sum")
+                # DDP averages gradients over ranks: scale so the result is the global token mean.
+                (loss * self.world / max(1, global_valid)).backward()
+            loss_sum += loss.item()
+        if self.job.optimizer.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.job.optimizer.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum
+
+    # ---- accounting and logs -----------------------------------------------------------------
+
+    def account(self, state: TrainState, counts: dict[str, int], global_valid: int, seq_len: int,
+                loss_sum: float) -> None:
+        state.step += 1
+        state.tokens += global_valid
+        by_source = step_tokens_by_source(counts, global_valid, self.world, seq_len)
+        for s, n in by_source.items():
+            state.tokens_by_source[s] = state.tokens_by_source.get(s, 0) + n
+        while len(state.stage_tokens_by_source) <= state.stage:
+            state.stage_tokens_by_source.append({})
+        stage_mix = state.stage_tokens_by_source[state.stage]
+        for s, n in by_source.items():
+            stage_mix[s] = stage_mix.get(s, 0) + n
+        self.interval["loss"] += loss_sum
+        self.interval["tokens"] += global_valid
+        self.interval["steps"] += 1
+
+    def log(self, state: TrainState, lr: float, plan) -> None:
+        """Every rank joins the loss all-reduce (same arithmetic, same steps); rank 0 prints."""
+        iv = self.interval
+        if iv["steps"] == 0:
+            return
+        loss_sum = torch.tensor([iv["loss"]], dtype=torch.float64)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            loss_sum = loss_sum.to(self.device)
+            dist.all_reduce(loss_sum)
+        loss = loss_sum.item() / max(1, iv["tokens"])
+        dt = time.perf_counter() - iv["t0"]
+        rate = iv["tokens"] / max(dt, 1e-9)
+        self.interval = {"loss": 0.0, "tokens": 0, "t0": time.perf_counter(), "steps": 0}
+        if self.rank != 0:
+            return
+        target = self.job.curriculum.target_tokens
+        mfu = None
+        if self.device.type == "cuda":
+            peak = float(os.environ.get("YXANUL_PEAK_FLOPS", "989e12")) * self.world
+            mfu = rate * flops_per_token(self.shape, plan.seq_len) / peak
+        eta = (target - state.tokens) / rate if rate > 0 else None
+        stage_no = min(state.stage + 1, len(self.job.curriculum.stages))
+        print(progress_line(state.step, loss, rate, lr, stage_no, len(self.job.curriculum.stages), state.tokens,
+                            target, mfu, eta), flush=True)
+        state.loss_history.append([state.tokens, loss])
+        self.writer.add_scalar("train/loss", loss, state.tokens)
+        self.writer.add_scalar("train/tokens_per_s", rate, state.tokens)
+        self.writer.add_scalar("train/lr", lr, state.tokens)
+        self.writer.add_scalar("train/stage", stage_no, state.tokens)
+        self.coord.record_progress.remote({"tokens": state.tokens, "stage": stage_no, "tokens_per_s": rate,
+                                           "loss": loss, "tokens_by_source": dict(state.tokens_by_source)})
+
+    stage_ended: float | None = None
+    switch_gaps_s: list[float] = []
+
+    def note_first_batch(self, state: TrainState) -> None:
+        """The stage switch's cost: from the previous stage's last step to this stage's first
+        batch in hand (boundary checkpoint and validation included)."""
+        if self.stage_ended is None:
+            return
+        gap = time.perf_counter() - self.stage_ended
+        self.stage_ended = None
+        self.switch_gaps_s = [*self.switch_gaps_s, gap]
+        if self.rank == 0:
+            print(f"  stage switch: first batch of stage {state.stage + 1} {gap:.2f} s after the last step "
+                  "of the previous stage", flush=True)
+
+    def stage_banner(self, state: TrainState, plan) -> None:
+        if self.rank != 0:
+            return
+        st = self.job.curriculum.stages[state.stage]
+        mix = ", ".join(f"{s} {w:.0%}" for s, w in st.mix.items())
+        print("=" * 60 + f"\nStage {state.stage + 1}/{len(self.job.curriculum.stages)}: {st.name}"
+              f"{' - ' + st.focus if st.focus else ''}\n  seq_len {st.seq_len}, batch {st.global_batch} "
+              f"sequences ({st.step_tokens:,} tokens/step), {plan.steps} steps, {st.tokens:,} tokens"
+              f"{', FP8' if st.fp8 and self.fp8_recipe else ''}\n  mix: {mix}\n" + "=" * 60, flush=True)
+
+    def end_of_stage(self, state: TrainState) -> None:
+        """Rank 0: the stage's realised mix and held-out validation per domain at a fixed seq_len."""
+        if self.rank != 0:
+            return
+        k = state.stage - 1
+        st = self.job.curriculum.stages[k]
+        mix = state.stage_tokens_by_source[k] if k < len(state.stage_tokens_by_source) else {}
+        total = sum(mix.values())
+        realised = ", ".join(f"{s} {n:,} ({n / max(1, total):.2%} vs {st.mix.get(s, 0):.0%})" for s, n in mix.items())
+        print(f"Stage {k + 1}/{len(self.job.curriculum.stages)} done: {total:,} tokens; realised mix: {realised}",
+              flush=True)
+        losses = self.validate()
+        if losses:
+            state.validation.append({"stage": k + 1, "tokens": state.tokens, "loss": losses})
+            shown = ", ".join(f"{s} loss {v:.4f}" for s, v in losses.items())
+            print(f"  validation (seq_len {self.job.curriculum.validation_seq_len}): {shown}", flush=True)
+            for s, v in losses.items():
+                self.writer.add_scalar(f"val/{s}", v, state.tokens)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        if not hasattr(self, "_val_rows"):
+            cur = self.job.curriculum
+            self._val_rows = ray.get(self.coord.validation_rows.remote(cur.validation_seq_len, cur.validation_rows)) \
+                if cur.validation_rows else {}
+        model = self.raw_model
+        model.eval()
+        out = {}
+        for source, rows in self._val_rows.items():
+            t = torch.from_numpy(rows.astype(np.int64)).to(self.device)
+            total, n = 0.0, 0
+            for chunk in t.split(16):
+                with self.amp or _null():
+                    logits = model(chunk[:, :-1])
+                total += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1),
+                                         reduction="sum").item()
+                n += chunk[:, 1:].numel()
+            out[source] = total / max(1, n)
+        model.train()
+        return out
+
+    def finish(self, state: TrainState) -> None:
+        if self.rank != 0:
+            return
+        from yxanul_ray.report import final_summary, plot_loss
+
+        stats = ray.get(self.coord.total_stats.remote())
+        print(final_summary(self.job, state, stats), flush=True)
+        png = plot_loss(self.job, state, os.path.join(self.run_dir, "loss.png"))
+        print(f"loss curve: {png}; TensorBoard: {os.path.join(self.run_dir, 'tensorboard')}", flush=True)
+        self.writer.close()
+
+
+def _make_optimizer(model, job: JobSpec, device) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = job.optimizer
+    groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=opt.peak_lr, betas=opt.betas, eps=opt.eps,
+                             fused=device.type == "cuda")
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
+
+
+def _no_sync(model, sync: bool):
+    if sync or not hasattr(model, "no_sync"):
+        return _null()
+    return model.no_sync()

@@ -62,7 +62,8 @@ def job_address(tmp_path_factory):
     if address:
         yield address
         return
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "token"}
     port = "8275"
     subprocess.run(["ray", "start", "--head", "--num-cpus=4", "--port=6390", "--dashboard-host=127.0.0.1",
                     f"--dashboard-port={port}", "--disable-usage-stats", "--node-ip-address=127.0.0.1"],
@@ -74,10 +75,11 @@ def job_address(tmp_path_factory):
 
 
 def submit(address: str, *args: str, timeout_s: int = 1500) -> str:
-    cmd = ["ray", "job", "submit", "--address", address, "--working-dir", REPO,
-           "--runtime-env-json", json.dumps({"excludes": [".venv", "data", "runs", ".git"]}),
+    # The documented command: the repo's runtime_env (working_dir ".", excludes), from its root.
+    cmd = ["ray", "job", "submit", "--address", address, "--runtime-env", "configs/runtime_env.yaml",
            "--", "python", "jobs/train.py", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=REPO,
+                          env={**os.environ, "RAY_AUTH_MODE": "token"})
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     return out
@@ -130,7 +132,7 @@ def test_killed_worker_restores_and_finishes_with_same_totals(tmp_path):
     try:
         for line in proc.stdout:
             lines.append(line)
-            if killed is None and "Stage 5/10 (" in ANSI.sub("", line) and "Step " in line:
+            if killed is None and "Stage 6/10 (" in ANSI.sub("", line) and "Step " in line:
                 pids = _train_worker_pids()
                 assert pids, "no train worker process found"
                 killed = pids[-1]

@@ -49,6 +49,7 @@ def absolute_paths(job: JobSpec) -> JobSpec:
 def run_training(job: JobSpec, resume: str | None = None) -> int:
     from yxanul_ray.curriculum import plan_curriculum
 
+    started_at = time.time()
     try:
         plan_curriculum(job.curriculum, job.run.workers)
     except ValueError as e:
@@ -82,7 +83,7 @@ def run_training(job: JobSpec, resume: str | None = None) -> int:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job.to_dict(), "coordinator": coordinator, "run_dir": run_dir,
-                           "resume_from": resume},
+                           "resume_from": resume, "started_at": started_at},
         scaling_config=ScalingConfig(num_workers=job.run.workers, use_gpu=job.run.use_gpu,
                                      resources_per_worker={"CPU": job.run.cpus_per_worker}),
         run_config=RunConfig(name=run_name, storage_path=job.run.storage_path,

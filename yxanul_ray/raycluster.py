@@ -12,6 +12,9 @@ import os
 def local_ray_env() -> None:
     """Environment for a Ray started by this process (set before ray.init / ray start)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray 2.60 enables token authentication on new clusters (token in ~/.ray/auth_token); clients
+    # such as `ray job submit` only send it in token mode. Keep the protection, and say so.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     # Keeps every Ray port on 127.0.0.1 (measured on Ray 2.60; see DESIGN.md).
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 

@@ -18,7 +18,8 @@ def final_summary(job: JobSpec, state: TrainState, stats: dict[str, dict]) -> st
                           for n in names)
         lines.append(f"  {k + 1:>2} {st.name[:21]:<21}{total:>12,}  {cells}")
     distinct = sum(s.get("distinct_tokens", 0) for s in stats.values())
-    lines.append(f"trained tokens: {state.tokens:,}; distinct source tokens: {distinct:,}")
+    lines.append(f"trained tokens: {state.tokens:,}; distinct source tokens consumed: {distinct:,} (includes the "
+                 "positions masked at stage ends)")
     for name, s in stats.items():
         bad = ", ".join(f"{k} {v}" for k, v in sorted(s.get("bad", {}).items())) or "none"
         lines.append(f"  {name}: {s.get('documents', 0):,} documents, {s.get('eos', 0):,} EOS, "

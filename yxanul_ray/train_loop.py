@@ -13,16 +13,15 @@ import ray.train
 import torch
 import torch.nn.functional as F
 
-from yxanul_ray.accounting import progress_line, step_tokens_by_source, valid_targets
+from yxanul_ray.accounting import progress_line, step_tokens_by_source
 from yxanul_ray.checkpoint import TrainState, load_state, load_tensors, save_checkpoint
 from yxanul_ray.config import JobSpec, job_from_dict
 from yxanul_ray.curriculum import lr_at, plan_curriculum
-from yxanul_ray.model import build_model, compile_model, mark_seq_dynamic
-from yxanul_ray.precision import fp8_autocast, make_recipe
+from yxanul_ray.model import build_model, compile_model
+from yxanul_ray.precision import make_recipe
 from yxanul_ray.presets import flops_per_token
 from yxanul_ray.stage_data import StageBatches
-
-IGNORE = -100
+from yxanul_ray.step import make_optimizer, train_step
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -30,7 +29,7 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     coord = config["coordinator"]
-    run = Run(job, rank, world, coord, config["run_dir"])
+    run = Run(job, rank, world, coord, config["run_dir"], config.get("started_at"))
     state = run.restore(ray.train.get_checkpoint(), config.get("resume_from"))
     plans = plan_curriculum(job.curriculum, world)
     next_input = Prefetch(coord, rank, state.stage, state.step_in_stage)
@@ -103,8 +102,9 @@ class Prefetch:
 class Run:
     """One worker's model, optimizer, clocks and logs."""
 
-    def __init__(self, job: JobSpec, rank: int, world: int, coord, run_dir: str):
+    def __init__(self, job: JobSpec, rank: int, world: int, coord, run_dir: str, started_at: float | None = None):
         self.job, self.rank, self.world, self.coord, self.run_dir = job, rank, world, coord, run_dir
+        self.started_at = started_at
         torch.manual_seed(job.run.seed)
         self.device = ray.train.torch.get_device()
         self.shape = job.model.shape
@@ -118,7 +118,7 @@ class Run:
         if self.raw_model.backend == "te":
             m = job.model
             self.fp8_recipe = make_recipe(m.fp8_recipe, m.fp8_format, m.fp8_amax_history_len)
-        self.optimizer = _make_optimizer(self.raw_model, job, self.device)
+        self.optimizer = make_optimizer(self.raw_model, job.optimizer, self.device)
         self.interval = {"loss": 0.0, "tokens": 0, "t0": time.perf_counter(), "steps": 0}
         self.last_ckpt_tokens = 0
         self.writer = None
@@ -175,34 +175,13 @@ class Run:
 
     def train_step(self, rows: np.ndarray, global_valid: int, lr: float, stage) -> float:
         """One optimizer step on this rank's rows; returns the summed loss of its valid targets."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
         tokens = torch.from_numpy(rows.astype(np.int64)).to(self.device, non_blocking=True)
-        x, y = tokens[:, :-1], tokens[:, 1:].clone()  # [R, S] each
-        rows_here, seq_len = y.shape
-        valid = valid_targets(global_valid, self.rank, rows_here, seq_len)
-        if valid < y.numel():
-            y.view(-1)[valid:] = IGNORE  # the stage's budget ends inside this batch
-        micro = stage.micro_batch_size or rows_here
-        chunks = list(zip(x.split(micro), y.split(micro)))
-        loss_sum = 0.0
-        for i, (xc, yc) in enumerate(chunks):
-            sync = i == len(chunks) - 1
-            with _no_sync(self.model, sync):
-                if self.job.model.compile:
-                    mark_seq_dynamic(xc)
-                with self.amp or _null(), fp8_autocast(stage.fp8 and self.fp8_recipe is not None, self.fp8_recipe):
-                    logits = self.model(xc)
-                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), yc.reshape(-1),
-                                       ignore_index=IGNORE, reduction="sum")
-                # DDP averages gradients over ranks: scale so the result is the global token mean.
-                (loss * self.world / max(1, global_valid)).backward()
-            loss_sum += loss.item()
-        if self.job.optimizer.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.job.optimizer.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss_sum
+        loss_sum = train_step(self.model, self.raw_model, self.optimizer, tokens, lr=lr, global_valid=global_valid,
+                              rank=self.rank, world=self.world, micro_batch=stage.micro_batch_size,
+                              grad_clip=self.job.optimizer.grad_clip, amp=self.device.type == "cuda",
+                              fp8_recipe=self.fp8_recipe if stage.fp8 else None,
+                              dynamic_seq=self.job.model.compile)
+        return float(loss_sum)
 
     # ---- accounting and logs -----------------------------------------------------------------
 
@@ -262,6 +241,9 @@ class Run:
     def note_first_batch(self, state: TrainState) -> None:
         """The stage switch's cost: from the previous stage's last step to this stage's first
         batch in hand (boundary checkpoint and validation included)."""
+        if self.started_at is not None and self.rank == 0:
+            print(f"first batch in hand {time.time() - self.started_at:.1f} s after the job started", flush=True)
+        self.started_at = None
         if self.stage_ended is None:
             return
         gap = time.perf_counter() - self.stage_ended
@@ -334,24 +316,9 @@ class Run:
         self.writer.close()
 
 
-def _make_optimizer(model, job: JobSpec, device) -> torch.optim.Optimizer:
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = job.optimizer
-    groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=opt.peak_lr, betas=opt.betas, eps=opt.eps,
-                             fused=device.type == "cuda")
-
-
 class _null:
     def __enter__(self):
         return None
 
     def __exit__(self, *a):
         return False
-
-
-def _no_sync(model, sync: bool):
-    if sync or not hasattr(model, "no_sync"):
-        return _null()
-    return model.no_sync()

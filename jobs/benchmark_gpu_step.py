@@ -1,0 +1,139 @@
+"""GPU train-step benchmark: the project's real step (model, AdamW, token-based LR, masked loss,
+grad clipping) at every curriculum stage's seq_len and batch, on random tokens, bf16, eager and
+compiled, FP8 where Transformer Engine exists (a benchmark, not a test).
+
+Run it beside ../shared/bench/reference_gpt_step.py in the same device call and compare the
+printed tok/s per seq_len (ratios; cards and clocks differ between calls):
+
+    TAG=ref SEQS=8,128,2048 MODES=compiled TOKENS_PER_STEP=131072 python3 .bench-ref/reference_gpt_step.py
+    python3 jobs/benchmark_gpu_step.py --shape reference --seqs 8,128,2048 --modes compiled \\
+        --tokens-per-step 131072
+
+`--shape reference` is the reference's model (d1024 L20 H16 KV4 FFN2816, vocab 32768, tied);
+`--config` takes the stage table (seq_len and batch) from a curriculum config instead.
+Writes $OUT/project.json and prints a table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from yxanul_ray.config import OptimizerSpec, load_job  # noqa: E402
+from yxanul_ray.curriculum import lr_at  # noqa: E402
+from yxanul_ray.model import build_model, compile_model  # noqa: E402
+from yxanul_ray.presets import ModelShape, count_params, flops_per_token, resolve_shape  # noqa: E402
+from yxanul_ray.step import make_optimizer, train_step  # noqa: E402
+
+REFERENCE = ModelShape(vocab_size=32768, d_model=1024, n_layers=20, n_heads=16, n_kv_heads=4, ffn_hidden=2816)
+
+
+def matmul_ceiling_tflops() -> float:
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n**3 * 10 / (time.perf_counter() - t0) / 1e12
+
+
+def bench(shape, backend, compiled, fp8, seq_len, batch, steps, opt_spec) -> dict:
+    torch.manual_seed(0)
+    model = build_model(shape, backend, "cuda")
+    runner = compile_model(model) if compiled else model
+    optimizer = make_optimizer(model, opt_spec, "cuda")
+    recipe = None
+    if fp8:
+        from yxanul_ray.precision import make_recipe
+
+        recipe = make_recipe()
+    target = 10**9
+
+    def one(i):
+        tokens = torch.randint(0, shape.vocab_size, (batch, seq_len + 1), device="cuda")
+        lr = lr_at(opt_spec, target, i * batch * seq_len)
+        return train_step(runner, model, optimizer, tokens, lr=lr, global_valid=batch * seq_len, rank=0, world=1,
+                          micro_batch=None, grad_clip=1.0, amp=True, fp8_recipe=recipe, dynamic_seq=compiled)
+
+    for i in range(3):
+        one(i)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        loss = one(i)
+    torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"tok_s": batch * seq_len * steps / dt, "loss": float(loss) / (batch * seq_len),
+            "peak_gb": torch.cuda.max_memory_allocated() / 2**30}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="reference", help="'reference' or a preset name (270m, yxanul-270m, ...)")
+    ap.add_argument("--config", help="take (seq_len, batch) per stage from this curriculum config")
+    ap.add_argument("--seqs", default="8,16,32,64,128,256,512,768,1536,2048")
+    ap.add_argument("--tokens-per-step", type=int, default=131072)
+    ap.add_argument("--modes", default="eager,compiled")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--fp8", action="store_true", help="also run FP8 (needs Transformer Engine)")
+    args = ap.parse_args()
+
+    shape = REFERENCE if args.shape == "reference" else resolve_shape(args.shape, {})
+    if args.config:
+        job = load_job(args.config)
+        shape = job.model.shape if args.shape != "reference" else shape
+        plan = [(st.seq_len, st.global_batch // job.run.workers) for st in job.curriculum.stages]
+    else:
+        plan = [(s, max(8, args.tokens_per_step // s // 8 * 8)) for s in map(int, args.seqs.split(","))]
+    peak = matmul_ceiling_tflops()
+    print(f"bf16 matmul ceiling: {peak:.0f} TFLOP/s on {torch.cuda.get_device_name()}", flush=True)
+    from yxanul_ray.precision import te_available
+
+    te_ok, reason = te_available()
+    variants = [(m == "compiled", False, "torch") for m in args.modes.split(",")]
+    if te_ok:
+        variants += [(False, False, "te")] + ([(False, True, "te")] if args.fp8 else [])
+    else:
+        print(f"Transformer Engine: {reason}; torch twin only", flush=True)
+    rows = []
+    opt_spec = OptimizerSpec()
+    for compiled, fp8, backend in variants:
+        for seq_len, batch in plan:
+            label = f"{backend}{'-fp8' if fp8 else ''}{'-compiled' if compiled else ''}"
+            try:
+                r = bench(shape, backend, compiled, fp8, seq_len, batch, args.steps, opt_spec)
+                r["mfu"] = r["tok_s"] * flops_per_token(shape, seq_len) / (peak * 1e12)
+            except Exception as e:  # noqa: BLE001 - report and continue with the next shape
+                r = {"error": repr(e)[:300]}
+            r.update(mode=label, seq=seq_len, batch=batch)
+            rows.append(r)
+            print(r, flush=True)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+    out = os.environ.get("OUT", "/tmp")
+    with open(os.path.join(out, "project.json"), "w") as f:
+        json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "peak_tflops": peak,
+                   "params_m": count_params(shape) / 1e6, "rows": rows}, f, indent=1)
+    print(f"\n[project] params {count_params(shape) / 1e6:.1f}M")
+    print(f"{'mode':22} {'seq':>5} {'batch':>6} {'tok/s':>10} {'MFU':>6}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['mode']:22} {r['seq']:>5}  ERROR {r['error'][:80]}")
+        else:
+            print(f"{r['mode']:22} {r['seq']:>5} {r['batch']:>6} {r['tok_s']:>10.0f} {r['mfu']:>6.1%}")
+
+
+if __name__ == "__main__":
+    main()

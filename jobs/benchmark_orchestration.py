@@ -1,0 +1,87 @@
+"""Orchestration overhead on this machine's CPU (a benchmark, not a test).
+
+Runs the demo curriculum through the real Ray path (jobs/train.py: coordinator, Ray Data,
+TorchTrainer with the config's workers) and the same model on the same batch shapes (every stage's
+seq_len and global batch, the same number of steps) in a plain in-process loop on random tokens,
+then prints: the ratio of the two (target <= 1.10x), the time from launch to the first batch in
+hand, and each stage switch's gap (target < 1 s; a cold per-stage pipeline costs 7-10 s here).
+
+    python jobs/benchmark_orchestration.py [--config configs/demo.yaml] [--set KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def plain_loop_seconds(job) -> float:
+    """The same model, optimizer step and batch shapes, no Ray and no data pipeline."""
+    import torch
+
+    from yxanul_ray.curriculum import plan_curriculum
+    from yxanul_ray.model import build_model
+    from yxanul_ray.step import make_optimizer, train_step
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    shape = job.model.shape
+    model = build_model(shape, "torch")
+    optimizer = make_optimizer(model, job.optimizer, "cpu")
+    start = time.perf_counter()
+    for plan in plan_curriculum(job.curriculum, 1):
+        for k in range(plan.steps):
+            rows = plan.step_rows(k)
+            tokens = torch.randint(0, shape.vocab_size, (rows, plan.seq_len + 1))
+            train_step(model, model, optimizer, tokens, lr=1e-3, global_valid=plan.step_tokens(k), rank=0, world=1,
+                       micro_batch=None, grad_clip=job.optimizer.grad_clip, amp=False)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/demo.yaml")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args()
+
+    from yxanul_ray.config import load_job
+    from yxanul_ray.driver import prepare_demo_corpus
+
+    prepare_demo_corpus(args.config, args.overrides)
+    job = load_job(args.config, args.overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "jobs/train.py", "--config", args.config, *sum(
+            (["--set", o] for o in args.overrides), []), "--set", f"run.storage_path={tmp}"], cwd=REPO,
+            capture_output=True, text=True)
+        ray_s = time.perf_counter() - t0
+    out = ANSI.sub("", proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        print(out[-4000:])
+        sys.exit(1)
+    first = re.search(r"first batch in hand ([\d.]+) s after the job started", out)
+    gaps = [float(g) for g in re.findall(r"stage switch: first batch of stage \d+ ([\d.]+) s", out)]
+    first_s = float(first.group(1)) if first else float("nan")
+    plain_s = plain_loop_seconds(job)
+    print(f"config: {args.config} ({job.curriculum.target_tokens:,} tokens, {job.run.workers} Ray workers); "
+          f"machine: {os.cpu_count()} cores")
+    print(f"plain in-process loop (same model, batch shapes, steps; random tokens): {plain_s:.1f} s")
+    print(f"Ray path, launch to exit: {ray_s:.1f} s -> ratio {ray_s / plain_s:.2f}x (target <= 1.10x)")
+    print(f"Ray path, first batch to exit: {ray_s - first_s:.1f} s -> ratio {(ray_s - first_s) / plain_s:.2f}x")
+    print(f"time to first batch after launch: {first_s:.1f} s")
+    print("stage switch gaps (s): " + ", ".join(f"{g:.2f}" for g in gaps) +
+          f"; max {max(gaps):.2f} s (target < 1 s)" if gaps else "no stage switch gaps found")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""One optimizer step of the GPT: shared by the Ray train loop and the GPU benchmark, so the
+benchmark measures exactly what training runs."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from yxanul_ray.accounting import valid_targets
+from yxanul_ray.model import mark_seq_dynamic
+from yxanul_ray.precision import fp8_autocast
+
+IGNORE = -100
+
+
+def train_step(model, raw_model, optimizer, tokens: torch.Tensor, *, lr: float, global_valid: int, rank: int,
+               world: int, micro_batch: int | None, grad_clip: float, amp: bool, fp8_recipe=None,
+               dynamic_seq: bool = False) -> torch.Tensor:
+    """tokens [R, S+1] on the device. Returns the summed loss of this rank's valid targets (a
+    device tensor: reading it forces a sync, so callers read it only when they log)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    x, y = tokens[:, :-1], tokens[:, 1:].clone()  # [R, S] each
+    rows, seq_len = y.shape
+    valid = valid_targets(global_valid, rank, rows, seq_len)
+    if valid < y.numel():
+        y.view(-1)[valid:] = IGNORE  # the stage's budget ends inside this batch
+    micro = micro_batch or rows
+    chunks = list(zip(x.split(micro), y.split(micro)))
+    loss_sum = torch.zeros((), device=tokens.device)
+    for i, (xc, yc) in enumerate(chunks):
+        last = i == len(chunks) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            if dynamic_seq:
+                mark_seq_dynamic(xc)
+            autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+            with autocast, fp8_autocast(fp8_recipe is not None, fp8_recipe):
+                logits = model(xc)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), yc.reshape(-1),
+                                   ignore_index=IGNORE, reduction="sum")
+            # DDP averages gradients over ranks: scale so the result is the global token mean.
+            (loss * world / max(1, global_valid)).backward()
+        loss_sum += loss.detach()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum
+
+
+def make_optimizer(model, opt_spec, device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not norms), fused on CUDA."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": opt_spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=opt_spec.peak_lr, betas=opt_spec.betas, eps=opt_spec.eps,
+                             fused=torch.device(device).type == "cuda")

@@ -137,3 +137,24 @@ def test_mix_plan_totals_match_stage_rows():
     sched = build_schedule(st.mix, plan, 2)
     assert sched.sources == ("a", "b")
     assert sum(sched.totals_per_worker().values()) * 2 == plan.rows
+
+
+def test_skip_rows_resumes_mid_stage_exactly():
+    """Resuming at step s re-makes the stage's first rows and drops them: the rest is identical."""
+    ds = docs(60, seed=5)
+    whole = Packer(8, 8, EOS, 40, SourceCursor())
+    full = pack_all(whole, ds)
+    resumed_packer = Packer(8, 8, EOS, 40, SourceCursor(), skip_rows=13)
+    resumed = pack_all(resumed_packer, ds)
+    assert (resumed == full[13:]).all()
+    assert resumed_packer.end_cursor() == whole.end_cursor()  # the next stage starts at the same place
+
+
+def test_step_tokens_by_source_counts_masked_tail_on_last_ranks():
+    from yxanul_ray.accounting import step_tokens_by_source, valid_targets
+
+    counts = {"a": 3, "b": 1}  # each rank: 3 rows of a, then 1 row of b
+    assert step_tokens_by_source(counts, 2 * 4 * 8, 2, 8) == {"a": 48, "b": 16}
+    # 10 masked positions: the last rank's final 10 (its b row and the end of its last a row)
+    assert step_tokens_by_source(counts, 2 * 4 * 8 - 10, 2, 8) == {"a": 46, "b": 8}
+    assert valid_targets(50, 1, 4, 8) == 18 and valid_targets(50, 0, 4, 8) == 32

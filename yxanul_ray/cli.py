@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint directory")
 
+    p = sub.add_parser("check", help="check every source streams, each stage's mix, transitions; estimate time")
+    add_check_args(p)
+
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face Llama model")
     p.add_argument("checkpoint", help="a checkpoint directory (holds model.pt, state.json, job.json)")
     p.add_argument("out_dir")
@@ -54,6 +57,44 @@ def cmd_train(args: argparse.Namespace) -> int:
     prepare_demo_corpus(args.config, args.overrides)
     job = load_job(args.config, args.overrides)
     return run_training(job, resume=args.resume)
+
+
+def add_check_args(p: argparse.ArgumentParser, config_optional: bool = False) -> None:
+    if config_optional:
+        p.add_argument("--config", default="configs/yxanul_270m_progressive_curriculum.yaml")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    else:
+        _add_config_args(p)
+    p.add_argument("--test-all", action="store_true", help="all stages (default: first and last)")
+    p.add_argument("--stage", type=int, help="one stage, 1-based")
+    p.add_argument("--test-transitions", action="store_true", help="walk every stage boundary")
+    p.add_argument("--sample", type=int, default=0, metavar="N", help="print N decoded packed rows per stage")
+    p.add_argument("--steps", type=int, default=2, help="global batches sampled per stage")
+    p.add_argument("--estimate", action="store_true", help="estimate the curriculum's wall time")
+    p.add_argument("--gpu-json", help="per-seq_len GPU throughput from jobs/benchmark_gpu_step.py")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import json
+
+    from yxanul_ray.check import render, run_check
+    from yxanul_ray.driver import prepare_demo_corpus
+
+    prepare_demo_corpus(args.config, args.overrides)
+    job = load_job(args.config, args.overrides)
+    try:
+        checks, report = run_check(job, test_all=args.test_all, stage=args.stage,
+                                   transitions=args.test_transitions, sample_rows=args.sample,
+                                   do_estimate=args.estimate, gpu_json=args.gpu_json, steps=args.steps)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"checks": [vars(c) for c in checks], **report}, default=str, indent=1))
+    else:
+        print(render(checks, report))
+    return 0 if all(c.ok for c in checks) else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -82,7 +123,8 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"plan": cmd_plan, "train": cmd_train, "export": cmd_export, "demo-data": cmd_demo_data}
+COMMANDS = {"plan": cmd_plan, "train": cmd_train, "check": cmd_check, "export": cmd_export,
+            "demo-data": cmd_demo_data}
 
 
 def main(argv: list[str] | None = None) -> int:

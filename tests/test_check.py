@@ -1,0 +1,98 @@
+"""`check` (jobs/check_streaming.py) on the offline demo config and on broken sources."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.helpers import CONFIGS, base_config, write_yaml
+from tests.pipeline_helpers import write_docs
+from yxanul_ray.cli import main
+
+pytestmark = pytest.mark.ray
+DEMO = os.path.join(CONFIGS, "demo.yaml")
+
+
+def demo_args(corpus: str) -> list[str]:
+    args = [DEMO]
+    for s in ("fineweb", "math", "code"):
+        args += ["--set", f"sources.{s}.path={corpus}/{s}/*.parquet"]
+    return args + ["--set", "data.demo_corpus=null"]
+
+
+def test_transitions_all_stages_with_samples_estimate_and_json(ray_cluster, demo_corpus, capsys):
+    code = main(["check", *demo_args(demo_corpus), "--test-transitions", "--sample", "1", "--estimate", "--json",
+                 "--steps", "1"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0, [c for c in out["checks"] if not c["ok"]]
+    names = [c["name"] for c in out["checks"]]
+    assert [s["stage"] for s in out["stages"]] == list(range(1, 11))
+    for k in range(1, 10):
+        assert f"transition {k}->{k + 1} fineweb" in names and f"transition {k}->{k + 1} shape" in names
+    assert all(f"stage {k} mix" in names for k in range(1, 11))
+    est = out["estimate"]
+    assert len(est["stages"]) == 10 and est["total_seconds"] > 0
+    assert {r["bound"] for r in est["stages"]} <= {"gpu", "data"}
+    assert all(len(s["sample_rows"]) == 1 and s["samples"] for s in out["stages"])
+
+
+def test_default_is_first_and_last_stage_and_stage_flag(ray_cluster, demo_corpus, capsys):
+    assert main(["check", *demo_args(demo_corpus), "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Stage 1 (Basic Patterns" in out and "Stage 10 (Final Polish" in out and "Stage 5 (" not in out
+    assert "PASS  connectivity fineweb" in out and " 0 failed" in out
+    assert main(["check", *demo_args(demo_corpus), "--stage", "5", "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Stage 5 (Reasoning Development" in out and "Stage 1 (" not in out
+    assert main(["check", *demo_args(demo_corpus), "--stage", "11"]) == 2
+
+
+def test_test_all(ray_cluster, demo_corpus, capsys):
+    assert main(["check", *demo_args(demo_corpus), "--test-all", "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"PASS  stage {k} mix" in out for k in range(1, 11))
+
+
+def _broken(tmp_path, placeholder_sources, **math_source) -> str:
+    data = base_config(placeholder_sources)
+    for name in ("fineweb", "code"):
+        write_docs(os.path.join(placeholder_sources, name, "part-0.parquet"),
+                   [f"{name} document {i}" for i in range(9)])
+    data["sources"]["math"] = {**data["sources"]["math"], **math_source}
+    return write_yaml(str(tmp_path / "broken.yaml"), data)
+
+
+def test_missing_file_is_bad_input(tmp_path, placeholder_sources, capsys):
+    path = _broken(tmp_path, placeholder_sources, path=str(tmp_path / "gone" / "*.parquet"))
+    assert main(["check", path]) == 2
+    assert "sources.math.path" in capsys.readouterr().err
+
+
+def test_wrong_text_field_fails_naming_source_and_field(tmp_path, placeholder_sources, capsys):
+    write_docs(os.path.join(placeholder_sources, "math", "part-0.parquet"), ["1 + 1 = 2"])
+    path = _broken(tmp_path, placeholder_sources, text_field="content")
+    assert main(["check", path]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  connectivity math" in out and "'content'" in out and "PASS  connectivity fineweb" in out
+
+
+def test_empty_file_fails_naming_source(tmp_path, placeholder_sources, capsys):
+    write_docs(os.path.join(placeholder_sources, "math", "part-0.parquet"), [])
+    path = _broken(tmp_path, placeholder_sources)
+    assert main(["check", path]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  connectivity math: source math: no readable document" in out
+
+
+def test_unreachable_hub_source_fails_naming_source(tmp_path, placeholder_sources, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = base_config(placeholder_sources)
+    for name in ("fineweb", "code", "math"):
+        write_docs(os.path.join(placeholder_sources, name, "part-0.parquet"), [f"{name} doc"])
+    data["sources"]["math"] = {"hf": "Yxanul/cc-math-finest"}
+    path = write_yaml(str(tmp_path / "hub.yaml"), data)
+    assert main(["check", path]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  connectivity math: source math (hf://datasets/Yxanul/cc-math-finest)" in out

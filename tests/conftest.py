@@ -4,6 +4,11 @@ import os
 
 import pytest
 
+from yxanul_ray.raycluster import local_ray_env
+
+# Before anything imports Ray: loopback-only ports, token auth for clients, no usage stats.
+local_ray_env()
+
 
 @pytest.fixture
 def placeholder_sources(tmp_path):
@@ -32,15 +37,21 @@ def pytest_report_header(config):
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A real local Ray cluster for the session (4 logical CPUs on the 2 real cores, so train
-    workers and Ray Data tasks never starve each other)."""
-    from yxanul_ray.raycluster import local_ray_env, quiet_ray_data
+    """A real local Ray cluster for the session: the running head if there is one, else one
+    started here with 4 logical CPUs on the 2 real cores (train workers and Ray Data tasks hold
+    fractions of a CPU and must not starve each other)."""
+    from yxanul_ray.raycluster import local_ray_env, quiet_ray_data, running_cluster_address
 
     local_ray_env()
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}})
+    runtime_env = {"env_vars": {"PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}}
+    address = running_cluster_address()
+    if address:  # CI's head (started by .ci/run): join it rather than start a second cluster
+        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env, _node_ip_address="127.0.0.1")
+    else:
+        ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+                 runtime_env=runtime_env)
     quiet_ray_data()
     yield ray
     ray.shutdown()

@@ -22,22 +22,30 @@ def local_ray_env() -> None:
 def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = True,
              dashboard_host: str = "127.0.0.1"):
     """Join RAY_ADDRESS / `address` if given or a cluster is running, else start a local one."""
+    # Before `import ray`: Ray reads these when it loads, and a driver that joins a loopback-only
+    # cluster without them waits forever for a raylet on the machine's public address.
+    local_ray_env()
     import ray
 
     if ray.is_initialized():
         return ray
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, **_loopback(address))
         return ray
-    local_ray_env()
     running = running_cluster_address()
     if running:
-        ray.init(address=running, log_to_driver=True)
+        ray.init(address=running, log_to_driver=True, **_loopback(running))
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
                  _node_ip_address="127.0.0.1", log_to_driver=True)
     return ray
+
+
+def _loopback(address: str) -> dict:
+    """A cluster on this machine's loopback is joined from loopback too."""
+    host = address.split("://")[-1].rsplit(":", 1)[0]
+    return {"_node_ip_address": "127.0.0.1"} if host in ("127.0.0.1", "localhost") else {}
 
 
 def running_cluster_address() -> str | None:

@@ -161,6 +161,8 @@ class Run:
 
         metrics = {"step": state.step, "tokens": state.tokens, "stage": min(state.stage + 1, len(
             self.job.curriculum.stages)), "step_in_stage": state.step_in_stage}
+        if checkpoint:  # on every rank, so all ranks agree when the next one is due
+            self.last_ckpt_tokens = state.tokens
         if self.rank != 0 or not checkpoint:
             ray.train.report(metrics)
             return
@@ -169,7 +171,6 @@ class Run:
             save_checkpoint(tmp, self.raw_model.portable_state_dict(), self.optimizer.state_dict(), state,
                             self.job.to_dict())
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        self.last_ckpt_tokens = state.tokens
 
     # ---- the step --------------------------------------------------------------------------------
 

@@ -41,9 +41,10 @@ def plot_loss(job: JobSpec, state: TrainState, path: str) -> str:
     if state.loss_history:
         xs, ys = zip(*state.loss_history)
         ax.plot(xs, ys, label="train loss", color="tab:blue")
-    for v in state.validation:
-        for _s, loss in v["loss"].items():
-            ax.scatter([v["tokens"]], [loss], s=12, label=None)
+    sources = sorted({s for v in state.validation for s in v["loss"]})
+    for i, source in enumerate(sources):  # held-out loss per domain, one colour each
+        pts = [(v["tokens"], v["loss"][source]) for v in state.validation if source in v["loss"]]
+        ax.plot(*zip(*pts), "o--", ms=4, lw=0.8, color=f"C{i + 1}", label=f"validation: {source}")
     boundary = 0
     for k, st in enumerate(job.curriculum.stages):
         boundary += st.tokens

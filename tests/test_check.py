@@ -25,7 +25,8 @@ def demo_args(corpus: str) -> list[str]:
 def test_transitions_all_stages_with_samples_estimate_and_json(ray_cluster, demo_corpus, capsys):
     code = main(["check", *demo_args(demo_corpus), "--test-transitions", "--sample", "1", "--estimate", "--json",
                  "--steps", "1"])
-    out = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr().out
+    out = json.loads([line for line in printed.splitlines() if line.startswith("{")][-1])
     assert code == 0, [c for c in out["checks"] if not c["ok"]]
     names = [c["name"] for c in out["checks"]]
     assert [s["stage"] for s in out["stages"]] == list(range(1, 11))

@@ -91,7 +91,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"checks": [vars(c) for c in checks], **report}, default=str, indent=1))
+        # One line, so a reader can pick it out of any log lines that Ray prints around it.
+        print(json.dumps({"checks": [vars(c) for c in checks], **report}, default=str))
     else:
         print(render(checks, report))
     return 0 if all(c.ok for c in checks) else 1

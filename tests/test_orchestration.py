@@ -23,6 +23,20 @@ DONE = re.compile(r"Stage (\d+)/(\d+) done: ([\d,]+) tokens; realised mix: (.*)"
 MIX_ITEM = re.compile(r"(\w+) ([\d,]+) \(")
 
 
+def load_demo(*overrides: str):
+    """configs/demo.yaml as the job sees it. Its corpus lives in the repo's data/demo (built here
+    if missing: a `ray job submit` run builds its own copy inside the uploaded working dir)."""
+    from yxanul_ray.driver import prepare_demo_corpus
+
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        prepare_demo_corpus(DEMO, list(overrides))
+        return load_job(DEMO, list(overrides))
+    finally:
+        os.chdir(cwd)
+
+
 def _int(text: str) -> int:
     return int(text.replace(",", ""))
 
@@ -87,7 +101,7 @@ def submit(address: str, *args: str, timeout_s: int = 1500) -> str:
 
 def test_demo_curriculum_via_ray_job_submit(job_address, tmp_path):
     out = submit(job_address, "--config", "configs/demo.yaml", "--set", f"run.storage_path={tmp_path}")
-    job = load_job(DEMO)
+    job = load_demo()
     assert "2 worker(s)" in out  # two CPU workers with DDP on 2 cores, no deadlock
     assert_curriculum_completed(out, job)
     starts = [int(m) for m in re.findall(r"Stage (\d+)/10: ", ANSI.sub("", out))]
@@ -127,9 +141,9 @@ def failure_lines(out: str) -> str:
 
 
 def half_demo():
-    raw = load_job(DEMO)
+    raw = load_demo()
     overrides = [f"curriculum.stages.{i}.tokens={st.tokens // 2}" for i, st in enumerate(raw.curriculum.stages)]
-    return load_job(DEMO, [*overrides, "curriculum.target_tokens=200000"])
+    return load_demo(*overrides, "curriculum.target_tokens=200000")
 
 
 def test_killed_worker_restores_and_finishes_with_same_totals(tmp_path):

@@ -237,7 +237,6 @@ class Run:
                                            "loss": loss, "tokens_by_source": dict(state.tokens_by_source)})
 
     stage_ended: float | None = None
-    switch_gaps_s: list[float] = []
 
     def note_first_batch(self, state: TrainState) -> None:
         """The stage switch's cost: from the previous stage's last step to this stage's first
@@ -249,7 +248,6 @@ class Run:
             return
         gap = time.perf_counter() - self.stage_ended
         self.stage_ended = None
-        self.switch_gaps_s = [*self.switch_gaps_s, gap]
         if self.rank == 0:
             print(f"  stage switch: first batch of stage {state.stage + 1} {gap:.2f} s after the last step "
                   "of the previous stage", flush=True)

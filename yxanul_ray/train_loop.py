@@ -131,13 +131,18 @@ class Run:
     # ---- restore / report ----------------------------------------------------------------------
 
     def restore(self, checkpoint, resume_from: str | None) -> TrainState:
-        path = None
         if checkpoint is not None:
-            path = checkpoint.to_directory()
-        elif resume_from:
-            path = resume_from
-        if path is None:
-            return TrainState(tokens_by_source=dict.fromkeys(self.job.sources, 0))
+            # as_directory, not to_directory(): the latter copies into one default path per
+            # checkpoint that every rank on the node writes at once, and a rank then reads a file
+            # another is still rewriting (a "corrupted checkpoint" on every retry). as_directory
+            # reads a local checkpoint in place and shares one locked download otherwise.
+            with checkpoint.as_directory() as path:
+                return self._load(path)
+        if resume_from:
+            return self._load(resume_from)
+        return TrainState(tokens_by_source=dict.fromkeys(self.job.sources, 0))
+
+    def _load(self, path: str) -> TrainState:
         state, _ = load_state(path)
         model_state, optim_state = load_tensors(path, self.device)
         self.raw_model.load_portable_state_dict(model_state)

@@ -40,3 +40,18 @@ def write_yaml(path: str, data: dict) -> str:
     with open(path, "w", encoding="utf-8") as f:
         yaml.safe_dump(data, f, sort_keys=False)
     return path
+
+
+def demo_subset(path: str, first: int, last: int, scale: float = 1.0, **run: object) -> str:
+    """configs/demo.yaml cut to its stages[first:last] (budgets times `scale`, target to match)
+    and written to `path`: the same model, corpus, mixes and seq_lens, for tests that need a few
+    real stage switches rather than all ten (each switch costs ~25 s on 2 cores)."""
+    with open(os.path.join(CONFIGS, "demo.yaml"), encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    stages = data["curriculum"]["stages"][first:last]
+    for st in stages:
+        st["tokens"] = int(st["tokens"] * scale)
+    data["curriculum"]["stages"] = stages
+    data["curriculum"]["target_tokens"] = sum(st["tokens"] for st in stages)
+    data["run"].update(run)
+    return write_yaml(path, data)

@@ -7,13 +7,15 @@ import glob
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import uuid
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, demo_subset
 from yxanul_ray.config import load_job
 
 pytestmark = pytest.mark.ray
@@ -90,15 +92,23 @@ def job_address(tmp_path_factory):
 
 def submit(address: str, *args: str, timeout_s: int = 1500) -> str:
     # The documented command: the repo's runtime_env (working_dir ".", excludes), from its root.
-    cmd = ["ray", "job", "submit", "--address", address, "--runtime-env", "configs/runtime_env.yaml",
-           "--", "python", "jobs/train.py", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=REPO,
-                          env={**os.environ, "RAY_AUTH_MODE": "token"})
+    submission_id = f"yxanul-test-{uuid.uuid4().hex[:8]}"
+    cmd = ["ray", "job", "submit", "--address", address, "--submission-id", submission_id,
+           "--runtime-env", "configs/runtime_env.yaml", "--", "python", "jobs/train.py", *args]
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=REPO, env=env)
+    finally:
+        # Ending the client does not end the job: stop it, or it would hold the cluster's CPUs
+        # under the tests that follow (a no-op for a job that has finished).
+        subprocess.run(["ray", "job", "stop", "--address", address, submission_id], capture_output=True,
+                       env=env, timeout=120)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     return out
 
 
+@pytest.mark.timeout(1800)
 def test_demo_curriculum_via_ray_job_submit(job_address, tmp_path):
     out = submit(job_address, "--config", "configs/demo.yaml", "--set", f"run.storage_path={tmp_path}")
     job = load_demo()
@@ -109,6 +119,7 @@ def test_demo_curriculum_via_ray_job_submit(job_address, tmp_path):
     checkpoints = glob.glob(os.path.join(tmp_path, "*", "checkpoint_*", "state.json"))
     stages_checkpointed = {json.load(open(p))["stage"] for p in checkpoints}
     assert set(range(1, 11)) <= stages_checkpointed  # a checkpoint at the end of every stage
+    shutil.rmtree(tmp_path, ignore_errors=True)  # ~400 MB of checkpoints; CI disks can be small
 
 
 def _train_proc(*args: str) -> subprocess.Popen:
@@ -129,9 +140,18 @@ def _train_worker_pids() -> list[int]:
     return pids
 
 
-# Half the demo's budgets through the user's --target-tokens flag (each stage scaled by 0.5).
-FAULT_ARGS = ["--config", "configs/demo.yaml", "--target-tokens", "200000",
-              "--set", "run.checkpoint_every_tokens=10000", "--set", "run.max_failures=4"]
+# Four of the demo's stages at half their budgets (seq_len 64 -> 512): three real stage switches,
+# a worker killed mid-stage in the third, checkpoints every 8,000 tokens. A quarter of the full
+# demo's wall time on 2 cores, and a quarter of its checkpoints on disk.
+FAULT_STAGES = (3, 7)
+FAULT_RUN = {"checkpoint_every_tokens": 8000, "max_failures": 4, "log_every_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def fault_config(tmp_path_factory):
+    load_demo()  # builds the repo's demo corpus if missing
+    path = str(tmp_path_factory.mktemp("fault") / "demo_stages_4_to_7.yaml")
+    return demo_subset(path, *FAULT_STAGES, scale=0.5, **FAULT_RUN)
 
 
 def failure_lines(out: str) -> str:
@@ -140,24 +160,28 @@ def failure_lines(out: str) -> str:
     return "\n".join(line for line in ANSI.sub("", out).splitlines() if keep.search(line))[-6000:]
 
 
-def half_demo():
-    raw = load_demo()
-    overrides = [f"curriculum.stages.{i}.tokens={st.tokens // 2}" for i, st in enumerate(raw.curriculum.stages)]
-    return load_demo(*overrides, "curriculum.target_tokens=200000")
+@pytest.fixture(scope="module")
+def fault_run_dir(tmp_path_factory):
+    """Checkpoints of the fault test, read by the resume test; removed after the module (the
+    runs write tens of MB per checkpoint and CI disks can be small)."""
+    path = tmp_path_factory.mktemp("fault_run")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
-def test_killed_worker_restores_and_finishes_with_same_totals(tmp_path):
-    proc = _train_proc(*FAULT_ARGS, "--set", f"run.storage_path={tmp_path}")
+@pytest.mark.timeout(1200)
+def test_killed_worker_restores_and_finishes_with_same_totals(fault_config, fault_run_dir):
+    proc = _train_proc("--config", fault_config, "--set", f"run.storage_path={fault_run_dir}")
     lines, killed = [], None
     try:
         for line in proc.stdout:
             lines.append(line)
-            if killed is None and "Stage 6/10 (" in ANSI.sub("", line) and "Step " in line:
+            if killed is None and "Stage 3/4 (" in ANSI.sub("", line) and "Step " in line:
                 pids = _train_worker_pids()
                 assert pids, "no train worker process found"
                 killed = pids[-1]
                 os.kill(killed, signal.SIGKILL)  # a process this test started, by PID
-        proc.wait(timeout=1200)
+        proc.wait(timeout=900)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -165,31 +189,32 @@ def test_killed_worker_restores_and_finishes_with_same_totals(tmp_path):
     assert killed is not None, out[-3000:]
     assert proc.returncode == 0, failure_lines(out)
     assert "Resumed from" in out
-    assert_curriculum_completed(out, half_demo())
-    test_killed_worker_restores_and_finishes_with_same_totals.run_dir = str(tmp_path)
+    assert_curriculum_completed(out, load_job(fault_config))
 
 
-def test_resume_from_mid_stage_checkpoint(tmp_path):
-    run_dirs = getattr(test_killed_worker_restores_and_finishes_with_same_totals, "run_dir", None)
-    if run_dirs is None:  # run on its own: make a short run to take checkpoints from
-        proc = subprocess.run([sys.executable, "jobs/train.py", *FAULT_ARGS, "--set", f"run.storage_path={tmp_path}"],
-                              cwd=REPO, capture_output=True, text=True, timeout=1200)
-        assert proc.returncode == 0, proc.stdout[-3000:]
-        run_dirs = str(tmp_path)
+@pytest.mark.timeout(1200)
+def test_resume_from_mid_stage_checkpoint(fault_config, fault_run_dir, tmp_path):
+    if not glob.glob(os.path.join(fault_run_dir, "*", "checkpoint_*")):  # run on its own: take checkpoints
+        proc = subprocess.run([sys.executable, "jobs/train.py", "--config", fault_config,
+                               "--set", f"run.storage_path={fault_run_dir}"],
+                              cwd=REPO, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, failure_lines(proc.stdout + proc.stderr)
     mid = []
-    for path in glob.glob(os.path.join(run_dirs, "*", "checkpoint_*", "state.json")):
+    for path in glob.glob(os.path.join(fault_run_dir, "*", "checkpoint_*", "state.json")):
         state = json.load(open(path))
-        if state["step_in_stage"] > 0 and state["stage"] >= 7:
+        if state["step_in_stage"] > 0 and state["stage"] >= 2:  # in the third or fourth stage
             mid.append((state["tokens"], os.path.dirname(path), state))
     assert mid, "no mid-stage checkpoint was written"
     tokens, ckpt, state = sorted(mid)[0]
     out_dir = tmp_path / "resumed"
-    proc = subprocess.run([sys.executable, "jobs/train.py", *FAULT_ARGS, "--set", f"run.storage_path={out_dir}",
-                           "--resume", ckpt], cwd=REPO, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run([sys.executable, "jobs/train.py", "--config", fault_config,
+                           "--set", f"run.storage_path={out_dir}", "--resume", ckpt],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, failure_lines(out)
     stage, step_in_stage = state["stage"] + 1, state["step_in_stage"]
     assert f"Resumed from {ckpt}: stage {stage}, step {state['step']} ({step_in_stage} into the stage), " \
            f"{tokens:,} tokens" in ANSI.sub("", out)
-    assert_curriculum_completed(out, half_demo(), stages=range(stage, 11))
-    assert not re.search(rf"Stage {stage - 1}/10 done", ANSI.sub("", out))  # earlier stages not re-run
+    assert_curriculum_completed(out, load_job(fault_config), stages=range(stage, 5))
+    assert not re.search(rf"Stage {stage - 1}/4 done", ANSI.sub("", out))  # earlier stages not re-run
+    shutil.rmtree(out_dir, ignore_errors=True)

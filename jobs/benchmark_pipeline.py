@@ -4,7 +4,7 @@ For seq_len 8, 128 and 2048 it prints:
   - tokenize+pack in one process on one core (the GPT-2 BPE via tiktoken + the packer), tokens/s;
   - the full Ray path (read -> tokenize -> pack -> exact mix -> one consumer), tokens/s overall and
     per CPU core, from first row to last (steady state) and including the pipeline's cold start;
-  - the peak resident memory of all Ray processes during the run,
+  - the peak memory (PSS) of all Ray processes during the run, and its rise over the idle level,
 at 1x and 10x corpus size, so a reader can see that memory stays flat as the corpus grows.
 
     python jobs/benchmark_pipeline.py [--scales 1,10] [--seq-lens 8,128,2048] [--tokens 3000000]
@@ -22,8 +22,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def ray_rss_bytes() -> int:
-    """Resident memory of every Ray process on this machine (raylet, GCS, workers), from /proc."""
+def ray_pss_bytes() -> int:
+    """Proportional set size of every Ray process on this machine (raylet with its object store,
+    GCS, workers), from /proc. PSS, not RSS: pages shared between processes (the object store's
+    shared memory, the imported libraries of forked workers) are counted once, not once per process."""
     total = 0
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -33,33 +35,66 @@ def ray_rss_bytes() -> int:
                 cmd = f.read()
             if b"ray" not in cmd or b"benchmark_pipeline" in cmd:
                 continue
-            with open(f"/proc/{pid}/status") as f:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith("Pss:"):
                         total += int(line.split()[1]) * 1024
+                        break
         except OSError:
             continue
     return total
 
 
+def object_store_bytes() -> int:
+    """Bytes held in Ray's object store (all nodes): the pipeline's data in flight."""
+    import re
+
+    from ray._private.internal_api import memory_summary
+
+    m = re.search(r"Plasma memory usage (\d+) MiB", memory_summary(stats_only=True))
+    return int(m.group(1)) * 2**20 if m else 0
+
+
+def ray_worker_count() -> int:
+    count = 0
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    count += f.read().startswith(b"ray::")
+            except OSError:
+                pass
+    return count
+
+
 class PeakSampler(threading.Thread):
-    def __init__(self, interval_s: float = 0.25):
+    """Peaks during one run: Ray's memory (and its idle level just before: worker processes that
+    earlier runs started stay alive, idle, in between), the object store's bytes (the data in
+    flight, which Ray Data's backpressure bounds) and the number of Ray worker processes."""
+
+    def __init__(self, interval_s: float = 0.5):
         super().__init__(daemon=True)
-        self.interval_s, self.peak, self._halt = interval_s, 0, threading.Event()
+        self.interval_s, self._halt = interval_s, threading.Event()
+        self.before = self.peak = ray_pss_bytes()
+        self.store_peak = self.workers_peak = 0
 
     def run(self) -> None:
         while not self._halt.is_set():
-            self.peak = max(self.peak, ray_rss_bytes())
+            self.peak = max(self.peak, ray_pss_bytes())
+            self.store_peak = max(self.store_peak, object_store_bytes())
+            self.workers_peak = max(self.workers_peak, ray_worker_count())
             self._halt.wait(self.interval_s)
 
-    def stop(self) -> int:
+    def stop(self) -> dict:
         self._halt.set()
         self.join()
-        return self.peak
+        return {"idle_pss": self.before, "peak_pss": self.peak, "store_peak": self.store_peak,
+                "workers_peak": self.workers_peak}
 
 
-def in_process_rate(corpus: str, seq_len: int, max_docs: int = 4000) -> float:
-    """Tokenize + pack on this process's one thread: the per-core ceiling of the pipeline."""
+def in_process_rate(corpus: str, seq_len: int, chars_per_source: int = 3_000_000) -> float:
+    """Tokenize + pack on this process's one thread: the per-core ceiling of the pipeline. The
+    same sample at every corpus scale: each source's first `chars_per_source` characters."""
     import numpy as np
     import pyarrow.parquet as pq
 
@@ -70,10 +105,13 @@ def in_process_rate(corpus: str, seq_len: int, max_docs: int = 4000) -> float:
     tok = load_tokenizer("gpt2")
     texts = []
     for source in ("fineweb", "math", "code"):
-        folder = os.path.join(corpus, source)
+        folder, chars = os.path.join(corpus, source), 0
         for name in sorted(os.listdir(folder)):
-            texts += pq.read_table(os.path.join(folder, name)).column("text").to_pylist()
-    texts = texts[: max_docs * 3]
+            for text in pq.read_table(os.path.join(folder, name)).column("text").to_pylist():
+                if chars >= chars_per_source:
+                    break
+                texts.append(text)
+                chars += len(text)
     start = time.perf_counter()
     packer = Packer(seq_len, seq_len, tok.eos_id, 10**12, SourceCursor())
     tokens = 0
@@ -120,9 +158,8 @@ def ray_rate(corpus: str, seq_len: int, tokens: int) -> dict:
         got += b["tokens"].shape[0] * seq_len
     end = time.perf_counter()
     ray.get(sd.end_state)
-    peak = sampler.stop()
     return {"tokens": got, "total_s": end - t0, "cold_s": first - t0,
-            "steady_tok_s": got / max(1e-9, end - first), "overall_tok_s": got / (end - t0), "peak_rss": peak}
+            "steady_tok_s": got / max(1e-9, end - first), "overall_tok_s": got / (end - t0), **sampler.stop()}
 
 
 def main() -> None:
@@ -133,13 +170,15 @@ def main() -> None:
     ap.add_argument("--num-cpus", type=int, default=0, help="logical CPUs for Ray (default: 2 x cores)")
     args = ap.parse_args()
 
+    from yxanul_ray.raycluster import local_ray_env
+
+    local_ray_env()  # before `import ray`: Ray reads the auth mode when it loads
     import ray
 
     from yxanul_ray.demo_corpus import build_demo_corpus
-    from yxanul_ray.raycluster import local_ray_env, quiet_ray_data
+    from yxanul_ray.raycluster import quiet_ray_data
 
     cores = os.cpu_count() or 1
-    local_ray_env()
     ray.init(num_cpus=args.num_cpus or 2 * cores, include_dashboard=False, log_to_driver=False,
              _node_ip_address="127.0.0.1")
     quiet_ray_data()
@@ -160,11 +199,25 @@ def main() -> None:
                       f"{r['tokens'] / 1e6:5.1f}M tokens: steady {r['steady_tok_s'] / 1e6:5.2f}M tok/s "
                       f"({r['steady_tok_s'] / cores / 1e6:4.2f}M per core), with cold start "
                       f"{r['overall_tok_s'] / 1e6:5.2f}M tok/s, first batch after {r['cold_s']:.1f} s, "
-                      f"peak Ray RSS {r['peak_rss'] / 2**30:.2f} GiB", flush=True)
-    print("\nsummary (scale, seq_len, 1-core tok/s, Ray steady tok/s per core, peak Ray RSS GiB)")
+                      f"Ray PSS peak {r['peak_pss'] / 2**30:.2f} GiB ({(r['peak_pss'] - r['idle_pss']) / 2**30:+.2f} "
+                      f"over idle), object store peak {r['store_peak'] / 2**20:.0f} MiB, "
+                      f"{r['workers_peak']} Ray worker processes", flush=True)
+    print("\nsummary: scale, seq_len, 1-core tokenize+pack tok/s, Ray steady tok/s per core, peak Ray PSS GiB "
+          "(over idle), object store peak MiB, Ray worker processes")
     for scale, seq_len, single, r in rows:
         print(f"  x{scale:<4g} {seq_len:>5} {single:>12,.0f} {r['steady_tok_s'] / cores:>12,.0f} "
-              f"{r['peak_rss'] / 2**30:>8.2f}")
+              f"{r['peak_pss'] / 2**30:>6.2f} ({(r['peak_pss'] - r['idle_pss']) / 2**30:+.2f}) "
+              f"{r['store_peak'] / 2**20:>6.0f} {r['workers_peak']:>4}")
+    by_seq = {}
+    for scale, seq_len, _, r in rows:
+        by_seq.setdefault(seq_len, []).append((scale, r))
+    for seq_len, runs in by_seq.items():
+        if len(runs) > 1:
+            (s0, r0), (s1, r1) = runs[0], runs[-1]
+            print(f"  seq {seq_len}: x{s1:g} / x{s0:g} corpus: peak Ray PSS "
+                  f"{r1['peak_pss'] / max(r0['peak_pss'], 1):.2f}, object store peak "
+                  f"{r1['store_peak'] / max(r0['store_peak'], 1):.2f}, tokens streamed "
+                  f"{r1['tokens'] / max(r0['tokens'], 1):.1f}")
     ray.shutdown()
 
 

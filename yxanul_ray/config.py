@@ -150,6 +150,10 @@ class DataSpec:
     """If set, `train`/`check` build the offline demo corpus in this directory when it is missing."""
     tokenizer_actors: int = 2
     """Most tokenizer actors per source (Ray Data scales the pool between 1 and this)."""
+    object_store_mb_per_source: int = 64
+    """Ray Data's object-store budget for one source's stage pipeline: its backpressure holds the
+    data in flight under this however large the corpus (unbounded, in-flight data grew ~8x with a
+    10x corpus in jobs/benchmark_pipeline.py)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -418,6 +422,8 @@ def _validate(job: JobSpec) -> None:
         fail("run.checkpoint_every_tokens", "must be >= 0 (0: stage boundaries only)")
     if job.data.tokenizer_actors < 1 or job.data.data_cpus <= 0:
         fail("data.tokenizer_actors" if job.data.tokenizer_actors < 1 else "data.data_cpus", "must be > 0")
+    if job.data.object_store_mb_per_source < 16:
+        fail("data.object_store_mb_per_source", "must be >= 16 (MiB of data in flight per source)")
     if job.data.max_doc_chars < 1000:
         fail("data.max_doc_chars", "must be >= 1000")
 

@@ -70,7 +70,8 @@ def build_stage_data(job: JobSpec, stage_index: int, cursors: dict[str, SourceCu
             seq_len=stage.seq_len, stride=stage_stride(job.curriculum, stage), max_rows=n,
             tokenizer=job.data.tokenizer, eos_id=eos_id, tokenize_batch_size=job.data.tokenize_batch_size,
             data_cpus=job.data.data_cpus, tokenizer_actors=job.data.tokenizer_actors,
-            skip_rows=done[s] * world_size, ledger=ledger, ledger_key=stage_key)
+            object_store_bytes=job.data.object_store_mb_per_source << 20, skip_rows=done[s] * world_size,
+            ledger=ledger, ledger_key=stage_key)
         for s, n in rows.items() if n > 0
     }
     end_state = ledger.wait.remote(stage_key, list(datasets))

@@ -115,6 +115,12 @@ def test_wrong_type_bool(tmp_path, placeholder_sources):
     _fails(tmp_path, data, "run.use_gpu", "true or false")
 
 
+def test_object_store_budget_too_small(tmp_path, placeholder_sources):
+    data = base_config(placeholder_sources)
+    data["data"]["object_store_mb_per_source"] = 4
+    _fails(tmp_path, data, "data.object_store_mb_per_source", "must be >= 16")
+
+
 def test_mix_not_summing_to_one(tmp_path, placeholder_sources):
     data = base_config(placeholder_sources)
     data["curriculum"]["stages"][2]["mix"]["fineweb"] = 0.45

@@ -129,9 +129,12 @@ def test_every_bad_row_kind_is_counted(ray_cluster, tmp_path, ray_ledger):
 
 
 def test_identical_output_for_identical_seeds(ray_cluster, demo_corpus, ray_ledger):
-    job = demo_job(demo_corpus, "run.seed=5", scale=20)
-    _, a, _ = run_stage(job, 3, {}, 1, ray_ledger)
+    job = demo_job(demo_corpus, "run.seed=5", "data.object_store_mb_per_source=32", scale=20)
+    sd, a, _ = run_stage(job, 3, {}, 1, ray_ledger)
     _, b, _ = run_stage(job, 3, {}, 1, ray_ledger)
+    # Each source's pipeline runs under its object-store budget (Ray Data's backpressure).
+    assert {ds.context.execution_options.resource_limits.object_store_memory
+            for ds in sd.datasets.values()} == {32 << 20}
     assert len(a[0]) == len(b[0])
     for x, y in zip(a[0], b[0]):
         assert (x["tokens"] == y["tokens"]).all() and (x["source"] == y["source"]).all()

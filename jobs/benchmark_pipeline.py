@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -22,11 +23,15 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def ray_pss_bytes() -> int:
-    """Proportional set size of every Ray process on this machine (raylet with its object store,
-    GCS, workers), from /proc. PSS, not RSS: pages shared between processes (the object store's
-    shared memory, the imported libraries of forked workers) are counted once, not once per process."""
-    total = 0
+PLASMA_USAGE = re.compile(r"Plasma memory usage (\d+) MiB")
+
+
+def ray_processes() -> tuple[int, int]:
+    """(proportional set size of every Ray process on this machine: raylet with its object store,
+    GCS, workers; how many of them are Ray workers), from one pass over /proc. PSS, not RSS: pages
+    shared between processes (the object store's shared memory, the imported libraries of forked
+    workers) are counted once, not once per process."""
+    pss, workers = 0, 0
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -35,36 +40,23 @@ def ray_pss_bytes() -> int:
                 cmd = f.read()
             if b"ray" not in cmd or b"benchmark_pipeline" in cmd:
                 continue
+            workers += cmd.startswith(b"ray::")
             with open(f"/proc/{pid}/smaps_rollup") as f:
                 for line in f:
                     if line.startswith("Pss:"):
-                        total += int(line.split()[1]) * 1024
+                        pss += int(line.split()[1]) * 1024
                         break
         except OSError:
             continue
-    return total
+    return pss, workers
 
 
 def object_store_bytes() -> int:
     """Bytes held in Ray's object store (all nodes): the pipeline's data in flight."""
-    import re
-
     from ray._private.internal_api import memory_summary
 
-    m = re.search(r"Plasma memory usage (\d+) MiB", memory_summary(stats_only=True))
+    m = PLASMA_USAGE.search(memory_summary(stats_only=True))
     return int(m.group(1)) * 2**20 if m else 0
-
-
-def ray_worker_count() -> int:
-    count = 0
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    count += f.read().startswith(b"ray::")
-            except OSError:
-                pass
-    return count
 
 
 class PeakSampler(threading.Thread):
@@ -75,14 +67,14 @@ class PeakSampler(threading.Thread):
     def __init__(self, interval_s: float = 0.5):
         super().__init__(daemon=True)
         self.interval_s, self._halt = interval_s, threading.Event()
-        self.before = self.peak = ray_pss_bytes()
+        self.before = self.peak = ray_processes()[0]
         self.store_peak = self.workers_peak = 0
 
     def run(self) -> None:
         while not self._halt.is_set():
-            self.peak = max(self.peak, ray_pss_bytes())
+            pss, workers = ray_processes()
+            self.peak, self.workers_peak = max(self.peak, pss), max(self.workers_peak, workers)
             self.store_peak = max(self.store_peak, object_store_bytes())
-            self.workers_peak = max(self.workers_peak, ray_worker_count())
             self._halt.wait(self.interval_s)
 
     def stop(self) -> dict:

@@ -363,8 +363,8 @@ def wrap_epochs_needed(spec: ReadSpec, tokens: int) -> int:
 
 def build_source_dataset(spec: ReadSpec, *, source_id: int, start: SourceCursor, seq_len: int, stride: int,
                          max_rows: int, tokenizer: str, eos_id: int, tokenize_batch_size: int, data_cpus: float,
-                         tokenizer_actors: int, object_store_bytes: int | None = None, skip_rows: int = 0,
-                         ledger=None, ledger_key=None):
+                         tokenizer_actors: int, object_store_bytes: int, skip_rows: int = 0, ledger=None,
+                         ledger_key=None):
     """The packed-row Dataset of one source for one stage: exactly `max_rows - skip_rows` rows."""
     import ray.data
 
@@ -392,7 +392,7 @@ def build_source_dataset(spec: ReadSpec, *, source_id: int, start: SourceCursor,
     # Small blocks: the first rows of a stage arrive after a few hundred documents are tokenized,
     # not after a whole file (map_batches coalesces its output up to this size).
     ds.context.target_max_block_size = BLOCK_BYTES
-    if object_store_bytes:  # backpressure's budget: data in flight stays flat as the corpus grows
-        limits = ds.context.execution_options.resource_limits
-        ds.context.execution_options.resource_limits = limits.copy(object_store_memory=object_store_bytes)
+    # Backpressure's budget: the data in flight stays bounded however large the corpus.
+    limits = ds.context.execution_options.resource_limits
+    ds.context.execution_options.resource_limits = limits.copy(object_store_memory=object_store_bytes)
     return ds

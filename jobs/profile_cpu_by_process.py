@@ -3,7 +3,9 @@
 Runs a command (by default the demo curriculum) and samples /proc every 0.5 s, charging each
 process's CPU time to its kind: train workers, Ray Data's split coordinators, packers and
 tokenizer tasks, worker processes still starting (`ray::IDLE`), raylet, dashboard, driver. On a
-small machine this shows how much of the cores the training itself gets. (A process that ends
+small machine this shows how much of the cores the training itself gets, and how many processes
+of each kind were started (a process is counted under every kind it was seen as: a worker
+starts as `ray::IDLE` and becomes a packer or a tokenizer task). (A process that ends
 between two samples loses its last half second.)
 
     python jobs/profile_cpu_by_process.py [-- COMMAND ...]
@@ -56,6 +58,8 @@ def main() -> None:
     before = {pid: ticks for pid, (ticks, _) in cpu_ticks().items()}  # CPU spent before we started
     last: dict[str, int] = {}
     by_kind: collections.Counter = collections.Counter()
+    pids_by_kind: dict[str, set[str]] = collections.defaultdict(set)
+    last_kind: dict[str, str] = {}
     log_path = os.path.join(REPO, "runs", "profile_cpu_by_process.log")
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     start = time.perf_counter()
@@ -64,6 +68,9 @@ def main() -> None:
         while proc.poll() is None:
             for pid, (ticks, kind) in cpu_ticks().items():
                 by_kind[kind] += ticks - last.get(pid, before.get(pid, 0))
+                if pid not in before:
+                    pids_by_kind[kind].add(pid)
+                    last_kind[pid] = kind
                 last[pid] = ticks
             time.sleep(0.5)
     wall_s = time.perf_counter() - start
@@ -71,8 +78,11 @@ def main() -> None:
     cores = os.cpu_count() or 1
     print(f"{' '.join(command)}: exit {proc.returncode}, {wall_s:.0f} s wall, {total_s:.0f} CPU-s used of "
           f"{cores * wall_s:.0f} available on {cores} cores (output: {log_path})")
+    print(f"{len(last_kind)} processes started; by what each last ran: " + ", ".join(
+        f"{n} {kind}" for kind, n in collections.Counter(last_kind.values()).most_common(12)))
     for kind, ticks in by_kind.most_common(20):
-        print(f"  {ticks / TICKS_PER_S:8.1f} CPU-s {100 * ticks / TICKS_PER_S / max(total_s, 1e-9):5.1f}%  {kind}")
+        print(f"  {ticks / TICKS_PER_S:8.1f} CPU-s {100 * ticks / TICKS_PER_S / max(total_s, 1e-9):5.1f}%  "
+              f"{len(pids_by_kind[kind]):4d} processes  {kind}")
 
 
 if __name__ == "__main__":

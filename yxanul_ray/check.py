@@ -145,15 +145,44 @@ def transition_checks(prev: dict, cur: dict, job: JobSpec) -> list[Check]:
     return out
 
 
-def estimate(job: JobSpec, pipeline_rates: dict[int, float], gpu_json: str | None) -> tuple[list[dict], float]:
-    """Per stage: GPU-side rate (config, benchmark JSON by seq_len, else the user's 4090 figures)
-    vs the measured pipeline rate; the slower side bounds the stage."""
-    gpu_by_seq: dict[int, float] = {}
-    if gpu_json:
-        with open(gpu_json) as f:
-            for row in json.load(f).get("rows", []):
-                if "tok_s" in row:
-                    gpu_by_seq[int(row["seq"])] = max(gpu_by_seq.get(int(row["seq"]), 0.0), float(row["tok_s"]))
+def load_gpu_rates(path: str) -> dict[int, float]:
+    """{seq_len: best tokens/s per GPU} from jobs/benchmark_gpu_step.py's project.json. Read
+    before any cluster work, so a wrong file fails in a second with its name and the field."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as e:
+        raise ValueError(f"--gpu-json {path}: cannot read it ({e.strerror}); pass the project.json "
+                         "that jobs/benchmark_gpu_step.py wrote") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--gpu-json {path}: not JSON (line {e.lineno}: {e.msg})") from None
+    rows = data.get("rows") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        raise ValueError(f"--gpu-json {path}: field 'rows' is missing or not a list; expected the "
+                         "project.json of jobs/benchmark_gpu_step.py")
+    rates: dict[int, float] = {}
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or "seq" not in row:
+            raise ValueError(f"--gpu-json {path}: rows[{i}] has no 'seq' field")
+        if "tok_s" not in row:
+            continue  # a shape that failed on the GPU (its row holds the error), not a rate
+        try:
+            seq_len, tok_s = int(row["seq"]), float(row["tok_s"])
+        except (TypeError, ValueError):
+            raise ValueError(f"--gpu-json {path}: rows[{i}].seq / .tok_s must be numbers") from None
+        if tok_s <= 0:
+            raise ValueError(f"--gpu-json {path}: rows[{i}].tok_s must be > 0, got {tok_s}")
+        rates[seq_len] = max(rates.get(seq_len, 0.0), tok_s)
+    if not rates:
+        raise ValueError(f"--gpu-json {path}: no row has a 'tok_s' (every benchmarked shape failed?)")
+    return rates
+
+
+def estimate(job: JobSpec, pipeline_rates: dict[int, float],
+             gpu_by_seq: dict[int, float] | None = None) -> tuple[list[dict], float]:
+    """Per stage: GPU-side rate (config, benchmark figures per GPU by seq_len times the workers,
+    else the user's 4090 figures) vs the measured pipeline rate; the slower side bounds the stage."""
+    gpu_by_seq = gpu_by_seq or {}
     rows, total = [], 0.0
     measured = list(pipeline_rates.values())
     fallback = float(np.median(measured)) if measured else None
@@ -170,7 +199,7 @@ def estimate(job: JobSpec, pipeline_rates: dict[int, float], gpu_json: str | Non
 
 
 def run_check(job: JobSpec, *, test_all: bool = False, stage: int | None = None, transitions: bool = False,
-              sample_rows: int = 0, do_estimate: bool = False, gpu_json: str | None = None,
+              sample_rows: int = 0, do_estimate: bool = False, gpu_rates: dict[int, float] | None = None,
               steps: int = 2) -> tuple[list[Check], dict]:
     """All checks; returns (checks, machine-readable report)."""
     n = len(job.curriculum.stages)
@@ -207,7 +236,7 @@ def run_check(job: JobSpec, *, test_all: bool = False, stage: int | None = None,
         if transitions:
             cursors = {**cursors, **{s: SourceCursor.from_dict(v["cursor"]) for s, v in r["end"].items()}}
     if do_estimate:
-        rows, total = estimate(job, rates, gpu_json)
+        rows, total = estimate(job, rates, gpu_rates)
         report["estimate"] = {"stages": rows, "total_seconds": total}
     return checks, report
 

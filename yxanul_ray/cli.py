@@ -78,15 +78,21 @@ def add_check_args(p: argparse.ArgumentParser, config_optional: bool = False) ->
 def cmd_check(args: argparse.Namespace) -> int:
     import json
 
-    from yxanul_ray.check import render, run_check
+    from yxanul_ray.check import load_gpu_rates, render, run_check
     from yxanul_ray.driver import prepare_demo_corpus
 
+    try:
+        gpu_rates = load_gpu_rates(args.gpu_json) if args.gpu_json else None
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     prepare_demo_corpus(args.config, args.overrides)
     job = load_job(args.config, args.overrides)
     try:
         checks, report = run_check(job, test_all=args.test_all, stage=args.stage,
                                    transitions=args.test_transitions, sample_rows=args.sample,
-                                   do_estimate=args.estimate, gpu_json=args.gpu_json, steps=args.steps)
+                                   do_estimate=args.estimate or gpu_rates is not None, gpu_rates=gpu_rates,
+                                   steps=args.steps)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

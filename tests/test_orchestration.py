@@ -17,6 +17,7 @@ import pytest
 
 from tests.helpers import REPO, demo_subset
 from yxanul_ray.config import load_job
+from yxanul_ray.raycluster import WORKER_SOFT_LIMIT
 
 pytestmark = pytest.mark.ray
 DEMO = os.path.join(REPO, "configs", "demo.yaml")
@@ -79,7 +80,7 @@ def job_address(tmp_path_factory):
         yield address
         return
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_AUTH_MODE": "token"}
+           "RAY_AUTH_MODE": "token", "RAY_num_workers_soft_limit": str(WORKER_SOFT_LIMIT)}
     port = "8275"
     subprocess.run(["ray", "start", "--head", "--num-cpus=4", "--port=6390", "--dashboard-host=127.0.0.1",
                     f"--dashboard-port={port}", "--disable-usage-stats", "--node-ip-address=127.0.0.1"],
@@ -116,6 +117,11 @@ def test_demo_curriculum_via_ray_job_submit(job_address, tmp_path):
     assert_curriculum_completed(out, job)
     starts = [int(m) for m in re.findall(r"Stage (\d+)/10: ", ANSI.sub("", out))]
     assert starts == sorted(starts) and sorted(set(starts)) == list(range(1, 11))  # all ten, in order
+    # Held-out loss per domain at every stage boundary, at one seq_len, and lower at the end.
+    val = [dict(re.findall(r"(\w+) loss ([\d.]+)", line))
+           for line in re.findall(r"validation \(seq_len 128\): (.*)", ANSI.sub("", out))]
+    assert len(val) == 10 and all(v.keys() == {"fineweb", "math", "code"} for v in val), val
+    assert all(float(val[-1][s]) < float(val[0][s]) for s in val[0]), val
     checkpoints = glob.glob(os.path.join(tmp_path, "*", "checkpoint_*", "state.json"))
     stages_checkpointed = {json.load(open(p))["stage"] for p in checkpoints}
     assert set(range(1, 11)) <= stages_checkpointed  # a checkpoint at the end of every stage

@@ -57,6 +57,7 @@ class CurriculumCoordinator:
         self._cursor_events: dict[int, asyncio.Event] = {}
         self._builds: dict[tuple[int, int], asyncio.Future] = {}
         self._progress: dict = {}
+        self._validation: dict[tuple[int, int], asyncio.Future] = {}
         self._metrics = _Gauges()
 
     # ---- stage data --------------------------------------------------------------------------
@@ -123,8 +124,16 @@ class CurriculumCoordinator:
         await self._cursors_at(stage + 1)
         return self.stage_stats.get(stage, {})
 
-    def validation_rows(self, seq_len: int, max_rows: int) -> dict[str, np.ndarray]:
-        """Held-out rows per source, packed at one fixed seq_len so losses compare across stages."""
+    async def validation_rows(self, seq_len: int, max_rows: int) -> dict[str, np.ndarray]:
+        """Held-out rows per source, packed at one fixed seq_len so losses compare across stages.
+        On a thread: reading and tokenizing would otherwise hold the actor's event loop, and with
+        it the stage builds the workers are waiting for."""
+        key = (seq_len, max_rows)
+        if key not in self._validation:  # once, for every rank: they must evaluate the same rows
+            self._validation[key] = asyncio.ensure_future(asyncio.to_thread(self._validation_rows, seq_len, max_rows))
+        return await self._validation[key]
+
+    def _validation_rows(self, seq_len: int, max_rows: int) -> dict[str, np.ndarray]:
         tok = load_tokenizer(self.job.data.tokenizer)
         out = {}
         for name, files in self.files.items():

@@ -80,6 +80,11 @@ def run_training(job: JobSpec, resume: str | None = None) -> int:
     run_dir = os.path.join(job.run.storage_path, run_name)
     coordinator = CurriculumCoordinator.options(name=f"yxanul-coordinator-{run_name}").remote(
         job.to_dict(), job.run.workers, resumed_coordinator)
+    cur = job.curriculum
+    if cur.validation_rows:
+        # Packed now, while the trainer starts its workers, so the first stage boundary (a few
+        # steps in, on the demo) finds the held-out rows ready; the coordinator keeps one copy.
+        coordinator.validation_rows.remote(cur.validation_seq_len, cur.validation_rows)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job.to_dict(), "coordinator": coordinator, "run_dir": run_dir,

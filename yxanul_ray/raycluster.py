@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+WORKER_SOFT_LIMIT = 32
+
 
 def local_ray_env() -> None:
     """Environment for a Ray started by this process (set before ray.init / ray start)."""
@@ -17,6 +19,13 @@ def local_ray_env() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     # Keeps every Ray port on 127.0.0.1 (measured on Ray 2.60; see DESIGN.md).
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Ray keeps at most num_cpus idle worker processes and kills the rest after a second idle; the
+    # per-stage actors (packers, split coordinators) count toward that, so on a small node the
+    # pooled tokenizer/read workers were killed and restarted at ~1.2 CPU-s per start. Measured on
+    # 2 cores, four demo stages: 60 worker processes started and 122-134 s wall by default, 43
+    # and 98-102 s with this at 32 or 64 (jobs/profile_cpu_by_process.py). Large nodes (num_cpus
+    # above it) keep their own, higher, default.
+    os.environ.setdefault("RAY_num_workers_soft_limit", str(max(WORKER_SOFT_LIMIT, os.cpu_count() or 1)))
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = True,

@@ -3,10 +3,10 @@
 Runs a command (by default the demo curriculum) and samples /proc every 0.5 s, charging each
 process's CPU time to its kind: train workers, Ray Data's split coordinators, packers and
 tokenizer tasks, worker processes still starting (`ray::IDLE`), raylet, dashboard, driver. On a
-small machine this shows how much of the cores the training itself gets, and how many processes
-of each kind were started (a process is counted under every kind it was seen as: a worker
-starts as `ray::IDLE` and becomes a packer or a tokenizer task). (A process that ends
-between two samples loses its last half second.)
+small machine this shows how much of the cores the training itself gets, how many processes of
+each kind were started (a process is counted under every kind it was seen as: a worker starts
+as `ray::IDLE` and becomes a packer or a tokenizer task), and the peak PSS of the processes the
+run started. (A process that ends between two samples loses its last half second.)
 
     python jobs/profile_cpu_by_process.py [-- COMMAND ...]
 """
@@ -52,6 +52,21 @@ def cpu_ticks() -> dict[str, tuple[int, str]]:
     return out
 
 
+def pss_bytes(pids) -> int:
+    """Proportional set size of these processes together (shared pages counted once)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            continue
+    return total
+
+
 def main() -> None:
     command = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else [
         sys.executable, "jobs/train.py", "--config", "configs/demo.yaml"]
@@ -60,24 +75,30 @@ def main() -> None:
     by_kind: collections.Counter = collections.Counter()
     pids_by_kind: dict[str, set[str]] = collections.defaultdict(set)
     last_kind: dict[str, str] = {}
+    peak_pss, peak_alive = 0, 0
     log_path = os.path.join(REPO, "runs", "profile_cpu_by_process.log")
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     start = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         while proc.poll() is None:
-            for pid, (ticks, kind) in cpu_ticks().items():
+            alive = cpu_ticks()
+            for pid, (ticks, kind) in alive.items():
                 by_kind[kind] += ticks - last.get(pid, before.get(pid, 0))
                 if pid not in before:
                     pids_by_kind[kind].add(pid)
                     last_kind[pid] = kind
                 last[pid] = ticks
+            started = [pid for pid in alive if pid not in before]
+            peak_alive = max(peak_alive, len(started))
+            peak_pss = max(peak_pss, pss_bytes(started))
             time.sleep(0.5)
     wall_s = time.perf_counter() - start
     total_s = sum(by_kind.values()) / TICKS_PER_S
     cores = os.cpu_count() or 1
     print(f"{' '.join(command)}: exit {proc.returncode}, {wall_s:.0f} s wall, {total_s:.0f} CPU-s used of "
           f"{cores * wall_s:.0f} available on {cores} cores (output: {log_path})")
+    print(f"peak memory of the run's processes: {peak_pss / 2**30:.2f} GiB PSS, {peak_alive} alive at once")
     print(f"{len(last_kind)} processes started; by what each last ran: " + ", ".join(
         f"{n} {kind}" for kind, n in collections.Counter(last_kind.values()).most_common(12)))
     for kind, ticks in by_kind.most_common(20):

@@ -22,15 +22,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from yxanul_ray.procfs import pss_bytes  # noqa: E402 - after the repo is on the path
 
 PLASMA_USAGE = re.compile(r"Plasma memory usage (\d+) MiB")
 
 
 def ray_processes() -> tuple[int, int]:
-    """(proportional set size of every Ray process on this machine: raylet with its object store,
-    GCS, workers; how many of them are Ray workers), from one pass over /proc. PSS, not RSS: pages
-    shared between processes (the object store's shared memory, the imported libraries of forked
-    workers) are counted once, not once per process."""
+    """(PSS of every Ray process on this machine: raylet with its object store, GCS, workers; how
+    many of them are Ray workers), from one pass over /proc. PSS, not RSS, so shared pages count
+    once, not once per process."""
     pss, workers = 0, 0
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -40,14 +40,10 @@ def ray_processes() -> tuple[int, int]:
                 cmd = f.read()
             if b"ray" not in cmd or b"benchmark_pipeline" in cmd:
                 continue
-            workers += cmd.startswith(b"ray::")
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        pss += int(line.split()[1]) * 1024
-                        break
         except OSError:
             continue
+        workers += cmd.startswith(b"ray::")
+        pss += pss_bytes(pid)
     return pss, workers
 
 

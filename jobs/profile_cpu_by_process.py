@@ -20,6 +20,10 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from yxanul_ray.procfs import pss_bytes  # noqa: E402 - after the repo is on the path
+
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 DAEMONS = ("raylet", "gcs_server", "dashboard", "log_monitor", "runtime_env", "monitor.py")
 
@@ -52,21 +56,6 @@ def cpu_ticks() -> dict[str, tuple[int, str]]:
     return out
 
 
-def pss_bytes(pids) -> int:
-    """Proportional set size of these processes together (shared pages counted once)."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1]) * 1024
-                        break
-        except OSError:
-            continue
-    return total
-
-
 def main() -> None:
     command = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else [
         sys.executable, "jobs/train.py", "--config", "configs/demo.yaml"]
@@ -82,16 +71,16 @@ def main() -> None:
     with open(log_path, "w") as log:
         proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         while proc.poll() is None:
-            alive = cpu_ticks()
-            for pid, (ticks, kind) in alive.items():
+            started = []  # alive now, started since we began
+            for pid, (ticks, kind) in cpu_ticks().items():
                 by_kind[kind] += ticks - last.get(pid, before.get(pid, 0))
                 if pid not in before:
+                    started.append(pid)
                     pids_by_kind[kind].add(pid)
                     last_kind[pid] = kind
                 last[pid] = ticks
-            started = [pid for pid in alive if pid not in before]
             peak_alive = max(peak_alive, len(started))
-            peak_pss = max(peak_pss, pss_bytes(started))
+            peak_pss = max(peak_pss, sum(pss_bytes(pid) for pid in started))
             time.sleep(0.5)
     wall_s = time.perf_counter() - start
     total_s = sum(by_kind.values()) / TICKS_PER_S

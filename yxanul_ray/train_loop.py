@@ -65,13 +65,9 @@ def train_loop_per_worker(config: dict) -> None:
             if run.checkpoint_due(state):
                 run.report(state, checkpoint=True)
         run.log(state, lr, plan)
-        run.stage_ended = time.perf_counter()
         state.stage += 1
         state.step_in_stage = 0
-        run.end_of_stage(state)
-        run.validated = time.perf_counter()
-        run.report(state, checkpoint=True)
-        run.boundary_done = time.perf_counter()
+        run.stage_boundary(state)
     run.finish(state)
 
 
@@ -257,9 +253,16 @@ class Run:
         self.coord.record_progress.remote({"tokens": state.tokens, "stage": stage_no, "tokens_per_s": rate,
                                            "loss": loss, "tokens_by_source": dict(state.tokens_by_source)})
 
-    stage_ended: float | None = None
-    validated: float | None = None
-    boundary_done: float | None = None
+    boundary_times: tuple[float, float, float] | None = None
+    """When the last stage's last step ended, its validation ended, its checkpoint was reported."""
+
+    def stage_boundary(self, state: TrainState) -> None:
+        """Validation and the boundary checkpoint, timed for the next switch's log line."""
+        ended = time.perf_counter()
+        self.end_of_stage(state)
+        validated = time.perf_counter()
+        self.report(state, checkpoint=True)
+        self.boundary_times = (ended, validated, time.perf_counter())
 
     def note_first_batch(self, state: TrainState) -> None:
         """The stage switch's cost: from the previous stage's last step to this stage's first
@@ -268,11 +271,10 @@ class Run:
         if self.started_at is not None and self.rank == 0:
             print(f"first batch in hand {time.time() - self.started_at:.1f} s after the job started", flush=True)
         self.started_at = None
-        if self.stage_ended is None:
+        if self.boundary_times is None:
             return
         now = time.perf_counter()
-        validated, done = self.validated or self.stage_ended, self.boundary_done or self.stage_ended
-        self.stage_ended, self.validated, self.boundary_done, ended = None, None, None, self.stage_ended
+        (ended, validated, done), self.boundary_times = self.boundary_times, None
         if self.rank == 0:
             print(f"  stage switch: first batch of stage {state.stage + 1} {now - ended:.2f} s after the last step "
                   f"of the previous stage ({validated - ended:.2f} s validation, {done - validated:.2f} s "

@@ -49,6 +49,58 @@ def test_loss_decreases_overfitting_one_batch():
     assert losses[-1] < 0.5 * losses[0]
 
 
+@pytest.mark.parametrize("ignored_tail", [0, 37])
+def test_sliced_lm_loss_equals_full_logits_cross_entropy(ignored_tail):
+    """Value and both gradients, with slices that do not divide the tokens and (as at a stage's
+    last step) an ignored tail."""
+    from yxanul_ray.lm_loss import IGNORE, sliced_lm_loss
+
+    torch.manual_seed(0)
+    hidden = torch.randn(301, 24, requires_grad=True)
+    weight = torch.randn(997, 24, requires_grad=True)
+    targets = torch.randint(0, 997, (301,))
+    if ignored_tail:
+        targets[-ignored_tail:] = IGNORE
+    ref = F.cross_entropy(F.linear(hidden, weight), targets, ignore_index=IGNORE, reduction="sum")
+    (ref * 0.25).backward()
+    want = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    got = sliced_lm_loss(hidden, weight, targets, slice_bytes=4 * 997 * 40)  # 40 tokens a slice
+    (got * 0.25).backward()
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(hidden.grad, want[0], atol=1e-5)
+    assert torch.allclose(weight.grad, want[1], atol=1e-5)
+    if ignored_tail:
+        assert torch.all(hidden.grad[-ignored_tail:] == 0)
+
+
+def test_cpu_train_step_matches_the_logits_path():
+    """train_step on CPU (sliced head loss) leaves the same weights as the plain logits loss."""
+    from yxanul_ray.config import OptimizerSpec
+    from yxanul_ray.step import make_optimizer, train_step
+
+    torch.manual_seed(0)
+    a = build_model(SMALL, "torch")
+    b = build_model(SMALL, "torch")
+    b.load_state_dict(a.state_dict())
+    spec = OptimizerSpec()
+    opt_a, opt_b = make_optimizer(a, spec, "cpu"), make_optimizer(b, spec, "cpu")
+    rows = torch.randint(0, 512, (4, 33))
+    loss = train_step(a, a, opt_a, rows, lr=1e-3, global_valid=4 * 32 - 5, rank=0, world=1, micro_batch=2,
+                      grad_clip=1.0, amp=False)
+    x, y = rows[:, :-1], rows[:, 1:].clone()
+    y.view(-1)[4 * 32 - 5:] = -100
+    ref = F.cross_entropy(b(x).reshape(-1, 512), y.reshape(-1), ignore_index=-100, reduction="sum")
+    (ref / (4 * 32 - 5)).backward()
+    torch.nn.utils.clip_grad_norm_(b.parameters(), 1.0)
+    for group in opt_b.param_groups:
+        group["lr"] = 1e-3
+    opt_b.step()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6), name
+
+
 @pytest.mark.parametrize("preset,expected_m", [("tiny", 1.63), ("demo", 3.31), ("270m", 277.0),
                                                 ("yxanul-270m", 151.8)])
 def test_parameter_count_of_each_preset(preset, expected_m):

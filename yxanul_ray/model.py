@@ -146,16 +146,22 @@ class GPT(nn.Module):
             else:
                 p.normal_(0.0, std)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx [B, T] token ids -> logits [B, T, vocab]."""
+    @property
+    def head_weight(self) -> nn.Parameter:
+        """The output projection [vocab, d_model] (the token embedding when tied)."""
+        return self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
+
+    def forward(self, idx: torch.Tensor, return_hidden: bool = False) -> torch.Tensor:
+        """idx [B, T] token ids -> logits [B, T, vocab], or with `return_hidden` the final
+        normed hidden state [B, T, d_model] for a loss that applies the head itself
+        (lm_loss.sliced_lm_loss). Through forward either way, so DDP sees every step."""
         T = idx.shape[1]
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         x = self.tok_emb(idx)
         for block in self.blocks:
             x = block(x, cos, sin)
         x = rms_norm(x, self.final_norm_weight, self.shape.norm_eps)
-        weight = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(x, weight)
+        return x if return_hidden else F.linear(x, self.head_weight)
 
     def portable_state_dict(self) -> dict[str, torch.Tensor]:
         """The state_dict both backends share (TE's FP8 `_extra_state` metadata left out)."""

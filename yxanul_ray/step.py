@@ -9,10 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from yxanul_ray.accounting import valid_targets
+from yxanul_ray.lm_loss import IGNORE, sliced_lm_loss
 from yxanul_ray.model import mark_seq_dynamic
 from yxanul_ray.precision import fp8_autocast
-
-IGNORE = -100
 
 
 def train_step(model, raw_model, optimizer, tokens: torch.Tensor, *, lr: float, global_valid: int, rank: int,
@@ -37,10 +36,16 @@ def train_step(model, raw_model, optimizer, tokens: torch.Tensor, *, lr: float, 
             if dynamic_seq:
                 mark_seq_dynamic(xc)
             autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-            with autocast, fp8_autocast(fp8_recipe is not None, fp8_recipe):
-                logits = model(xc)
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), yc.reshape(-1),
-                                   ignore_index=IGNORE, reduction="sum")
+            if xc.device.type == "cpu":
+                # On CPU the [tokens, vocab] logits cost more in page faults than in FLOPs
+                # (lm_loss.py); on GPU the caching allocator reuses them.
+                hidden = model(xc, return_hidden=True)
+                loss = sliced_lm_loss(hidden.reshape(-1, hidden.shape[-1]), raw_model.head_weight, yc.reshape(-1))
+            else:
+                with autocast, fp8_autocast(fp8_recipe is not None, fp8_recipe):
+                    logits = model(xc)
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), yc.reshape(-1),
+                                       ignore_index=IGNORE, reduction="sum")
             # DDP averages gradients over ranks: scale so the result is the global token mean.
             (loss * world / max(1, global_valid)).backward()
         loss_sum += loss.detach()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -371,22 +372,26 @@ def build_source_dataset(spec: ReadSpec, *, source_id: int, start: SourceCursor,
     # Few concurrent reads: Ray Data would otherwise start a read per logical CPU and starve the
     # tokenizers of the real cores; reads are cheap next to tokenizing.
     wrap_epochs = wrap_epochs_needed(spec, max_rows * stride + seq_len)
-    ds = ray.data.read_datasource(make_datasource(spec, start, wrap_epochs), num_cpus=data_cpus,
-                                  concurrency=tokenizer_actors)
+    tasks = ray.data.TaskPoolStrategy(size=tokenizer_actors)
+    ds = ray.data.read_datasource(make_datasource(spec, start, wrap_epochs), num_cpus=data_cpus, compute=tasks)
     ds = ds.map_batches(tokenize_batch, fn_kwargs={"tokenizer": tokenizer}, batch_size=tokenize_batch_size,
-                        batch_format="pyarrow", num_cpus=data_cpus, concurrency=tokenizer_actors)
+                        batch_format="pyarrow", num_cpus=data_cpus, compute=tasks)
     # The packer carries state from block to block, so it must see blocks in stream order:
     # Ray Data lets actor tasks run out of order by default, and would restart a dead actor
     # with fresh state; both are switched off (a lost packer fails the stage, which resumes).
-    ds = ds.map_batches(
-        Pack, batch_size=None, batch_format="pyarrow", num_cpus=data_cpus,
-        compute=ray.data.ActorPoolStrategy(size=1), allow_out_of_order_execution=False,
-        max_restarts=0, max_task_retries=0,
-        fn_constructor_kwargs={"source": spec.files.source, "source_id": source_id, "seq_len": seq_len,
-                               "stride": stride, "eos_id": eos_id, "max_rows": max_rows,
-                               "start": start.to_dict(), "wrap_epochs": wrap_epochs, "skip_rows": skip_rows,
-                               "ledger": ledger, "ledger_key": ledger_key},
-    )
+    # Ray 2.60 has no named parameter for the restart settings and warns on the catch-all
+    # (once per stage and source, in the user's log); the settings are what the packer needs.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ds.map_batches(
+            Pack, batch_size=None, batch_format="pyarrow", num_cpus=data_cpus,
+            compute=ray.data.ActorPoolStrategy(size=1), allow_out_of_order_execution=False,
+            max_restarts=0, max_task_retries=0,
+            fn_constructor_kwargs={"source": spec.files.source, "source_id": source_id, "seq_len": seq_len,
+                                   "stride": stride, "eos_id": eos_id, "max_rows": max_rows,
+                                   "start": start.to_dict(), "wrap_epochs": wrap_epochs, "skip_rows": skip_rows,
+                                   "ledger": ledger, "ledger_key": ledger_key},
+        )
     ds = ds.limit(max_rows - skip_rows)
     ds.context.execution_options.preserve_order = True
     # Small blocks: the first rows of a stage arrive after a few hundred documents are tokenized,

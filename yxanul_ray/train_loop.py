@@ -3,6 +3,7 @@ pieces live in small helpers below and in the pure modules (curriculum, accounti
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -136,6 +137,7 @@ class Run:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+            print(f"rank 0 of {world}: {self.device}, {torch.get_num_threads()} torch thread(s)", flush=True)
 
     # ---- restore / report ----------------------------------------------------------------------
 
@@ -256,10 +258,14 @@ class Run:
     boundary_times: tuple[float, float, float] | None = None
     """When the last stage's last step ended, its validation ended, its checkpoint was reported."""
 
+    stage_clock: tuple[float, int, int] = (0.0, 0, 0)
+    """When the stage's data was in hand (after its banner), and the step and tokens then."""
+
     def stage_boundary(self, state: TrainState) -> None:
         """Validation and the boundary checkpoint, timed for the next switch's log line."""
         ended = time.perf_counter()
-        self.end_of_stage(state)
+        started, step0, tokens0 = self.stage_clock
+        self.end_of_stage(state, steps=state.step - step0, tokens=state.tokens - tokens0, seconds=ended - started)
         validated = time.perf_counter()
         self.report(state, checkpoint=True)
         self.boundary_times = (ended, validated, time.perf_counter())
@@ -281,6 +287,7 @@ class Run:
                   f"checkpoint, {now - done:.2f} s waiting for data)", flush=True)
 
     def stage_banner(self, state: TrainState, plan) -> None:
+        self.stage_clock = (time.perf_counter(), state.step, state.tokens)
         if self.rank != 0:
             return
         st = self.job.curriculum.stages[state.stage]
@@ -290,9 +297,10 @@ class Run:
               f"sequences ({st.step_tokens:,} tokens/step), {plan.steps} steps, {st.tokens:,} tokens"
               f"{', FP8' if st.fp8 and self.fp8_recipe else ''}\n  mix: {mix}\n" + "=" * 60, flush=True)
 
-    def end_of_stage(self, state: TrainState) -> None:
+    def end_of_stage(self, state: TrainState, steps: int, tokens: int, seconds: float) -> None:
         """Held-out validation per domain at a fixed seq_len (every rank evaluates its share);
-        rank 0 prints it with the stage's realised mix."""
+        rank 0 prints it with the stage's realised mix and how long its steps took (this
+        session's steps only, after a resume)."""
         losses = self.validate()
         if self.rank != 0:
             return
@@ -303,6 +311,8 @@ class Run:
         realised = ", ".join(f"{s} {n:,} ({n / max(1, total):.2%} vs {st.mix.get(s, 0):.0%})" for s, n in mix.items())
         print(f"Stage {k + 1}/{len(self.job.curriculum.stages)} done: {total:,} tokens; realised mix: {realised}",
               flush=True)
+        rate = tokens / max(seconds, 1e-9)
+        print(f"  stage time: {steps} steps in {seconds:.2f} s ({rate:,.0f} tokens/s)", flush=True)
         if losses:
             state.validation.append({"stage": k + 1, "tokens": state.tokens, "loss": losses})
             shown = ", ".join(f"{s} loss {v:.4f}" for s, v in losses.items())
@@ -326,7 +336,7 @@ class Run:
         for i, source in enumerate(sources):
             t = torch.from_numpy(self._val_rows[source][self.rank::self.world].astype(np.int64)).to(self.device)
             for chunk in t.split(16):
-                with self.amp or _null():
+                with self.amp or contextlib.nullcontext():
                     logits = model(chunk[:, :-1])
                 sums[2 * i] += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
                                                chunk[:, 1:].reshape(-1), reduction="sum").item()
@@ -350,11 +360,3 @@ class Run:
         png = plot_loss(self.job, state, os.path.join(self.run_dir, "loss.png"))
         print(f"loss curve: {png}; TensorBoard: {os.path.join(self.run_dir, 'tensorboard')}", flush=True)
         self.writer.close()
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False

@@ -72,6 +72,9 @@ def test_sliced_lm_loss_equals_full_logits_cross_entropy(ignored_tail):
     assert torch.allclose(weight.grad, want[1], atol=1e-5)
     if ignored_tail:
         assert torch.all(hidden.grad[-ignored_tail:] == 0)
+    with torch.no_grad():  # validation's path: the value alone
+        assert sliced_lm_loss(hidden, weight, targets, slice_bytes=4 * 997 * 40).item() == pytest.approx(
+            ref.item(), rel=1e-5)
 
 
 def test_cpu_train_step_matches_the_logits_path():

@@ -56,11 +56,26 @@ class _SlicedLinearCrossEntropy(torch.autograd.Function):
         return grad_hidden * grad_loss, grad_weight * grad_loss, None, None
 
 
+def _sliced_loss_only(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                      slice_tokens: int) -> torch.Tensor:
+    """The same sum without gradients (validation): a third of the matmuls."""
+    loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[0], slice_tokens):
+        t = targets[start:start + slice_tokens]
+        logits = (hidden[start:start + slice_tokens] @ weight.t()).float()
+        valid = t != IGNORE
+        target_logit = logits.gather(1, t.clamp(min=0)[:, None]).squeeze(1)
+        loss += ((torch.logsumexp(logits, dim=-1) - target_logit) * valid).sum()
+    return loss
+
+
 def sliced_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                    slice_bytes: int = SLICE_BYTES) -> torch.Tensor:
     """Summed cross-entropy of `hidden @ weight.T` against `targets` (IGNORE positions left out).
     hidden [N, D], weight [V, D], targets [N]; equal to
     F.cross_entropy(F.linear(hidden, weight).float(), targets, ignore_index=IGNORE, reduction="sum")
-    in value and gradients, up to float rounding."""
+    in value and gradients, up to float rounding. Under no_grad it computes the value alone."""
     slice_tokens = max(1, slice_bytes // (4 * weight.shape[0]))
-    return _SlicedLinearCrossEntropy.apply(hidden, weight, targets, slice_tokens)
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _SlicedLinearCrossEntropy.apply(hidden, weight, targets, slice_tokens)
+    return _sliced_loss_only(hidden, weight, targets, slice_tokens)

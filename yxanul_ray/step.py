@@ -35,17 +35,7 @@ def train_step(model, raw_model, optimizer, tokens: torch.Tensor, *, lr: float, 
         with sync:
             if dynamic_seq:
                 mark_seq_dynamic(xc)
-            autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-            if xc.device.type == "cpu":
-                # On CPU the [tokens, vocab] logits cost more in page faults than in FLOPs
-                # (lm_loss.py); on GPU the caching allocator reuses them.
-                hidden = model(xc, return_hidden=True)
-                loss = sliced_lm_loss(hidden.reshape(-1, hidden.shape[-1]), raw_model.head_weight, yc.reshape(-1))
-            else:
-                with autocast, fp8_autocast(fp8_recipe is not None, fp8_recipe):
-                    logits = model(xc)
-                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), yc.reshape(-1),
-                                       ignore_index=IGNORE, reduction="sum")
+            loss = summed_loss(model, raw_model, xc, yc, amp=amp, fp8_recipe=fp8_recipe)
             # DDP averages gradients over ranks: scale so the result is the global token mean.
             (loss * world / max(1, global_valid)).backward()
         loss_sum += loss.detach()
@@ -54,6 +44,21 @@ def train_step(model, raw_model, optimizer, tokens: torch.Tensor, *, lr: float, 
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum
+
+
+def summed_loss(model, raw_model, x: torch.Tensor, y: torch.Tensor, *, amp: bool, fp8_recipe=None) -> torch.Tensor:
+    """The summed cross-entropy of `model` on x [R, S] against y [R, S] (IGNORE left out), for
+    training and validation alike. `raw_model` is `model` without its DDP/compile wrappers."""
+    if x.device.type == "cpu":
+        # On CPU the [tokens, vocab] logits cost more in page faults than in FLOPs (lm_loss.py);
+        # on GPU the caching allocator reuses them.
+        hidden = model(x, return_hidden=True)
+        return sliced_lm_loss(hidden.reshape(-1, hidden.shape[-1]), raw_model.head_weight, y.reshape(-1))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+    with autocast, fp8_autocast(fp8_recipe is not None, fp8_recipe):
+        logits = model(x)
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE,
+                           reduction="sum")
 
 
 def make_optimizer(model, opt_spec, device) -> torch.optim.Optimizer:

@@ -3,7 +3,6 @@ pieces live in small helpers below and in the pure modules (curriculum, accounti
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -12,7 +11,6 @@ import numpy as np
 import ray
 import ray.train
 import torch
-import torch.nn.functional as F
 
 from yxanul_ray.accounting import progress_line, step_tokens_by_source
 from yxanul_ray.checkpoint import TrainState, load_state, load_tensors, save_checkpoint
@@ -22,7 +20,7 @@ from yxanul_ray.model import build_model, compile_model
 from yxanul_ray.precision import make_recipe
 from yxanul_ray.presets import flops_per_token
 from yxanul_ray.stage_data import StageBatches
-from yxanul_ray.step import make_optimizer, train_step
+from yxanul_ray.step import make_optimizer, summed_loss, train_step
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -117,7 +115,6 @@ class Run:
         self.model = ray.train.torch.prepare_model(model) if world > 1 else model
         if job.model.compile:
             self.model = compile_model(self.model)
-        self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else None
         self.fp8_recipe = None
         if self.raw_model.backend == "te":
             m = job.model
@@ -336,10 +333,8 @@ class Run:
         for i, source in enumerate(sources):
             t = torch.from_numpy(self._val_rows[source][self.rank::self.world].astype(np.int64)).to(self.device)
             for chunk in t.split(16):
-                with self.amp or contextlib.nullcontext():
-                    logits = model(chunk[:, :-1])
-                sums[2 * i] += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                                               chunk[:, 1:].reshape(-1), reduction="sum").item()
+                loss = summed_loss(model, model, chunk[:, :-1], chunk[:, 1:], amp=self.device.type == "cuda")
+                sums[2 * i] += loss.item()
                 sums[2 * i + 1] += chunk[:, 1:].numel()
         model.train()
         if self.world > 1:

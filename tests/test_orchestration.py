@@ -17,7 +17,7 @@ import pytest
 
 from tests.helpers import REPO, demo_subset
 from yxanul_ray.config import load_job
-from yxanul_ray.raycluster import WORKER_SOFT_LIMIT
+from yxanul_ray.raycluster import worker_soft_limit
 
 pytestmark = pytest.mark.ray
 DEMO = os.path.join(REPO, "configs", "demo.yaml")
@@ -80,7 +80,7 @@ def job_address(tmp_path_factory):
         yield address
         return
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_AUTH_MODE": "token", "RAY_num_workers_soft_limit": str(WORKER_SOFT_LIMIT)}
+           "RAY_AUTH_MODE": "token", "RAY_num_workers_soft_limit": str(worker_soft_limit())}
     port = "8275"
     subprocess.run(["ray", "start", "--head", "--num-cpus=4", "--port=6390", "--dashboard-host=127.0.0.1",
                     f"--dashboard-port={port}", "--disable-usage-stats", "--node-ip-address=127.0.0.1"],

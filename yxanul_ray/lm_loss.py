@@ -21,33 +21,42 @@ SLICE_BYTES = 8 << 20
 """Logits per slice: under glibc's largest mmap threshold (32 MiB), so slices come from the heap."""
 
 
+def _sliced(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, slice_tokens: int,
+            with_grads: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(summed loss, d loss/d hidden, d loss/d weight), the gradients None without `with_grads`."""
+    loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    grad_hidden = torch.empty_like(hidden) if with_grads else None
+    grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if with_grads else None
+    for start in range(0, hidden.shape[0], slice_tokens):
+        h = hidden[start:start + slice_tokens]
+        t = targets[start:start + slice_tokens]
+        logits = (h @ weight.t()).float()
+        valid = t != IGNORE
+        picked = t.clamp(min=0)
+        target_logit = logits.gather(1, picked[:, None]).squeeze(1)
+        # Softmax in place, one exp per logit: it is both the loss's normaliser and the
+        # gradient, d(summed loss)/d(logits) = softmax - one-hot (zero on ignored positions).
+        top = logits.amax(dim=1, keepdim=True)
+        probs = logits.sub_(top).exp_()
+        total = probs.sum(dim=1, keepdim=True)
+        loss += ((top.squeeze(1) + total.squeeze(1).log() - target_logit) * valid).sum()
+        if not with_grads:
+            continue
+        grad_logits = probs.div_(total)
+        grad_logits[torch.arange(len(t), device=t.device), picked] -= 1.0
+        if not bool(valid.all()):
+            grad_logits.mul_(valid[:, None])
+        g = grad_logits.to(h.dtype)
+        grad_hidden[start:start + slice_tokens] = g @ weight
+        grad_weight.addmm_(g.t().float(), h.float())
+    return loss, grad_hidden, grad_weight
+
+
 class _SlicedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                 slice_tokens: int) -> torch.Tensor:
-        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        for start in range(0, hidden.shape[0], slice_tokens):
-            h = hidden[start:start + slice_tokens]
-            t = targets[start:start + slice_tokens]
-            logits = (h @ weight.t()).float()
-            valid = t != IGNORE
-            picked = t.clamp(min=0)
-            target_logit = logits.gather(1, picked[:, None]).squeeze(1)
-            # Softmax in place, one exp per logit: it is both the loss's normaliser and the
-            # gradient, d(summed loss)/d(logits) = softmax - one-hot (zero on ignored positions).
-            top = logits.amax(dim=1, keepdim=True)
-            probs = logits.sub_(top).exp_()
-            total = probs.sum(dim=1, keepdim=True)
-            loss += ((top.squeeze(1) + total.squeeze(1).log() - target_logit) * valid).sum()
-            grad_logits = probs.div_(total)
-            grad_logits[torch.arange(len(t), device=t.device), picked] -= 1.0
-            if not bool(valid.all()):
-                grad_logits.mul_(valid[:, None])
-            g = grad_logits.to(h.dtype)
-            grad_hidden[start:start + slice_tokens] = g @ weight
-            grad_weight.addmm_(g.t().float(), h.float())
+        loss, grad_hidden, grad_weight = _sliced(hidden, weight, targets, slice_tokens, with_grads=True)
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
         return loss
 
@@ -55,19 +64,6 @@ class _SlicedLinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss: torch.Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors
         return grad_hidden * grad_loss, grad_weight * grad_loss, None, None
-
-
-def _sliced_loss_only(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                      slice_tokens: int) -> torch.Tensor:
-    """The same sum without gradients (validation): a third of the matmuls."""
-    loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    for start in range(0, hidden.shape[0], slice_tokens):
-        t = targets[start:start + slice_tokens]
-        logits = (hidden[start:start + slice_tokens] @ weight.t()).float()
-        valid = t != IGNORE
-        target_logit = logits.gather(1, t.clamp(min=0)[:, None]).squeeze(1)
-        loss += ((torch.logsumexp(logits, dim=-1) - target_logit) * valid).sum()
-    return loss
 
 
 def sliced_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -79,4 +75,4 @@ def sliced_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     slice_tokens = max(1, slice_bytes // (4 * weight.shape[0]))
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _SlicedLinearCrossEntropy.apply(hidden, weight, targets, slice_tokens)
-    return _sliced_loss_only(hidden, weight, targets, slice_tokens)
+    return _sliced(hidden, weight, targets, slice_tokens, with_grads=False)[0]

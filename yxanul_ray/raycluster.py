@@ -25,7 +25,13 @@ def local_ray_env() -> None:
     # 2 cores, four demo stages: 60 worker processes started and 122-134 s wall by default, 43
     # and 98-102 s with this at 32 or 64 (jobs/profile_cpu_by_process.py). Large nodes (num_cpus
     # above it) keep their own, higher, default.
-    os.environ.setdefault("RAY_num_workers_soft_limit", str(max(WORKER_SOFT_LIMIT, os.cpu_count() or 1)))
+    os.environ.setdefault("RAY_num_workers_soft_limit", str(worker_soft_limit()))
+
+
+def worker_soft_limit() -> int:
+    """RAY_num_workers_soft_limit for a Ray this project starts (local_ray_env, CI's and the
+    tests' `ray start`): WORKER_SOFT_LIMIT, or the core count where that is higher."""
+    return max(WORKER_SOFT_LIMIT, os.cpu_count() or 1)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = True,

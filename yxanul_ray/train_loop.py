@@ -223,13 +223,7 @@ class Run:
         iv = self.interval
         if iv["steps"] == 0:
             return
-        loss_sum = torch.tensor([iv["loss"]], dtype=torch.float64)
-        if self.world > 1:
-            import torch.distributed as dist
-
-            loss_sum = loss_sum.to(self.device)
-            dist.all_reduce(loss_sum)
-        loss = loss_sum.item() / max(1, iv["tokens"])
+        loss = self.sum_over_ranks(torch.tensor([iv["loss"]], dtype=torch.float64)).item() / max(1, iv["tokens"])
         dt = time.perf_counter() - iv["t0"]
         rate = iv["tokens"] / max(dt, 1e-9)
         self.interval = {"loss": 0.0, "tokens": 0, "t0": time.perf_counter(), "steps": 0}
@@ -251,6 +245,16 @@ class Run:
         self.writer.add_scalar("train/stage", stage_no, state.tokens)
         self.coord.record_progress.remote({"tokens": state.tokens, "stage": stage_no, "tokens_per_s": rate,
                                            "loss": loss, "tokens_by_source": dict(state.tokens_by_source)})
+
+    def sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        """t summed element-wise over all ranks (every rank must call it), back on the CPU."""
+        if self.world == 1:
+            return t
+        import torch.distributed as dist
+
+        t = t.to(self.device)
+        dist.all_reduce(t)
+        return t.cpu()
 
     boundary_times: tuple[float, float, float] | None = None
     """When the last stage's last step ended, its validation ended, its checkpoint was reported."""
@@ -337,12 +341,7 @@ class Run:
                 sums[2 * i] += loss.item()
                 sums[2 * i + 1] += chunk[:, 1:].numel()
         model.train()
-        if self.world > 1:
-            import torch.distributed as dist
-
-            sums = sums.to(self.device)
-            dist.all_reduce(sums)
-            sums = sums.cpu()
+        sums = self.sum_over_ranks(sums)
         return {s: float(sums[2 * i] / max(1.0, float(sums[2 * i + 1]))) for i, s in enumerate(sources)}
 
     def finish(self, state: TrainState) -> None:

@@ -116,8 +116,8 @@ def ray_rate(corpus: str, seq_len: int, tokens: int) -> dict:
 
     from yxanul_ray.config import job_from_dict
     from yxanul_ray.hub import resolve_files
-    from yxanul_ray.ledger import StageLedger
     from yxanul_ray.stage_data import build_stage_data, iter_worker_batches
+    from yxanul_ray.stage_packers import StagePackers
     from yxanul_ray.tokenizer import load_tokenizer
 
     batch = max(8, (65536 // seq_len) // 8 * 8)
@@ -132,11 +132,11 @@ def ray_rate(corpus: str, seq_len: int, tokens: int) -> dict:
              "mix": {"fineweb": 0.55, "math": 0.25, "code": 0.20}}]},
     }, "<benchmark>")
     files = {s: resolve_files(spec) for s, spec in job.sources.items()}
-    ledger = StageLedger.remote()
+    packers = StagePackers.remote()
     sampler = PeakSampler()
     sampler.start()
     t0 = time.perf_counter()
-    sd = build_stage_data(job, 0, {}, 1, files, load_tokenizer("gpt2").eos_id, ledger)
+    sd = build_stage_data(job, 0, {}, 1, files, load_tokenizer("gpt2").eos_id, packers)
     [iterators] = sd.split(1)
     first = None
     got = 0

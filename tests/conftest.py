@@ -67,7 +67,7 @@ def demo_corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ray_ledger(ray_cluster):
-    from yxanul_ray.ledger import StageLedger
+def ray_packers(ray_cluster):
+    from yxanul_ray.stage_packers import StagePackers
 
-    return StageLedger.remote()
+    return StagePackers.remote()

@@ -31,13 +31,13 @@ def demo_job(corpus: str, *extra: str, scale: int = 10):
     return load_job(os.path.join(CONFIGS, "demo.yaml"), overrides + list(extra))
 
 
-def run_stage(job, stage_index: int, cursors: dict, world: int, ledger, files=None):
+def run_stage(job, stage_index: int, cursors: dict, world: int, packers, files=None):
     """Consume one stage on `world` concurrent consumers; returns (per-rank batches, end state)."""
     import ray
 
     files = files or {s: resolve_files(spec) for s, spec in job.sources.items()}
     eos = load_tokenizer(job.data.tokenizer).eos_id
-    sd = build_stage_data(job, stage_index, cursors, world, files, eos, ledger)
+    sd = build_stage_data(job, stage_index, cursors, world, files, eos, packers)
     ids = {n: i for i, n in enumerate(job.sources)}
     splits = sd.split(world)
     with ThreadPoolExecutor(max_workers=world) as pool:

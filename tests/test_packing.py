@@ -158,3 +158,40 @@ def test_step_tokens_by_source_counts_masked_tail_on_last_ranks():
     # 10 masked positions: the last rank's final 10 (its b row and the end of its last a row)
     assert step_tokens_by_source(counts, 2 * 4 * 8 - 10, 2, 8) == {"a": 46, "b": 8}
     assert valid_targets(50, 1, 4, 8) == 18 and valid_targets(50, 0, 4, 8) == 32
+
+
+def token_block(rows: list[tuple[int, int, int]], tokens_per_row: int = 5):
+    """A tokenized document block as the pack step receives it: (epoch, file_pos, row) per document."""
+    import pyarrow as pa
+
+    n = len(rows)
+    flat = np.arange(1, n * tokens_per_row + 1, dtype=np.int32)
+    offsets = np.arange(0, n * tokens_per_row + 1, tokens_per_row, dtype=np.int32)
+    return pa.table({
+        "epoch": pa.array([r[0] for r in rows], pa.int32()), "file_pos": pa.array([r[1] for r in rows], pa.int32()),
+        "row": pa.array([r[2] for r in rows], pa.int64()), "piece": pa.array([0] * n, pa.int32()),
+        "last_piece": pa.array([True] * n), "bad": pa.array([""] * n),
+        "tokens": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
+    })
+
+
+def test_pack_step_rows_and_end_report_match_the_packer():
+    from yxanul_ray.sources import Pack
+
+    pack = Pack(source="a", source_id=2, seq_len=4, stride=4, eos_id=EOS, max_rows=3, start={}, wrap_epochs=1)
+    first = pack(token_block([(0, 0, 0), (0, 0, 1)]))  # 12 tokens with EOS: rows need 3 * 4 + 1 = 13
+    assert first["tokens"].shape == (2, 5) and set(first["source"]) == {2} and not pack.done
+    last = pack(token_block([(0, 0, 2), (0, 1, 0)]))
+    assert last["tokens"].shape == (1, 5) and pack.done
+    assert pack(token_block([(0, 1, 1)])) is None  # later documents belong to the next stage
+    report = pack.end_report()
+    assert report["stats"]["rows"] == 3 and report["cursor"]["row"] == 2
+
+
+def test_pack_step_refuses_blocks_out_of_stream_order():
+    from yxanul_ray.sources import Pack
+
+    pack = Pack(source="math", source_id=0, seq_len=64, stride=64, eos_id=EOS, max_rows=10, start={}, wrap_epochs=1)
+    pack(token_block([(0, 1, 0), (0, 1, 1)]))
+    with pytest.raises(RuntimeError, match=r"source math: a block starting at \(0, 0, 5, 0\).*stream order"):
+        pack(token_block([(0, 0, 5)]))

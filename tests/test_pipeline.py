@@ -40,7 +40,7 @@ def rows_of(per_rank) -> np.ndarray:
     return np.concatenate([b["tokens"] for rank in per_rank for b in rank])
 
 
-def test_eos_placement_and_no_lost_tokens(ray_cluster, tmp_path, ray_ledger):
+def test_eos_placement_and_no_lost_tokens(ray_cluster, tmp_path, ray_packers):
     texts = [f"Document number {i} says: " + "lorem ipsum " * (i % 7 + 1) for i in range(40)]
     write_docs(str(tmp_path / "a" / "part-0.parquet"), texts[:25])
     write_docs(str(tmp_path / "a" / "part-1.parquet"), texts[25:])
@@ -48,7 +48,7 @@ def test_eos_placement_and_no_lost_tokens(ray_cluster, tmp_path, ray_ledger):
     seq_len = 8
     usable = (len(stream) - 1) // seq_len * seq_len
     job = one_source_job(str(tmp_path / "a" / "*.parquet"), seq_len=seq_len, tokens=usable, batch=8)
-    _, per_rank, end = run_stage(job, 0, {}, 1, ray_ledger)
+    _, per_rank, end = run_stage(job, 0, {}, 1, ray_packers)
     rows = rows_of(per_rank)
     assert rows.shape[1] == seq_len + 1
     targets = rows[:, 1:].ravel()
@@ -59,7 +59,7 @@ def test_eos_placement_and_no_lost_tokens(ray_cluster, tmp_path, ray_ledger):
     assert stats["documents"] == 40 and stats["eos"] == int((targets == TOK.eos_id).sum())
 
 
-def test_no_document_repeated_across_stages(ray_cluster, tmp_path, ray_ledger):
+def test_no_document_repeated_across_stages(ray_cluster, tmp_path, ray_packers):
     texts = [f"Unique doc {i}: " + " ".join(f"w{i}x{j}" for j in range(i % 5 + 3)) for i in range(120)]
     write_docs(str(tmp_path / "a" / "part-0.parquet"), texts[:30], row_group_size=7)
     write_docs(str(tmp_path / "a" / "part-1.parquet"), texts[30:], row_group_size=7)
@@ -69,7 +69,7 @@ def test_no_document_repeated_across_stages(ray_cluster, tmp_path, ray_ledger):
     job = one_source_job(str(tmp_path / "a" / "*.parquet"), seq_len=8, tokens=512, extra_stages=[stage2, stage3])
     cursors, trained = {}, []
     for k in range(3):
-        _, per_rank, end = run_stage(job, k, cursors, 1, ray_ledger)
+        _, per_rank, end = run_stage(job, k, cursors, 1, ray_packers)
         trained.append(rows_of(per_rank)[:, 1:].ravel())
         cursors = next_cursors(end, cursors)
         assert end["a"]["stats"]["wraps"] == 0
@@ -78,13 +78,13 @@ def test_no_document_repeated_across_stages(ray_cluster, tmp_path, ray_ledger):
     assert cursors["a"].file_pos == 1  # the cursor crossed into the second file
 
 
-def test_wraps_when_a_source_runs_dry(ray_cluster, tmp_path, ray_ledger):
+def test_wraps_when_a_source_runs_dry(ray_cluster, tmp_path, ray_packers):
     texts = [f"tiny corpus doc {i}" for i in range(6)]
     write_docs(str(tmp_path / "a" / "part-0.parquet"), texts[:3])
     write_docs(str(tmp_path / "a" / "part-1.parquet"), texts[3:])
     per_epoch = len(stream_tokens(texts))
     job = one_source_job(str(tmp_path / "a" / "*.parquet"), seq_len=8, tokens=8 * 8 * ((3 * per_epoch) // 64 + 1))
-    _, per_rank, end = run_stage(job, 0, {}, 1, ray_ledger)
+    _, per_rank, end = run_stage(job, 0, {}, 1, ray_packers)
     stats = end["a"]["stats"]
     assert stats["wraps"] >= 3
     assert end["a"]["cursor"]["epoch"] == stats["wraps"]
@@ -98,7 +98,7 @@ def piece_tokens(text: str, max_chars: int) -> np.ndarray:
     return np.array(ids + [TOK.eos_id], dtype=np.int32)
 
 
-def test_every_bad_row_kind_is_counted(ray_cluster, tmp_path, ray_ledger):
+def test_every_bad_row_kind_is_counted(ray_cluster, tmp_path, ray_packers):
     good = [f"A good document {i} with several words in it." for i in range(8)]
     long_doc = "word " * 500  # 2,500 characters: split into three 1,000-character pieces
     write_docs(str(tmp_path / "p" / "part-0.parquet"), [good[0], None, "", "   ", good[1], long_doc, good[2]])
@@ -116,7 +116,7 @@ def test_every_bad_row_kind_is_counted(ray_cluster, tmp_path, ray_ledger):
         stream_len = sum(len(piece_tokens(d, 1000)) for d in docs)
         tokens = (stream_len - 3) // 4 * 4
         job = one_source_job(path, fmt=fmt, seq_len=4, tokens=tokens, batch=8, max_doc_chars=1000)
-        _, _, end = run_stage(job, 0, {}, 1, ray_ledger)
+        _, _, end = run_stage(job, 0, {}, 1, ray_packers)
         assert end["a"]["stats"]["wraps"] == 0
         return end["a"]["stats"]
 
@@ -128,10 +128,10 @@ def test_every_bad_row_kind_is_counted(ray_cluster, tmp_path, ray_ledger):
                             "invalid_utf8": 1}
 
 
-def test_identical_output_for_identical_seeds(ray_cluster, demo_corpus, ray_ledger):
+def test_identical_output_for_identical_seeds(ray_cluster, demo_corpus, ray_packers):
     job = demo_job(demo_corpus, "run.seed=5", "data.object_store_mb_per_source=32", scale=20)
-    sd, a, _ = run_stage(job, 3, {}, 1, ray_ledger)
-    _, b, _ = run_stage(job, 3, {}, 1, ray_ledger)
+    sd, a, _ = run_stage(job, 3, {}, 1, ray_packers)
+    _, b, _ = run_stage(job, 3, {}, 1, ray_packers)
     # Each source's pipeline runs under its object-store budget (Ray Data's backpressure).
     assert {ds.context.execution_options.resource_limits.object_store_memory
             for ds in sd.datasets.values()} == {32 << 20}
@@ -140,7 +140,7 @@ def test_identical_output_for_identical_seeds(ray_cluster, demo_corpus, ray_ledg
         assert (x["tokens"] == y["tokens"]).all() and (x["source"] == y["source"]).all()
 
 
-def test_exact_mix_for_every_stage_of_the_curriculum(ray_cluster, demo_corpus, ray_ledger):
+def test_exact_mix_for_every_stage_of_the_curriculum(ray_cluster, demo_corpus, ray_packers):
     """Ten stages, two workers: every worker batch holds each source within one row of its
     share (so every global batch within one row per worker), counted in tokens per source, and
     every stage trains exactly its budget."""
@@ -150,7 +150,7 @@ def test_exact_mix_for_every_stage_of_the_curriculum(ray_cluster, demo_corpus, r
     files = {s: resolve_files(spec) for s, spec in job.sources.items()}
     cursors: dict = {}
     for k, st in enumerate(job.curriculum.stages):
-        sd, per_rank, end = run_stage(job, k, cursors, world, ray_ledger, files)
+        sd, per_rank, end = run_stage(job, k, cursors, world, ray_packers, files)
         cursors = next_cursors(end, cursors)
         assert len(per_rank[0]) == len(per_rank[1]) == sd.plan.steps
         tokens_by_source = dict.fromkeys(job.sources, 0)
@@ -197,7 +197,7 @@ def test_hub_source_unreachable_fails_fast_with_message(monkeypatch):
     assert "Yxanul/cc-math-finest" in str(err.value)
 
 
-def test_hub_code_path_on_a_local_mirror(ray_cluster, tmp_path, ray_ledger):
+def test_hub_code_path_on_a_local_mirror(ray_cluster, tmp_path, ray_packers):
     """The hf:// listing (dataset card configs -> data_files globs) and reader, on local files."""
     repo = tmp_path / "datasets" / "org" / "corpus"
     texts = [f"mirrored doc {i} " * 3 for i in range(30)]
@@ -217,17 +217,17 @@ def test_hub_code_path_on_a_local_mirror(ray_cluster, tmp_path, ray_ledger):
     files = resolve_files(job.sources["a"])
     assert files.kind == "hf" and [os.path.basename(p) for p in files.paths] == ["000_00000.parquet",
                                                                                  "001_00000.parquet"]
-    _, per_rank, _ = run_stage(job, 0, {}, 1, ray_ledger, {"a": files})
+    _, per_rank, _ = run_stage(job, 0, {}, 1, ray_packers, {"a": files})
     assert (rows_of(per_rank)[:, 1:].ravel()[:64] == stream_tokens(texts)[1:65]).all()
 
 
-def test_missing_text_field_names_source_file_and_field(ray_cluster, tmp_path, ray_ledger):
+def test_missing_text_field_names_source_file_and_field(ray_cluster, tmp_path, ray_packers):
     write_docs(str(tmp_path / "a" / "part-0.parquet"), ["some text"])
     job = one_source_job(str(tmp_path / "a" / "*.parquet"))
     job = job_from_dict({**_as_raw(job), "sources": {"a": {"path": str(tmp_path / "a" / "*.parquet"),
                                                            "text_field": "content", "validation_docs": 0}}})
     with pytest.raises(Exception) as err:
-        run_stage(job, 0, {}, 1, ray_ledger)
+        run_stage(job, 0, {}, 1, ray_packers)
     assert "source a" in str(err.value) and "'content'" in str(err.value) and "part-0.parquet" in str(err.value)
 
 

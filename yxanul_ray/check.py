@@ -79,7 +79,7 @@ def connectivity(job: JobSpec) -> tuple[list[Check], dict]:
     return checks, files
 
 
-def run_stage_sample(job: JobSpec, k: int, cursors: dict, files: dict, ledger, sample_rows: int) -> dict:
+def run_stage_sample(job: JobSpec, k: int, cursors: dict, files: dict, packers, sample_rows: int) -> dict:
     import ray
 
     from yxanul_ray.stage_data import StageBatches, build_stage_data
@@ -88,7 +88,7 @@ def run_stage_sample(job: JobSpec, k: int, cursors: dict, files: dict, ledger, s
     tok = load_tokenizer(job.data.tokenizer)
     st = job.curriculum.stages[k]
     t0 = time.perf_counter()
-    sd = build_stage_data(job, k, cursors, 1, files, tok.eos_id, ledger)
+    sd = build_stage_data(job, k, cursors, 1, files, tok.eos_id, packers)
     ids = {n: i for i, n in enumerate(job.sources)}
     [iterators] = sd.split(1)
     batches = list(StageBatches(iterators, sd.schedule, ids))
@@ -210,20 +210,20 @@ def run_check(job: JobSpec, *, test_all: bool = False, stage: int | None = None,
         return checks, report
 
     from yxanul_ray.driver import absolute_paths
-    from yxanul_ray.ledger import StageLedger
     from yxanul_ray.raycluster import init_ray, quiet_ray_data
+    from yxanul_ray.stage_packers import StagePackers
 
     init_ray(num_cpus=4, dashboard=False)
     quiet_ray_data()
     sjob = sample_job(absolute_paths(job), steps)
-    ledger = StageLedger.remote()
+    packers = StagePackers.remote()
     cursors: dict = {}
     prev = None
     rates: dict[int, float] = {}
     for k in range(max(indices) + 1):
         if k not in indices and not transitions:
             continue  # stages between the tested ones start from the beginning of each source
-        r = run_stage_sample(sjob, k, cursors, files, ledger, sample_rows)
+        r = run_stage_sample(sjob, k, cursors, files, packers, sample_rows)
         report["stages"].append({key: v for key, v in r.items() if key not in ("first_row", "last_row", "end")})
         rates[k] = r["tokens_per_s"]
         checks.append(mix_check(r, sjob))

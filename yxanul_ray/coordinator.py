@@ -21,10 +21,10 @@ import ray
 from yxanul_ray.config import job_from_dict
 from yxanul_ray.cursors import SourceCursor, SourceStats
 from yxanul_ray.hub import resolve_files
-from yxanul_ray.ledger import StageLedger
 from yxanul_ray.packing import Packer
 from yxanul_ray.sources import read_holdout_docs
 from yxanul_ray.stage_data import StageData, build_stage_data, read_spec
+from yxanul_ray.stage_packers import StagePackers
 from yxanul_ray.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class CurriculumCoordinator:
         self.world = world_size
         self.files = {s: resolve_files(spec) for s, spec in self.job.sources.items()}
         self.eos_id = load_tokenizer(self.job.data.tokenizer).eos_id
-        self.ledger = StageLedger.remote()
+        self.packers = StagePackers.remote()
         self.source_ids = {name: i for i, name in enumerate(self.job.sources)}
         resumed = resumed or {}
         # Cursors at the start of each stage (stage 0: the start of every source).
@@ -79,7 +79,7 @@ class CurriculumCoordinator:
     async def _build(self, stage: int, start_step: int) -> _Build:
         cursors = await self._cursors_at(stage)
         data = build_stage_data(self.job, stage, {s: SourceCursor.from_dict(c) for s, c in cursors.items()},
-                                self.world, self.files, self.eos_id, self.ledger, start_step=start_step)
+                                self.world, self.files, self.eos_id, self.packers, start_step=start_step)
         build = _Build(data, data.split(self.world))
         asyncio.ensure_future(self._after_stage_produced(stage, data))
         log.info("built stage %d from step %d", stage + 1, start_step)

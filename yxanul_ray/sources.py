@@ -5,9 +5,10 @@
   (epoch, file_pos, row, piece) and, for malformed rows, the kind of defect instead of text.
 - Tokenize: map_batches as tasks on pooled worker processes; each process loads the tokenizer
   once (a per-stage actor pool would start new processes at every stage boundary).
-- Pack: map_batches on a single actor (packing carries a document's tail into the next row, so
-  it needs the stream in order; it is a memcpy, cheap next to tokenizing). It emits exactly
-  `max_rows` rows and reports where it stopped to the stage ledger.
+- Pack: map_batches as one task at a time that hands each block to the run's StagePackers actor
+  (packing carries a document's tail into the next row, so it needs the stream in order and one
+  holder of state; it is a memcpy, cheap next to tokenizing). It emits exactly `max_rows` rows,
+  and the actor records where the stream stopped.
 
 Ray Data runs these with preserve_order=True so the stream order is the file order, which is
 what makes cursors and seeded runs reproducible.
@@ -277,7 +278,7 @@ def make_datasource(spec: ReadSpec, start: SourceCursor, wrap_epochs: int = MAX_
 
 
 # --------------------------------------------------------------------------------------------
-# Tokenizing and packing (Ray Data class UDFs: constructed once per actor)
+# Tokenizing and packing
 # --------------------------------------------------------------------------------------------
 
 TOKEN_SCHEMA_FIELDS = ("epoch", "file_pos", "row", "piece", "last_piece", "bad")
@@ -300,17 +301,23 @@ def tokenize_batch(batch: pa.Table, tokenizer: str) -> pa.Table:
 
 
 class Pack:
+    """One (stage, source) stream's packing state: tokenized document blocks in, packed rows out,
+    exactly `max_rows` of them. Lives in the run's StagePackers actor; blocks must arrive in
+    stream order, which it checks (a reordered stream would silently change the rows)."""
+
     def __init__(self, *, source: str, source_id: int, seq_len: int, stride: int, eos_id: int, max_rows: int,
-                 start: dict, wrap_epochs: int, skip_rows: int = 0, ledger=None, ledger_key=None):
+                 start: dict, wrap_epochs: int, skip_rows: int = 0):
         self.source, self.source_id, self.wrap_epochs = source, source_id, wrap_epochs
         self.packer = Packer(seq_len, stride, eos_id, max_rows, SourceCursor.from_dict(start), skip_rows)
-        self.ledger, self.ledger_key = ledger, ledger_key
-        self.reported = False
-        self.width = seq_len + 1
+        self._last_key: tuple[int, int, int, int] = (-1, -1, -1, -1)
 
-    def __call__(self, batch: pa.Table) -> Iterator[dict[str, np.ndarray]]:
+    @property
+    def done(self) -> bool:
+        return self.packer.done
+
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray] | None:
         p = self.packer
-        if not p.done:
+        if not p.full and batch.num_rows:
             batch = batch.combine_chunks()
             epoch = batch.column("epoch").to_numpy()
             file_pos = batch.column("file_pos").to_numpy()
@@ -318,9 +325,9 @@ class Pack:
             piece = batch.column("piece").to_numpy()
             last = batch.column("last_piece").to_numpy(zero_copy_only=False)
             bad = batch.column("bad").to_pylist()
-            tok_col = batch.column("tokens").chunk(0) if batch.num_rows else None
-            offsets = tok_col.offsets.to_numpy() if tok_col is not None else None
-            values = tok_col.values.to_numpy() if tok_col is not None else None
+            self._check_order((int(epoch[0]), int(file_pos[0]), int(row[0]), int(piece[0])))
+            tok_col = batch.column("tokens").chunk(0)
+            offsets, values = tok_col.offsets.to_numpy(), tok_col.values.to_numpy()
             for i in range(batch.num_rows):
                 if p.full:
                     break
@@ -333,20 +340,36 @@ class Pack:
                     continue
                 key = (int(epoch[i]), int(file_pos[i]), int(row[i]), int(piece[i]))
                 p.add(key, values[offsets[i]:offsets[i + 1]], bool(last[i]))
+            n = batch.num_rows - 1
+            self._last_key = (int(epoch[n]), int(file_pos[n]), int(row[n]), int(piece[n]))
         rows = p.take_rows()
-        if p.done and not self.reported:
-            self._report()
-        if len(rows):  # an empty tensor column would fall back to pickled objects
-            yield {"tokens": rows, "source": np.full(len(rows), self.source_id, dtype=np.int16)}
+        if not len(rows):  # an empty tensor column would fall back to pickled objects
+            return None
+        return {"tokens": rows, "source": np.full(len(rows), self.source_id, dtype=np.int16)}
 
-    def _report(self) -> None:
-        self.reported = True
+    def _check_order(self, first_key: tuple[int, int, int, int]) -> None:
+        if first_key <= self._last_key:
+            raise RuntimeError(
+                f"source {self.source}: a block starting at {first_key} (epoch, file, row, piece) arrived after "
+                f"{self._last_key}; the pack step must see blocks in stream order (preserve_order, one pack task "
+                "at a time)")
+
+    def end_report(self) -> dict:
+        """Where the stream stopped and what it held, once every row is out."""
         stats = self.packer.final_stats()
         if stats.wraps:
             log.warning("source %s ran dry and wrapped %d time(s) into a new epoch", self.source, stats.wraps)
-        if self.ledger is not None:
-            self.ledger.report.remote(self.ledger_key, self.source,
-                                      {"cursor": self.packer.end_cursor().to_dict(), "stats": stats.to_dict()})
+        return {"cursor": self.packer.end_cursor().to_dict(), "stats": stats.to_dict()}
+
+
+def pack_in_stream_order(batch: pa.Table, *, packers, stage_key, source: str, config: dict):
+    """The Dataset's pack step: a task that hands one block to the run's StagePackers actor and
+    yields the rows it completed. Run one at a time, so the actor sees blocks in order."""
+    import ray
+
+    rows = ray.get(packers.pack.remote(stage_key, source, config, batch))
+    if rows is not None:
+        yield rows
 
 
 MIN_TOKENS_PER_FILE_BYTE = 0.01  # far below real text (~0.35 for parquet-compressed English)
@@ -364,8 +387,8 @@ def wrap_epochs_needed(spec: ReadSpec, tokens: int) -> int:
 
 def build_source_dataset(spec: ReadSpec, *, source_id: int, start: SourceCursor, seq_len: int, stride: int,
                          max_rows: int, tokenizer: str, eos_id: int, tokenize_batch_size: int, data_cpus: float,
-                         tokenizer_actors: int, object_store_bytes: int, skip_rows: int = 0, ledger=None,
-                         ledger_key=None):
+                         tokenizer_actors: int, object_store_bytes: int, packers, stage_key,
+                         skip_rows: int = 0):
     """The packed-row Dataset of one source for one stage: exactly `max_rows - skip_rows` rows."""
     import ray.data
 
@@ -376,21 +399,21 @@ def build_source_dataset(spec: ReadSpec, *, source_id: int, start: SourceCursor,
     ds = ray.data.read_datasource(make_datasource(spec, start, wrap_epochs), num_cpus=data_cpus, compute=tasks)
     ds = ds.map_batches(tokenize_batch, fn_kwargs={"tokenizer": tokenizer}, batch_size=tokenize_batch_size,
                         batch_format="pyarrow", num_cpus=data_cpus, compute=tasks)
-    # The packer carries state from block to block, so it must see blocks in stream order:
-    # Ray Data lets actor tasks run out of order by default, and would restart a dead actor
-    # with fresh state; both are switched off (a lost packer fails the stage, which resumes).
-    # Ray 2.60 has no named parameter for the restart settings and warns on the catch-all
-    # (once per stage and source, in the user's log); the settings are what the packer needs.
+    # Packing carries state from block to block, so it must see blocks in stream order: one pack
+    # task at a time (preserve_order hands it the blocks in order), no retries (a retried block
+    # would be packed twice; a failed pack fails the stage, which resumes). The state itself
+    # lives in the run's StagePackers actor, not in a per-stage actor pool (see stage_packers).
+    # Ray 2.60 has no named parameter for max_retries and warns on the catch-all (once per
+    # stage and source, in the user's log); the setting is what the packer needs.
+    config = {"source": spec.files.source, "source_id": source_id, "seq_len": seq_len, "stride": stride,
+              "eos_id": eos_id, "max_rows": max_rows, "start": start.to_dict(), "wrap_epochs": wrap_epochs,
+              "skip_rows": skip_rows}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         ds = ds.map_batches(
-            Pack, batch_size=None, batch_format="pyarrow", num_cpus=data_cpus,
-            compute=ray.data.ActorPoolStrategy(size=1), allow_out_of_order_execution=False,
-            max_restarts=0, max_task_retries=0,
-            fn_constructor_kwargs={"source": spec.files.source, "source_id": source_id, "seq_len": seq_len,
-                                   "stride": stride, "eos_id": eos_id, "max_rows": max_rows,
-                                   "start": start.to_dict(), "wrap_epochs": wrap_epochs, "skip_rows": skip_rows,
-                                   "ledger": ledger, "ledger_key": ledger_key},
+            pack_in_stream_order, batch_size=None, batch_format="pyarrow", num_cpus=data_cpus,
+            compute=ray.data.TaskPoolStrategy(size=1), max_retries=0,
+            fn_kwargs={"packers": packers, "stage_key": stage_key, "source": spec.files.source, "config": config},
         )
     ds = ds.limit(max_rows - skip_rows)
     ds.context.execution_options.preserve_order = True

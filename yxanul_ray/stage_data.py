@@ -51,10 +51,11 @@ def read_spec(job: JobSpec, files: SourceFiles) -> ReadSpec:
 
 
 def build_stage_data(job: JobSpec, stage_index: int, cursors: dict[str, SourceCursor], world_size: int,
-                     files: dict[str, SourceFiles], eos_id: int, ledger, run_key: str = "",
+                     files: dict[str, SourceFiles], eos_id: int, packers, run_key: str = "",
                      start_step: int = 0) -> StageData:
     """Build stage `stage_index`'s per-source Datasets starting at `cursors` (the stage's start)
-    and feeding steps from `start_step` on. Lazy: nothing runs until a consumer iterates."""
+    and feeding steps from `start_step` on, packed by `packers` (the run's StagePackers actor).
+    Lazy: nothing runs until a consumer iterates."""
     stage = job.curriculum.stages[stage_index]
     plan = plan_curriculum(job.curriculum, world_size)[stage_index]
     schedule = build_schedule(stage.mix, plan, world_size)
@@ -71,10 +72,10 @@ def build_stage_data(job: JobSpec, stage_index: int, cursors: dict[str, SourceCu
             tokenizer=job.data.tokenizer, eos_id=eos_id, tokenize_batch_size=job.data.tokenize_batch_size,
             data_cpus=job.data.data_cpus, tokenizer_actors=job.data.tokenizer_actors,
             object_store_bytes=job.data.object_store_mb_per_source << 20, skip_rows=done[s] * world_size,
-            ledger=ledger, ledger_key=stage_key)
+            packers=packers, stage_key=stage_key)
         for s, n in rows.items() if n > 0
     }
-    end_state = ledger.wait.remote(stage_key, list(datasets))
+    end_state = packers.wait.remote(stage_key, list(datasets))
     return StageData(stage_index, start_step, plan, schedule, datasets, rows, end_state)
 
 

@@ -72,8 +72,14 @@ class CurriculumCoordinator:
             fut = self._builds[key] = asyncio.ensure_future(self._build(stage, start_step))
         build = await fut
         build.handed.add(rank)
+        iterators = build.splits[rank]
+        if len(build.handed) == self.world:
+            # Every rank holds its iterators now. Kept here too, they would keep each split's
+            # coordinator actor (a process) alive to the end of the run: 28 idle processes by the
+            # demo's last stage. Released, each ends with the workers' last use of its stage.
+            build.splits = []
         d = build.data
-        return {"iterators": build.splits[rank], "schedule": d.schedule, "source_ids": self.source_ids,
+        return {"iterators": iterators, "schedule": d.schedule, "source_ids": self.source_ids,
                 "start_step": start_step}
 
     async def _build(self, stage: int, start_step: int) -> _Build:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.token_blocks import token_block
 from yxanul_ray.curriculum import plan_stage
 from yxanul_ray.cursors import SourceCursor, file_order
 from yxanul_ray.mixing import MixSchedule
@@ -158,21 +159,6 @@ def test_step_tokens_by_source_counts_masked_tail_on_last_ranks():
     # 10 masked positions: the last rank's final 10 (its b row and the end of its last a row)
     assert step_tokens_by_source(counts, 2 * 4 * 8 - 10, 2, 8) == {"a": 46, "b": 8}
     assert valid_targets(50, 1, 4, 8) == 18 and valid_targets(50, 0, 4, 8) == 32
-
-
-def token_block(rows: list[tuple[int, int, int]], tokens_per_row: int = 5):
-    """A tokenized document block as the pack step receives it: (epoch, file_pos, row) per document."""
-    import pyarrow as pa
-
-    n = len(rows)
-    flat = np.arange(1, n * tokens_per_row + 1, dtype=np.int32)
-    offsets = np.arange(0, n * tokens_per_row + 1, tokens_per_row, dtype=np.int32)
-    return pa.table({
-        "epoch": pa.array([r[0] for r in rows], pa.int32()), "file_pos": pa.array([r[1] for r in rows], pa.int32()),
-        "row": pa.array([r[2] for r in rows], pa.int64()), "piece": pa.array([0] * n, pa.int32()),
-        "last_piece": pa.array([True] * n), "bad": pa.array([""] * n),
-        "tokens": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
-    })
 
 
 def test_pack_step_rows_and_end_report_match_the_packer():

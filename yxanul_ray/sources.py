@@ -257,6 +257,10 @@ def make_datasource(spec: ReadSpec, start: SourceCursor, wrap_epochs: int = MAX_
             return None
 
         def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
+            # Runs in the process that executes the Dataset (a split coordinator). A stage that
+            # needs fewer files than the read concurrency stops reading early (the limit), which
+            # is the point; Ray Data warns about it once per stage and source in the user's log.
+            warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks for 'Read")
             tasks = []
             n = len(spec.files.paths)
             for epoch in range(start.epoch, start.epoch + wrap_epochs + 1):
@@ -364,10 +368,13 @@ class Pack:
 
 def pack_in_stream_order(batch: pa.Table, *, packers, stage_key, source: str, config: dict):
     """The Dataset's pack step: a task that hands one block to the run's StagePackers actor and
-    yields the rows it completed. Run one at a time, so the actor sees blocks in order."""
+    yields the rows it completed. Run one at a time, so the actor sees blocks in order; the
+    task's index in its operator is the block's place in the stream."""
     import ray
+    from ray.data._internal.execution.interfaces.task_context import TaskContext
 
-    rows = ray.get(packers.pack.remote(stage_key, source, config, batch))
+    task = TaskContext.get_current()  # Ray Data's own (internal) record of this map task
+    rows = ray.get(packers.pack.remote(stage_key, source, config, batch, task.task_idx if task else None))
     if rows is not None:
         yield rows
 

@@ -9,6 +9,11 @@ state lives in this long-lived actor instead, keyed by (stage build, source); th
 step is a plain task (one at a time, in stream order) that hands each block over and returns
 the rows. The end of each stream (cursor and stats) is recorded here too, for whoever plans the
 next stage (the coordinator, or a test). An async actor, so waiting for an end costs no thread.
+
+Ray restarts it if it dies. Its state is then gone, so every block carries its place in the
+stream (the pack task's index): a restarted actor refuses a stream it did not see begin, and
+that stage fails and is rebuilt from its start cursor like any failed stage, instead of packing
+the rest of a stream as if it were the start.
 """
 
 from __future__ import annotations
@@ -18,20 +23,22 @@ import asyncio
 import ray
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=0, max_restarts=-1)
 class StagePackers:
     def __init__(self) -> None:
         self._packs: dict[tuple, object] = {}
+        self._next_block: dict[tuple, int] = {}
         self._reports: dict[tuple, dict] = {}
         self._events: dict[tuple, asyncio.Event] = {}
 
     def _event(self, key: tuple) -> asyncio.Event:
         return self._events.setdefault(key, asyncio.Event())
 
-    async def pack(self, stage_key, source: str, config: dict, batch) -> dict | None:
-        """Pack one block of `source`'s tokenized documents for the stage build `stage_key`;
-        the first block of a key starts its packer from `config` (sources.Pack's arguments).
-        Returns the rows that became complete, or None."""
+    async def pack(self, stage_key, source: str, config: dict, batch, block_index: int | None) -> dict | None:
+        """Pack block `block_index` (0, 1, 2, ... in stream order; None where Ray Data does not
+        say) of `source`'s tokenized documents for the stage build `stage_key`; block 0 starts
+        its packer from `config` (sources.Pack's arguments). Returns the rows that became
+        complete, or None."""
         from yxanul_ray.sources import Pack
 
         key = (stage_key, source)
@@ -39,11 +46,21 @@ class StagePackers:
         if pack is None:
             if key in self._reports:  # blocks still in flight when the stage's rows were all made
                 return None
+            if block_index:
+                raise RuntimeError(
+                    f"source {source}: block {block_index} of a stage's stream reached a packer that never saw the "
+                    "stream begin (the StagePackers actor restarted); the stage is rebuilt from its start cursor")
             pack = self._packs[key] = Pack(**config)
+            self._next_block[key] = 0
+        if block_index is not None:
+            if block_index != self._next_block[key]:
+                raise RuntimeError(f"source {source}: block {block_index} of a stage's stream arrived when block "
+                                   f"{self._next_block[key]} was due; the pack step must run one task at a time")
+            self._next_block[key] += 1
         rows = pack(batch)
         if pack.done:
             self._reports[key] = pack.end_report()
-            del self._packs[key]  # its rows are all out; only the report is kept
+            del self._packs[key], self._next_block[key]  # its rows are all out; only the report is kept
             self._event(key).set()
         return rows
 

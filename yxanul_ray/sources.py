@@ -366,7 +366,7 @@ class Pack:
         return {"cursor": self.packer.end_cursor().to_dict(), "stats": stats.to_dict()}
 
 
-def pack_in_stream_order(batch: pa.Table, *, packers, stage_key, source: str, config: dict):
+def pack_in_stream_order(batch: pa.Table, *, packers, stage_key, config: dict):
     """The Dataset's pack step: a task that hands one block to the run's StagePackers actor and
     yields the rows it completed. Run one at a time, so the actor sees blocks in order; the
     task's index in its operator is the block's place in the stream."""
@@ -374,7 +374,7 @@ def pack_in_stream_order(batch: pa.Table, *, packers, stage_key, source: str, co
     from ray.data._internal.execution.interfaces.task_context import TaskContext
 
     task = TaskContext.get_current()  # Ray Data's own (internal) record of this map task
-    rows = ray.get(packers.pack.remote(stage_key, source, config, batch, task.task_idx if task else None))
+    rows = ray.get(packers.pack.remote(stage_key, config, batch, task.task_idx if task else None))
     if rows is not None:
         yield rows
 
@@ -420,7 +420,7 @@ def build_source_dataset(spec: ReadSpec, *, source_id: int, start: SourceCursor,
         ds = ds.map_batches(
             pack_in_stream_order, batch_size=None, batch_format="pyarrow", num_cpus=data_cpus,
             compute=ray.data.TaskPoolStrategy(size=1), max_retries=0,
-            fn_kwargs={"packers": packers, "stage_key": stage_key, "source": spec.files.source, "config": config},
+            fn_kwargs={"packers": packers, "stage_key": stage_key, "config": config},
         )
     ds = ds.limit(max_rows - skip_rows)
     ds.context.execution_options.preserve_order = True

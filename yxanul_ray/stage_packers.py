@@ -22,6 +22,8 @@ import asyncio
 
 import ray
 
+from yxanul_ray.sources import Pack
+
 
 @ray.remote(num_cpus=0, max_restarts=-1)
 class StagePackers:
@@ -34,13 +36,12 @@ class StagePackers:
     def _event(self, key: tuple) -> asyncio.Event:
         return self._events.setdefault(key, asyncio.Event())
 
-    async def pack(self, stage_key, source: str, config: dict, batch, block_index: int | None) -> dict | None:
+    async def pack(self, stage_key, config: dict, batch, block_index: int | None) -> dict | None:
         """Pack block `block_index` (0, 1, 2, ... in stream order; None where Ray Data does not
-        say) of `source`'s tokenized documents for the stage build `stage_key`; block 0 starts
-        its packer from `config` (sources.Pack's arguments). Returns the rows that became
-        complete, or None."""
-        from yxanul_ray.sources import Pack
-
+        say) of a source's tokenized documents for the stage build `stage_key`; `config` is
+        sources.Pack's arguments (the source among them), and block 0 starts the packer from
+        it. Returns the rows that became complete, or None."""
+        source = config["source"]
         key = (stage_key, source)
         pack = self._packs.get(key)
         if pack is None:

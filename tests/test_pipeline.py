@@ -13,6 +13,7 @@ from tests.pipeline_helpers import demo_job, next_cursors, run_stage, write_docs
 from yxanul_ray.config import ConfigError, job_from_dict, load_job
 from yxanul_ray.cursors import SourceCursor
 from yxanul_ray.hub import SourceUnavailable, resolve_files
+from yxanul_ray.local_data import local_stage
 from yxanul_ray.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.ray
@@ -170,6 +171,27 @@ def test_exact_mix_for_every_stage_of_the_curriculum(ray_cluster, demo_corpus, r
             assert abs(tokens_by_source[name] - w * sum(tokens_by_source.values())) <= world * st.seq_len
             if w == 0:
                 assert tokens_by_source[name] == 0
+
+
+def test_ray_path_makes_the_in_process_batches_row_for_row(ray_cluster, demo_corpus, ray_packers):
+    """The Ray Data pipeline (read and tokenize tasks, the pack step and the StagePackers actor,
+    a split) and the same functions called in one process (local_data, which the orchestration
+    benchmark's plain loop trains on) give the same batches and end reports, stage after stage."""
+    job = demo_job(demo_corpus, scale=20)
+    files = {s: resolve_files(spec) for s, spec in job.sources.items()}
+    ray_cursors: dict = {}
+    local_cursors: dict = {}
+    for k in range(4):
+        _, per_rank, ray_end = run_stage(job, k, ray_cursors, 1, ray_packers, files)
+        batches, sources = local_stage(job, k, local_cursors, files, TOK.eos_id)
+        local = list(batches)
+        assert len(local) == len(per_rank[0]) > 0
+        for step, (a, b) in enumerate(zip(per_rank[0], local)):
+            assert np.array_equal(a["tokens"], b["tokens"]), (k, step)
+            assert np.array_equal(a["source"], b["source"]), (k, step)
+        local_end = {s: src.end_report() for s, src in sources.items()}
+        assert local_end == ray_end
+        ray_cursors, local_cursors = next_cursors(ray_end, ray_cursors), next_cursors(local_end, local_cursors)
 
 
 def test_hub_source_offline_fails_fast_with_message(monkeypatch):

@@ -21,9 +21,8 @@ import ray
 from yxanul_ray.config import job_from_dict
 from yxanul_ray.cursors import SourceCursor, SourceStats
 from yxanul_ray.hub import resolve_files
-from yxanul_ray.packing import Packer
-from yxanul_ray.sources import read_holdout_docs
-from yxanul_ray.stage_data import StageData, build_stage_data, read_spec
+from yxanul_ray.local_data import holdout_rows
+from yxanul_ray.stage_data import StageData, build_stage_data
 from yxanul_ray.stage_packers import StagePackers
 from yxanul_ray.tokenizer import load_tokenizer
 
@@ -136,24 +135,9 @@ class CurriculumCoordinator:
         it the stage builds the workers are waiting for."""
         key = (seq_len, max_rows)
         if key not in self._validation:  # once, for every rank: they must evaluate the same rows
-            self._validation[key] = asyncio.ensure_future(asyncio.to_thread(self._validation_rows, seq_len, max_rows))
+            self._validation[key] = asyncio.ensure_future(asyncio.to_thread(
+                holdout_rows, self.job, self.files, self.eos_id, seq_len, max_rows))
         return await self._validation[key]
-
-    def _validation_rows(self, seq_len: int, max_rows: int) -> dict[str, np.ndarray]:
-        tok = load_tokenizer(self.job.data.tokenizer)
-        out = {}
-        for name, files in self.files.items():
-            spec = read_spec(self.job, files)
-            if spec.holdout_docs == 0:
-                continue
-            docs = read_holdout_docs(spec)
-            packer = Packer(seq_len, seq_len, self.eos_id, max_rows, SourceCursor())
-            for i, ids in enumerate(tok.encode_batch(docs)):
-                packer.add((0, 0, i, 0), np.asarray(ids, dtype=np.int32), True)
-            rows = packer.take_rows()
-            if len(rows):
-                out[name] = rows
-        return out
 
     def record_progress(self, progress: dict) -> None:
         """Fire-and-forget from rank 0 at each log interval; feeds the dashboard gauges."""

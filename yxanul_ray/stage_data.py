@@ -50,32 +50,54 @@ def read_spec(job: JobSpec, files: SourceFiles) -> ReadSpec:
                     holdout_docs=src.validation_docs, seed=job.run.seed)
 
 
+@dataclass(frozen=True)
+class SourcePlan:
+    """What one source must produce for one stage: the packer's settings and its row count."""
+    source_id: int
+    seq_len: int
+    stride: int
+    max_rows: int
+    """The stage's rows of this source, all workers together."""
+    skip_rows: int
+    """Rows of the steps before `start_step` (resuming mid-stage): made again, not emitted."""
+
+
+def plan_stage_sources(job: JobSpec, stage_index: int, world_size: int,
+                       start_step: int = 0) -> tuple[StagePlan, MixSchedule, dict[str, SourcePlan]]:
+    """The stage's plan, its mix schedule and, per source with rows in it, what to produce.
+    Pure: the Ray pipeline (build_stage_data) and the in-process one (local_data) share it."""
+    stage = job.curriculum.stages[stage_index]
+    plan = plan_curriculum(job.curriculum, world_size)[stage_index]
+    schedule = build_schedule(stage.mix, plan, world_size)
+    done = schedule.totals_per_worker(0, start_step)
+    source_ids = {name: i for i, name in enumerate(job.sources)}
+    stride = stage_stride(job.curriculum, stage)
+    sources = {s: SourcePlan(source_ids[s], stage.seq_len, stride, n * world_size, done[s] * world_size)
+               for s, n in schedule.totals_per_worker().items() if n > 0}
+    return plan, schedule, sources
+
+
 def build_stage_data(job: JobSpec, stage_index: int, cursors: dict[str, SourceCursor], world_size: int,
                      files: dict[str, SourceFiles], eos_id: int, packers, run_key: str = "",
                      start_step: int = 0) -> StageData:
     """Build stage `stage_index`'s per-source Datasets starting at `cursors` (the stage's start)
     and feeding steps from `start_step` on, packed by `packers` (the run's StagePackers actor).
     Lazy: nothing runs until a consumer iterates."""
-    stage = job.curriculum.stages[stage_index]
-    plan = plan_curriculum(job.curriculum, world_size)[stage_index]
-    schedule = build_schedule(stage.mix, plan, world_size)
-    per_worker = schedule.totals_per_worker()
-    done = schedule.totals_per_worker(0, start_step)
-    rows = {s: n * world_size for s, n in per_worker.items()}
-    source_ids = {name: i for i, name in enumerate(job.sources)}
+    plan, schedule, sources = plan_stage_sources(job, stage_index, world_size, start_step)
     # Unique per build: a rebuilt stage (resume, retry) must never read an older build's report.
     stage_key = (run_key, stage_index, uuid.uuid4().hex)
     datasets = {
         s: build_source_dataset(
-            read_spec(job, files[s]), source_id=source_ids[s], start=cursors.get(s, SourceCursor()),
-            seq_len=stage.seq_len, stride=stage_stride(job.curriculum, stage), max_rows=n,
+            read_spec(job, files[s]), source_id=sp.source_id, start=cursors.get(s, SourceCursor()),
+            seq_len=sp.seq_len, stride=sp.stride, max_rows=sp.max_rows,
             tokenizer=job.data.tokenizer, eos_id=eos_id, tokenize_batch_size=job.data.tokenize_batch_size,
             data_cpus=job.data.data_cpus, tokenizer_actors=job.data.tokenizer_actors,
-            object_store_bytes=job.data.object_store_mb_per_source << 20, skip_rows=done[s] * world_size,
+            object_store_bytes=job.data.object_store_mb_per_source << 20, skip_rows=sp.skip_rows,
             packers=packers, stage_key=stage_key)
-        for s, n in rows.items() if n > 0
+        for s, sp in sources.items()
     }
     end_state = packers.wait.remote(stage_key, list(datasets))
+    rows = {s: n * world_size for s, n in schedule.totals_per_worker().items()}
     return StageData(stage_index, start_step, plan, schedule, datasets, rows, end_state)
 
 

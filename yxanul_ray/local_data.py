@@ -1,0 +1,84 @@
+"""Stage batches and held-out rows made in the calling process, without Ray.
+
+The functions the Ray Data pipeline runs as tasks (the source's read tasks, `tokenize_batch`,
+`Pack`) called one after another in a plain loop, and the batch assembly the train workers use
+(`StageBatches`). Three users:
+- the coordinator makes the validation rows this way (a few dozen documents: not worth a
+  pipeline);
+- the orchestration benchmark's plain loop trains on the Ray path's very batches made this way,
+  so the two runs do the same work and differ only in Ray;
+- a test holds the Ray path to it, row for row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from yxanul_ray.config import JobSpec
+from yxanul_ray.cursors import SourceCursor
+from yxanul_ray.hub import SourceFiles
+from yxanul_ray.packing import Packer
+from yxanul_ray.sources import Pack, make_datasource, read_holdout_docs, tokenize_batch, wrap_epochs_needed
+from yxanul_ray.stage_data import SourcePlan, StageBatches, plan_stage_sources, read_spec
+from yxanul_ray.tokenizer import load_tokenizer
+
+
+class LocalSource:
+    """One source's packed rows for one stage, made on demand. It offers the one method of Ray
+    Data's DataIterator that StageBatches uses, so the batches are assembled by the same code."""
+
+    def __init__(self, job: JobSpec, files: SourceFiles, plan: SourcePlan, start: SourceCursor, eos_id: int):
+        spec = read_spec(job, files)
+        wrap_epochs = wrap_epochs_needed(spec, plan.max_rows * plan.stride + plan.seq_len)
+        self._read_tasks = make_datasource(spec, start, wrap_epochs).get_read_tasks(1)
+        self._pack = Pack(source=files.source, source_id=plan.source_id, seq_len=plan.seq_len, stride=plan.stride,
+                          eos_id=eos_id, max_rows=plan.max_rows, start=start.to_dict(), wrap_epochs=wrap_epochs,
+                          skip_rows=plan.skip_rows)
+        self._tokenizer, self._batch_docs = job.data.tokenizer, job.data.tokenize_batch_size
+
+    def iter_batches(self, **_ray_data_options) -> Iterator[dict[str, np.ndarray]]:
+        """Packed-row blocks {"tokens", "source"} in stream order, until the stage's rows are out."""
+        for task in self._read_tasks:
+            for docs in task():
+                for first in range(0, docs.num_rows, self._batch_docs):
+                    rows = self._pack(tokenize_batch(docs.slice(first, self._batch_docs), self._tokenizer))
+                    if rows is not None:
+                        yield rows
+                    if self._pack.done:
+                        return
+
+    def end_report(self) -> dict:
+        """{"cursor", "stats"} as the StagePackers actor reports them; once the rows are all out."""
+        return self._pack.end_report()
+
+
+def local_stage(job: JobSpec, stage_index: int, cursors: dict[str, SourceCursor], files: dict[str, SourceFiles],
+                eos_id: int) -> tuple[StageBatches, dict[str, LocalSource]]:
+    """One worker's batches of stage `stage_index` from `cursors` (the whole global batch: this
+    is world size 1), and the sources, whose end reports give the next stage's cursors."""
+    _, schedule, plans = plan_stage_sources(job, stage_index, 1)
+    sources = {s: LocalSource(job, files[s], sp, cursors.get(s, SourceCursor()), eos_id) for s, sp in plans.items()}
+    source_ids = {name: i for i, name in enumerate(job.sources)}
+    return StageBatches(sources, schedule, source_ids), sources
+
+
+def holdout_rows(job: JobSpec, files: dict[str, SourceFiles], eos_id: int, seq_len: int,
+                 max_rows: int) -> dict[str, np.ndarray]:
+    """Each source's held-out documents packed at one fixed seq_len (at most max_rows rows), so
+    validation losses compare across stages. Sources without held-out documents are left out."""
+    tok = load_tokenizer(job.data.tokenizer)
+    out = {}
+    for name, source_files in files.items():
+        spec = read_spec(job, source_files)
+        if spec.holdout_docs == 0:
+            continue
+        docs = read_holdout_docs(spec)
+        packer = Packer(seq_len, seq_len, eos_id, max_rows, SourceCursor())
+        for i, ids in enumerate(tok.encode_batch(docs)):
+            packer.add((0, 0, i, 0), np.asarray(ids, dtype=np.int32), True)
+        rows = packer.take_rows()
+        if len(rows):
+            out[name] = rows
+    return out

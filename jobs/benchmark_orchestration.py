@@ -1,13 +1,18 @@
 """Orchestration overhead on this machine's CPU (a benchmark, not a test).
 
 Runs the demo curriculum through the real Ray path (jobs/train.py: coordinator, Ray Data,
-TorchTrainer with the config's workers) and the same model on the same batch shapes (every stage's
-seq_len and global batch, the same number of steps) in a plain in-process loop on random tokens,
-with as many torch threads as the Ray path's train workers have together, once before and once
-after the Ray path (their mean is the yardstick; both are printed), then prints: the ratio
-of the two (target <= 1.10x), the time from launch to the first batch in hand, each stage switch's
-gap (target < 1 s; a cold per-stage pipeline costs 7-10 s here), and where the Ray path's time
-went: start-up, each stage's steps against the plain loop's, the boundaries, the teardown.
+TorchTrainer with the config's workers) and the same work in one plain in-process loop: the Ray
+path's very batches made in that process (yxanul_ray.local_data: the same read, tokenize, pack
+and mix functions, no Ray), the same model, seed, learning rates and optimizer steps, the same
+validation and a checkpoint at every stage boundary, with as many torch threads as the Ray
+path's train workers have together. The plain loop runs once before and once after the Ray path
+(their mean is the yardstick; both are printed). Then it prints: the ratio of the two (target
+<= 1.10x) and the ratio against the plain loop's steps alone (what earlier versions timed, on
+random tokens), the time from launch to the first batch in hand, each stage switch's gap (target
+< 1 s; a cold per-stage pipeline costs 7-10 s here), both runs' final validation losses (equal
+with one worker: a check that the batches are the same), and where the Ray path's time went:
+start-up, each stage's steps against the plain loop's data and steps, the boundaries, the
+teardown.
 
     python jobs/benchmark_orchestration.py [--config configs/demo.yaml] [--set KEY=VALUE ...]
 
@@ -38,31 +43,6 @@ def train_threads(job) -> int:
     return job.run.workers * max(1, math.floor(job.run.cpus_per_worker))
 
 
-def plain_loop_stage_seconds(job, threads: int) -> list[float]:
-    """The same model, optimizer step and batch shapes, no Ray and no data pipeline: seconds per stage."""
-    import torch
-
-    from yxanul_ray.curriculum import plan_curriculum
-    from yxanul_ray.model import build_model
-    from yxanul_ray.step import make_optimizer, train_step
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    shape = job.model.shape
-    model = build_model(shape, "torch")
-    optimizer = make_optimizer(model, job.optimizer, "cpu")
-    seconds = []
-    for plan in plan_curriculum(job.curriculum, 1):
-        start = time.perf_counter()
-        for k in range(plan.steps):
-            rows = plan.step_rows(k)
-            tokens = torch.randint(0, shape.vocab_size, (rows, plan.seq_len + 1))
-            train_step(model, model, optimizer, tokens, lr=1e-3, global_valid=plan.step_tokens(k), rank=0, world=1,
-                       micro_batch=None, grad_clip=job.optimizer.grad_clip, amp=False)
-        seconds.append(time.perf_counter() - start)
-    return seconds
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/demo.yaml")
@@ -71,13 +51,14 @@ def main() -> None:
 
     from yxanul_ray.config import load_job
     from yxanul_ray.driver import prepare_demo_corpus
+    from yxanul_ray.reference_loop import run_reference
 
     prepare_demo_corpus(args.config, args.overrides)
     job = load_job(args.config, args.overrides)
     threads = train_threads(job)
     # The plain loop runs before and after the Ray path: on a shared machine its time moved by
     # a quarter between runs, and two runs bracketing the Ray path show how much it moved here.
-    plain_before = plain_loop_stage_seconds(job, threads)
+    plain_before = run_reference(job, threads)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "jobs/train.py", "--config", args.config, *sum(
@@ -88,22 +69,40 @@ def main() -> None:
     if proc.returncode != 0:
         print(out[-4000:])
         sys.exit(1)
+    plain_after = run_reference(job, threads)
+    report(job, args.config, threads, out, ray_s, plain_before, plain_after)
+
+
+def report(job, config: str, threads: int, out: str, ray_s: float, before, after) -> None:
     first = re.search(r"first batch in hand ([\d.]+) s after the job started", out)
     switches = re.findall(r"stage switch: first batch of stage \d+ ([\d.]+) s .*?\(([\d.]+) s validation, "
                           r"([\d.]+) s checkpoint, ([\d.]+) s waiting for data", out)
     ray_stage_s = [float(x) for x in re.findall(r"stage time: \d+ steps in ([\d.]+) s", out)]
-    plain_after = plain_loop_stage_seconds(job, threads)
-    plain_stage_s = [(a + b) / 2 for a, b in zip(plain_before, plain_after)]
-    plain_s = sum(plain_stage_s)
+    ray_validation = re.findall(r"validation \(seq_len \d+\): (.*)", out)
+    # Each plain-loop figure is the mean of the run before and the run after the Ray path.
+    (holdout_before, stages_before), (holdout_after, stages_after) = before, after
+
+    def mean(f) -> list[float]:
+        return [(f(a) + f(b)) / 2 for a, b in zip(stages_before, stages_after)]
+
+    data_s, steps_s, boundary_s = mean(lambda p: p.data_s), mean(lambda p: p.steps_s), mean(lambda p: p.boundary_s)
+    holdout_s = (holdout_before + holdout_after) / 2
+    total = [holdout_before + sum(p.data_s + p.steps_s + p.boundary_s for p in st)
+             for holdout_before, st in (before, after)]
+    plain_s = sum(total) / 2
+    plain_steps_s = sum(steps_s)
     gaps = [float(g) for g, *_ in switches]
     first_s = float(first.group(1)) if first else float("nan")
-    print(f"config: {args.config} ({job.curriculum.target_tokens:,} tokens, {job.run.workers} Ray worker(s), "
+    print(f"config: {config} ({job.curriculum.target_tokens:,} tokens, {job.run.workers} Ray worker(s), "
           f"{threads} torch thread(s) in all); machine: {os.cpu_count()} cores")
-    print(f"plain in-process loop (same model, batch shapes, steps; random tokens; {threads} thread(s)): "
-          f"{plain_s:.1f} s, the mean of {sum(plain_before):.1f} s before the Ray path and {sum(plain_after):.1f} s "
-          "after it")
+    print(f"plain in-process loop, the same work without Ray ({threads} thread(s); the mean of {total[0]:.1f} s "
+          f"before the Ray path and {total[1]:.1f} s after it): {plain_s:.1f} s = held-out rows {holdout_s:.1f} + "
+          f"the Ray path's batches made in process {sum(data_s):.1f} + steps {plain_steps_s:.1f} + validation and "
+          f"checkpoint at the boundaries {sum(boundary_s):.1f}")
     print(f"Ray path, launch to exit: {ray_s:.1f} s -> ratio {ray_s / plain_s:.2f}x (target <= 1.10x)")
     print(f"Ray path, first batch to exit: {ray_s - first_s:.1f} s -> ratio {(ray_s - first_s) / plain_s:.2f}x")
+    print(f"  against the plain loop's steps alone ({plain_steps_s:.1f} s; earlier versions of this benchmark "
+          f"trained on random tokens and timed only these): {ray_s / plain_steps_s:.2f}x")
     print(f"time to first batch after launch: {first_s:.1f} s")
     if gaps:
         print("stage switch gaps, last step to next stage's first batch (s): " + ", ".join(f"{g:.2f}" for g in gaps)
@@ -111,22 +110,37 @@ def main() -> None:
         print("  each as validation + checkpoint + waiting for the new stage's data (s): "
               + ", ".join(f"{v}+{c}+{w}" for _, v, c, w in switches)
               + f"; max data wait {max(float(w) for *_, w in switches):.2f} s")
+        print("  the plain loop's validation + checkpoint at the same boundaries (s): "
+              + ", ".join(f"{b:.2f}" for b in boundary_s[:-1]))
     else:
         print("no stage switch gaps found")
-    if len(ray_stage_s) != len(plain_stage_s):
-        print(f"found {len(ray_stage_s)} stage times in the Ray path's log, expected {len(plain_stage_s)}")
+    plain_val = stages_after[-1].validation
+    if ray_validation and plain_val:
+        ray_val = {s: float(v) for s, v in re.findall(r"(\w+) loss ([\d.]+)", ray_validation[-1])}
+        diff = max(abs(ray_val.get(s, float("inf")) - v) for s, v in plain_val.items())
+        print("final validation, Ray path: " + ray_validation[-1].strip())
+        print("final validation, plain loop: " + ", ".join(f"{s} loss {v:.4f}" for s, v in plain_val.items())
+              + f"; largest difference {diff:.4f} ("
+              + ("one worker: the same batches and arithmetic, so it should be 0)" if job.run.workers == 1 else
+                 f"{job.run.workers} DDP ranks each take part of every step's rows: close, not equal)"))
+    if len(ray_stage_s) != len(steps_s):
+        print(f"found {len(ray_stage_s)} stage times in the Ray path's log, expected {len(steps_s)}")
         return
-    print("where the Ray path's time went (s):")
-    print(f"  {'stage':>5} {'seq_len':>7} {'plain':>7} {'Ray':>7} {'ratio':>6}")
-    for k, (st, p, r) in enumerate(zip(job.curriculum.stages, plain_stage_s, ray_stage_s)):
-        print(f"  {k + 1:>5} {st.seq_len:>7} {p:>7.2f} {r:>7.2f} {r / p:>5.2f}x")
-    steps_s = sum(ray_stage_s)
-    teardown_s = ray_s - first_s - steps_s - sum(gaps)
-    print(f"  start-up {first_s:.1f} + steps {steps_s:.1f} (plain {plain_s:.1f}, {steps_s / plain_s:.2f}x) + "
-          f"boundaries {sum(gaps):.1f} + last stage's boundary and teardown {teardown_s:.1f} = {ray_s:.1f}")
-    half = len(plain_stage_s) // 2
-    late_ray, late_plain = sum(ray_stage_s[half:]), sum(plain_stage_s[half:])
-    print(f"  steps of stages {half + 1}-{len(plain_stage_s)} only: {late_ray:.1f} vs {late_plain:.1f} s -> "
+    print("where the Ray path's time went (s; a Ray stage time is its steps, the data made beside them):")
+    print(f"  {'stage':>5} {'seq_len':>7} {'plain data':>10} {'plain steps':>11} {'Ray':>7} {'ratio':>6}")
+    for k, st in enumerate(job.curriculum.stages):
+        plain_k = data_s[k] + steps_s[k]
+        print(f"  {k + 1:>5} {st.seq_len:>7} {data_s[k]:>10.2f} {steps_s[k]:>11.2f} {ray_stage_s[k]:>7.2f} "
+              f"{ray_stage_s[k] / plain_k:>5.2f}x")
+    ray_steps_s = sum(ray_stage_s)
+    plain_data_steps = sum(data_s) + plain_steps_s
+    teardown_s = ray_s - first_s - ray_steps_s - sum(gaps)
+    print(f"  start-up {first_s:.1f} + steps {ray_steps_s:.1f} (plain data and steps {plain_data_steps:.1f}, "
+          f"{ray_steps_s / plain_data_steps:.2f}x) + boundaries {sum(gaps):.1f} (plain {sum(boundary_s[:-1]):.1f}) "
+          f"+ last stage's boundary and teardown {teardown_s:.1f} = {ray_s:.1f}")
+    half = len(steps_s) // 2
+    late_ray, late_plain = sum(ray_stage_s[half:]), sum(data_s[half:]) + sum(steps_s[half:])
+    print(f"  steps of stages {half + 1}-{len(steps_s)} only: {late_ray:.1f} vs {late_plain:.1f} s -> "
           f"{late_ray / late_plain:.2f}x")
 
 

@@ -18,6 +18,7 @@ import pytest
 from tests.helpers import REPO, demo_subset
 from yxanul_ray.config import load_job
 from yxanul_ray.raycluster import worker_soft_limit
+from yxanul_ray.reference_loop import run_reference
 
 pytestmark = pytest.mark.ray
 DEMO = os.path.join(REPO, "configs", "demo.yaml")
@@ -144,6 +145,33 @@ def _train_worker_pids() -> list[int]:
             except OSError:
                 pass
     return pids
+
+
+VALIDATION = re.compile(r"validation \(seq_len \d+\): (.*)")
+
+
+@pytest.mark.timeout(900)
+def test_one_worker_trains_exactly_the_in_process_reference(tmp_path, monkeypatch):
+    """The whole Ray path on one worker (coordinator, Ray Data pipeline, split, TorchTrainer, the
+    train loop's learning rates and accounting) against the same job done in one process without
+    Ray (reference_loop, the orchestration benchmark's yardstick): the same rows and arithmetic,
+    so the same validation losses at every stage boundary, to the printed 4th decimal."""
+    monkeypatch.chdir(REPO)  # the demo config's corpus path is relative to the repo
+    load_demo()
+    config = demo_subset(str(tmp_path / "demo_stages_1_to_3.yaml"), 0, 3, workers=1)
+    proc = subprocess.run([sys.executable, "jobs/train.py", "--config", config,
+                           "--set", f"run.storage_path={tmp_path / 'runs'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    out = ANSI.sub("", proc.stdout + proc.stderr)
+    assert proc.returncode == 0, failure_lines(out)
+    ray_losses = [{s: float(v) for s, v in re.findall(r"(\w+) loss ([\d.]+)", line)}
+                  for line in VALIDATION.findall(out)]
+    _, reference = run_reference(load_job(config), threads=1)
+    assert len(ray_losses) == len(reference) == 3
+    for stage, (got, ref) in enumerate(zip(ray_losses, reference), start=1):
+        assert set(got) == set(ref.validation) == {"fineweb", "math", "code"}, stage
+        for source, loss in ref.validation.items():
+            assert abs(got[source] - loss) <= 0.00006, (stage, source, got[source], loss)
 
 
 # Four of the demo's stages at half their budgets (seq_len 64 -> 512): three real stage switches,

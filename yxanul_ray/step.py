@@ -61,6 +61,17 @@ def summed_loss(model, raw_model, x: torch.Tensor, y: torch.Tensor, *, amp: bool
                            reduction="sum")
 
 
+@torch.no_grad()
+def held_out_loss(model, tokens: torch.Tensor, *, amp: bool, chunk_rows: int = 16) -> tuple[float, int]:
+    """(summed loss, target count) of `model` (unwrapped, in eval mode) on held-out rows
+    tokens [R, S+1], a chunk of rows at a time: the train loop's validation and the benchmark's."""
+    loss_sum, targets = 0.0, 0
+    for chunk in tokens.split(chunk_rows):
+        loss_sum += summed_loss(model, model, chunk[:, :-1], chunk[:, 1:], amp=amp).item()
+        targets += chunk[:, 1:].numel()
+    return loss_sum, targets
+
+
 def make_optimizer(model, opt_spec, device) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only (not norms), fused on CUDA."""
     decay = [p for p in model.parameters() if p.dim() >= 2]

@@ -20,7 +20,7 @@ from yxanul_ray.model import build_model, compile_model
 from yxanul_ray.precision import make_recipe
 from yxanul_ray.presets import flops_per_token
 from yxanul_ray.stage_data import StageBatches
-from yxanul_ray.step import make_optimizer, summed_loss, train_step
+from yxanul_ray.step import held_out_loss, make_optimizer, train_step
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -336,10 +336,7 @@ class Run:
         sums = torch.zeros(2 * len(sources), dtype=torch.float64)
         for i, source in enumerate(sources):
             t = torch.from_numpy(self._val_rows[source][self.rank::self.world].astype(np.int64)).to(self.device)
-            for chunk in t.split(16):
-                loss = summed_loss(model, model, chunk[:, :-1], chunk[:, 1:], amp=self.device.type == "cuda")
-                sums[2 * i] += loss.item()
-                sums[2 * i + 1] += chunk[:, 1:].numel()
+            sums[2 * i], sums[2 * i + 1] = held_out_loss(model, t, amp=self.device.type == "cuda")
         model.train()
         sums = self.sum_over_ranks(sums)
         return {s: float(sums[2 * i] / max(1.0, float(sums[2 * i + 1]))) for i, s in enumerate(sources)}

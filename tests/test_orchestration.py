@@ -240,6 +240,7 @@ def test_resume_from_mid_stage_checkpoint(fault_config, fault_run_dir, tmp_path)
             mid.append((state["tokens"], os.path.dirname(path), state))
     assert mid, "no mid-stage checkpoint was written"
     tokens, ckpt, state = sorted(mid)[0]
+    assert os.path.exists(os.path.join(ckpt, "rng.pt"))  # the generators are resumed too
     out_dir = tmp_path / "resumed"
     proc = subprocess.run([sys.executable, "jobs/train.py", "--config", fault_config,
                            "--set", f"run.storage_path={out_dir}", "--resume", ckpt],

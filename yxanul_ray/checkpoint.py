@@ -1,17 +1,20 @@
-"""Checkpoints: model, optimizer, trainer state and the coordinator's curriculum state.
+"""Checkpoints: model, optimizer, random number generators, trainer state and the coordinator's
+curriculum state.
 
 A checkpoint is a directory: model.pt (the portable state_dict both backends share),
-optimizer.pt, state.json (TrainState: step, tokens, stage, step in stage, per-source tokens, the
-coordinator's cursors and stats, loss history) and job.json (the resolved config). Tensors load
-with weights_only=True; the rest is JSON.
+optimizer.pt, rng.pt (the generators' states), state.json (TrainState: step, tokens, stage, step
+in stage, per-source tokens, the coordinator's cursors and stats, loss history) and job.json (the
+resolved config). Tensors load with weights_only=True; the rest is JSON.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 
 
@@ -42,10 +45,12 @@ class TrainState:
         return cls(**d)
 
 
-def save_checkpoint(path: str, model_state: dict, optimizer_state: dict, state: TrainState, job: dict) -> None:
+def save_checkpoint(path: str, model_state: dict, optimizer_state: dict, state: TrainState, job: dict,
+                    rng: dict | None = None) -> None:
     os.makedirs(path, exist_ok=True)
     torch.save(model_state, os.path.join(path, "model.pt"))
     torch.save(optimizer_state, os.path.join(path, "optimizer.pt"))
+    torch.save(rng if rng is not None else rng_state(), os.path.join(path, "rng.pt"))
     with open(os.path.join(path, "state.json"), "w") as f:
         json.dump(state.to_dict(), f)
     with open(os.path.join(path, "job.json"), "w") as f:
@@ -69,3 +74,32 @@ def load_tensors(path: str, map_location="cpu") -> tuple[dict, dict]:
     model = torch.load(os.path.join(path, "model.pt"), map_location=map_location, weights_only=True)
     optim = torch.load(os.path.join(path, "optimizer.pt"), map_location=map_location, weights_only=True)
     return model, optim
+
+
+def rng_state() -> dict:
+    """This process's random number generators: torch (CPU, and CUDA where present), numpy and
+    Python's. The model draws nothing after its initialisation today (no dropout, data order is
+    seeded), but whatever does later (dropout, sampled eval) resumes on the same sequence. In
+    tensors, ints and tuples only, so it loads with weights_only=True."""
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached_gaussian))}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(path: str) -> bool:
+    """Put back the generators saved in the checkpoint at `path`; False for a checkpoint written
+    before they were saved (the generators are left as they are)."""
+    file = os.path.join(path, "rng.pt")
+    if not os.path.exists(file):
+        return False
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached_gaussian))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])
+    return True

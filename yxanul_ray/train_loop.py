@@ -13,7 +13,7 @@ import ray.train
 import torch
 
 from yxanul_ray.accounting import progress_line, step_tokens_by_source
-from yxanul_ray.checkpoint import TrainState, load_state, load_tensors, save_checkpoint
+from yxanul_ray.checkpoint import TrainState, load_state, load_tensors, restore_rng, save_checkpoint
 from yxanul_ray.config import JobSpec, job_from_dict
 from yxanul_ray.curriculum import lr_at, plan_curriculum
 from yxanul_ray.model import build_model, compile_model
@@ -155,6 +155,8 @@ class Run:
         model_state, optim_state = load_tensors(path, self.device)
         self.raw_model.load_portable_state_dict(model_state)
         self.optimizer.load_state_dict(optim_state)
+        # Rank 0's generators, on every rank: they were seeded alike and have drawn alike.
+        restore_rng(path)
         state.resumes += 1
         self.last_ckpt_tokens = state.tokens
         if self.rank == 0:

@@ -87,8 +87,7 @@ def report(job, config: str, threads: int, out: str, ray_s: float, before, after
 
     data_s, steps_s, boundary_s = mean(lambda p: p.data_s), mean(lambda p: p.steps_s), mean(lambda p: p.boundary_s)
     holdout_s = (holdout_before + holdout_after) / 2
-    total = [holdout_before + sum(p.data_s + p.steps_s + p.boundary_s for p in st)
-             for holdout_before, st in (before, after)]
+    total = [holdout + sum(p.data_s + p.steps_s + p.boundary_s for p in stages) for holdout, stages in (before, after)]
     plain_s = sum(total) / 2
     plain_steps_s = sum(steps_s)
     gaps = [float(g) for g, *_ in switches]

@@ -82,14 +82,14 @@ def connectivity(job: JobSpec) -> tuple[list[Check], dict]:
 def run_stage_sample(job: JobSpec, k: int, cursors: dict, files: dict, packers, sample_rows: int) -> dict:
     import ray
 
-    from yxanul_ray.stage_data import StageBatches, build_stage_data
+    from yxanul_ray.stage_data import StageBatches, build_stage_data, source_ids
     from yxanul_ray.tokenizer import load_tokenizer
 
     tok = load_tokenizer(job.data.tokenizer)
     st = job.curriculum.stages[k]
     t0 = time.perf_counter()
     sd = build_stage_data(job, k, cursors, 1, files, tok.eos_id, packers)
-    ids = {n: i for i, n in enumerate(job.sources)}
+    ids = source_ids(job)
     [iterators] = sd.split(1)
     batches = list(StageBatches(iterators, sd.schedule, ids))
     elapsed = time.perf_counter() - t0

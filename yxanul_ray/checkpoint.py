@@ -45,12 +45,12 @@ class TrainState:
         return cls(**d)
 
 
-def save_checkpoint(path: str, model_state: dict, optimizer_state: dict, state: TrainState, job: dict,
-                    rng: dict | None = None) -> None:
+def save_checkpoint(path: str, model_state: dict, optimizer_state: dict, state: TrainState, job: dict) -> None:
+    """Write a checkpoint directory, with this process's random number generators."""
     os.makedirs(path, exist_ok=True)
     torch.save(model_state, os.path.join(path, "model.pt"))
     torch.save(optimizer_state, os.path.join(path, "optimizer.pt"))
-    torch.save(rng if rng is not None else rng_state(), os.path.join(path, "rng.pt"))
+    torch.save(rng_state(), os.path.join(path, "rng.pt"))
     with open(os.path.join(path, "state.json"), "w") as f:
         json.dump(state.to_dict(), f)
     with open(os.path.join(path, "job.json"), "w") as f:

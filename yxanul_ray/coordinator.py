@@ -22,7 +22,7 @@ from yxanul_ray.config import job_from_dict
 from yxanul_ray.cursors import SourceCursor, SourceStats
 from yxanul_ray.hub import resolve_files
 from yxanul_ray.local_data import holdout_rows
-from yxanul_ray.stage_data import StageData, build_stage_data
+from yxanul_ray.stage_data import StageData, build_stage_data, source_ids
 from yxanul_ray.stage_packers import StagePackers
 from yxanul_ray.tokenizer import load_tokenizer
 
@@ -47,7 +47,7 @@ class CurriculumCoordinator:
         self.files = {s: resolve_files(spec) for s, spec in self.job.sources.items()}
         self.eos_id = load_tokenizer(self.job.data.tokenizer).eos_id
         self.packers = StagePackers.remote()
-        self.source_ids = {name: i for i, name in enumerate(self.job.sources)}
+        self.source_ids = source_ids(self.job)
         resumed = resumed or {}
         # Cursors at the start of each stage (stage 0: the start of every source).
         self.stage_cursors: dict[int, dict[str, dict]] = {

@@ -20,8 +20,8 @@ from yxanul_ray.config import JobSpec
 from yxanul_ray.cursors import SourceCursor
 from yxanul_ray.hub import SourceFiles
 from yxanul_ray.packing import Packer
-from yxanul_ray.sources import Pack, make_datasource, read_holdout_docs, tokenize_batch, wrap_epochs_needed
-from yxanul_ray.stage_data import SourcePlan, StageBatches, plan_stage_sources, read_spec
+from yxanul_ray.sources import Pack, make_datasource, pack_config, read_holdout_docs, tokenize_batch
+from yxanul_ray.stage_data import SourcePlan, StageBatches, plan_stage_sources, read_spec, source_ids
 from yxanul_ray.tokenizer import load_tokenizer
 
 
@@ -31,11 +31,10 @@ class LocalSource:
 
     def __init__(self, job: JobSpec, files: SourceFiles, plan: SourcePlan, start: SourceCursor, eos_id: int):
         spec = read_spec(job, files)
-        wrap_epochs = wrap_epochs_needed(spec, plan.max_rows * plan.stride + plan.seq_len)
-        self._read_tasks = make_datasource(spec, start, wrap_epochs).get_read_tasks(1)
-        self._pack = Pack(source=files.source, source_id=plan.source_id, seq_len=plan.seq_len, stride=plan.stride,
-                          eos_id=eos_id, max_rows=plan.max_rows, start=start.to_dict(), wrap_epochs=wrap_epochs,
-                          skip_rows=plan.skip_rows)
+        config = pack_config(spec, source_id=plan.source_id, start=start, seq_len=plan.seq_len, stride=plan.stride,
+                             eos_id=eos_id, max_rows=plan.max_rows, skip_rows=plan.skip_rows)
+        self._read_tasks = make_datasource(spec, start, config["wrap_epochs"]).get_read_tasks(1)
+        self._pack = Pack(**config)
         self._tokenizer, self._batch_docs = job.data.tokenizer, job.data.tokenize_batch_size
 
     def iter_batches(self, **_ray_data_options) -> Iterator[dict[str, np.ndarray]]:
@@ -60,8 +59,7 @@ def local_stage(job: JobSpec, stage_index: int, cursors: dict[str, SourceCursor]
     is world size 1), and the sources, whose end reports give the next stage's cursors."""
     _, schedule, plans = plan_stage_sources(job, stage_index, 1)
     sources = {s: LocalSource(job, files[s], sp, cursors.get(s, SourceCursor()), eos_id) for s, sp in plans.items()}
-    source_ids = {name: i for i, name in enumerate(job.sources)}
-    return StageBatches(sources, schedule, source_ids), sources
+    return StageBatches(sources, schedule, source_ids(job)), sources
 
 
 def holdout_rows(job: JobSpec, files: dict[str, SourceFiles], eos_id: int, seq_len: int,

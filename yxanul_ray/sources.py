@@ -392,6 +392,15 @@ def wrap_epochs_needed(spec: ReadSpec, tokens: int) -> int:
     return min(MAX_WRAP_EPOCHS, int(passes) + 2)
 
 
+def pack_config(spec: ReadSpec, *, source_id: int, start: SourceCursor, seq_len: int, stride: int, eos_id: int,
+                max_rows: int, skip_rows: int = 0) -> dict:
+    """`Pack`'s arguments for one (stage, source) stream, wrap epochs included (the read tasks
+    take them too). The Ray pack step and local_data both build their packer from this."""
+    return {"source": spec.files.source, "source_id": source_id, "seq_len": seq_len, "stride": stride,
+            "eos_id": eos_id, "max_rows": max_rows, "start": start.to_dict(),
+            "wrap_epochs": wrap_epochs_needed(spec, max_rows * stride + seq_len), "skip_rows": skip_rows}
+
+
 def build_source_dataset(spec: ReadSpec, *, source_id: int, start: SourceCursor, seq_len: int, stride: int,
                          max_rows: int, tokenizer: str, eos_id: int, tokenize_batch_size: int, data_cpus: float,
                          tokenizer_actors: int, object_store_bytes: int, packers, stage_key,
@@ -401,9 +410,11 @@ def build_source_dataset(spec: ReadSpec, *, source_id: int, start: SourceCursor,
 
     # Few concurrent reads: Ray Data would otherwise start a read per logical CPU and starve the
     # tokenizers of the real cores; reads are cheap next to tokenizing.
-    wrap_epochs = wrap_epochs_needed(spec, max_rows * stride + seq_len)
+    config = pack_config(spec, source_id=source_id, start=start, seq_len=seq_len, stride=stride, eos_id=eos_id,
+                         max_rows=max_rows, skip_rows=skip_rows)
     tasks = ray.data.TaskPoolStrategy(size=tokenizer_actors)
-    ds = ray.data.read_datasource(make_datasource(spec, start, wrap_epochs), num_cpus=data_cpus, compute=tasks)
+    ds = ray.data.read_datasource(make_datasource(spec, start, config["wrap_epochs"]), num_cpus=data_cpus,
+                                  compute=tasks)
     ds = ds.map_batches(tokenize_batch, fn_kwargs={"tokenizer": tokenizer}, batch_size=tokenize_batch_size,
                         batch_format="pyarrow", num_cpus=data_cpus, compute=tasks)
     # Packing carries state from block to block, so it must see blocks in stream order: one pack
@@ -412,9 +423,6 @@ def build_source_dataset(spec: ReadSpec, *, source_id: int, start: SourceCursor,
     # lives in the run's StagePackers actor, not in a per-stage actor pool (see stage_packers).
     # Ray 2.60 has no named parameter for max_retries and warns on the catch-all (once per
     # stage and source, in the user's log); the setting is what the packer needs.
-    config = {"source": spec.files.source, "source_id": source_id, "seq_len": seq_len, "stride": stride,
-              "eos_id": eos_id, "max_rows": max_rows, "start": start.to_dict(), "wrap_epochs": wrap_epochs,
-              "skip_rows": skip_rows}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         ds = ds.map_batches(

@@ -33,8 +33,8 @@ class StageData:
     plan: StagePlan
     schedule: MixSchedule
     datasets: dict[str, Any]
-    """Source -> ray.data.Dataset of exactly rows[source] packed rows."""
-    rows: dict[str, int]
+    """Source -> ray.data.Dataset of the stage's packed rows of that source (none for a source
+    without rows in the stage)."""
     end_state: Any
     """ObjectRef -> {source: {"cursor": {...}, "stats": {...}}}."""
 
@@ -42,6 +42,11 @@ class StageData:
         """One {source: DataIterator} per worker; equal=True so no rank waits on a longer shard."""
         per_source = {s: ds.streaming_split(world_size, equal=True) for s, ds in self.datasets.items()}
         return [{s: its[rank] for s, its in per_source.items()} for rank in range(world_size)]
+
+
+def source_ids(job: JobSpec) -> dict[str, int]:
+    """Each source's id in the batches' "source" column: its place in the config."""
+    return {name: i for i, name in enumerate(job.sources)}
 
 
 def read_spec(job: JobSpec, files: SourceFiles) -> ReadSpec:
@@ -70,9 +75,9 @@ def plan_stage_sources(job: JobSpec, stage_index: int, world_size: int,
     plan = plan_curriculum(job.curriculum, world_size)[stage_index]
     schedule = build_schedule(stage.mix, plan, world_size)
     done = schedule.totals_per_worker(0, start_step)
-    source_ids = {name: i for i, name in enumerate(job.sources)}
+    ids = source_ids(job)
     stride = stage_stride(job.curriculum, stage)
-    sources = {s: SourcePlan(source_ids[s], stage.seq_len, stride, n * world_size, done[s] * world_size)
+    sources = {s: SourcePlan(ids[s], stage.seq_len, stride, n * world_size, done[s] * world_size)
                for s, n in schedule.totals_per_worker().items() if n > 0}
     return plan, schedule, sources
 
@@ -97,8 +102,7 @@ def build_stage_data(job: JobSpec, stage_index: int, cursors: dict[str, SourceCu
         for s, sp in sources.items()
     }
     end_state = packers.wait.remote(stage_key, list(datasets))
-    rows = {s: n * world_size for s, n in schedule.totals_per_worker().items()}
-    return StageData(stage_index, start_step, plan, schedule, datasets, rows, end_state)
+    return StageData(stage_index, start_step, plan, schedule, datasets, end_state)
 
 
 class _RowReader:

@@ -413,8 +413,11 @@ def build_source_dataset(spec: ReadSpec, *, source_id: int, start: SourceCursor,
     config = pack_config(spec, source_id=source_id, start=start, seq_len=seq_len, stride=stride, eos_id=eos_id,
                          max_rows=max_rows, skip_rows=skip_rows)
     tasks = ray.data.TaskPoolStrategy(size=tokenizer_actors)
+    # override_num_blocks=1: Ray Data would otherwise cut every read block into ~200 / (read
+    # tasks) pieces (13-17 on the demo) to reach its default parallelism, so many more tokenize
+    # tasks for the same documents; the blocks are already small (BLOCK_BYTES).
     ds = ray.data.read_datasource(make_datasource(spec, start, config["wrap_epochs"]), num_cpus=data_cpus,
-                                  compute=tasks)
+                                  compute=tasks, override_num_blocks=1)
     ds = ds.map_batches(tokenize_batch, fn_kwargs={"tokenizer": tokenizer}, batch_size=tokenize_batch_size,
                         batch_format="pyarrow", num_cpus=data_cpus, compute=tasks)
     # Packing carries state from block to block, so it must see blocks in stream order: one pack

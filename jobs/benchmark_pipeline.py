@@ -137,10 +137,11 @@ def ray_rate(corpus: str, seq_len: int, tokens: int) -> dict:
     sampler.start()
     t0 = time.perf_counter()
     sd = build_stage_data(job, 0, {}, 1, files, load_tokenizer("gpt2").eos_id, packers)
-    [iterators] = sd.split(1)
+    [iterator] = sd.split(1)
+    sd.start()
     first = None
     got = 0
-    for b in iter_worker_batches(iterators, sd.schedule, {s: i for i, s in enumerate(job.sources)}):
+    for b in iter_worker_batches(iterator, sd.schedule, {s: i for i, s in enumerate(job.sources)}):
         if first is None:
             first = time.perf_counter()
         got += b["tokens"].shape[0] * seq_len

@@ -40,8 +40,9 @@ def run_stage(job, stage_index: int, cursors: dict, world: int, packers, files=N
     sd = build_stage_data(job, stage_index, cursors, world, files, eos, packers)
     ids = {n: i for i, n in enumerate(job.sources)}
     splits = sd.split(world)
+    sd.start()
     with ThreadPoolExecutor(max_workers=world) as pool:
-        per_rank = list(pool.map(lambda its: list(iter_worker_batches(its, sd.schedule, ids)), splits))
+        per_rank = list(pool.map(lambda it: list(iter_worker_batches(it, sd.schedule, ids)), splits))
     end = ray.get(sd.end_state)
     return sd, per_rank, end
 

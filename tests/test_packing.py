@@ -181,3 +181,43 @@ def test_pack_step_refuses_blocks_out_of_stream_order():
     pack(token_block([(0, 1, 0), (0, 1, 1)]))
     with pytest.raises(RuntimeError, match=r"source math: a block starting at \(0, 0, 5, 0\).*stream order"):
         pack(token_block([(0, 0, 5)]))
+
+
+def test_batch_assembler_gives_every_rank_the_steps_counts_whatever_the_arrival_order():
+    """The stage's batches come out in order (batch u: step u // world, for rank u % world) with
+    the schedule's counts and each source's rows in stream order, however the sources' rows
+    interleave on the way in; resuming at a step starts there."""
+    from yxanul_ray.mixing import BatchAssembler
+
+    sched = MixSchedule(("a", "b"), (0.75, 0.25), (4, 4, 4, 2))
+    ids = {"a": 0, "b": 1}
+    rows = {s: np.arange(40 * (i + 1), 40 * (i + 1) + 30, dtype=np.int32).reshape(-1, 1) for i, s in enumerate(ids)}
+
+    def assemble(chunk: int, start_step: int = 0) -> list[dict]:
+        asm = BatchAssembler(sched, 2, ids, start_step)
+        pos, out = dict.fromkeys(ids, 0), []
+        while not asm.finished:
+            if asm.ready():
+                out.append(asm.take())
+                continue
+            s = "b" if chunk == 1 and asm.missing().get("b") else next(iter(asm.missing()))
+            asm.add(s, rows[s][pos[s]:pos[s] + chunk])
+            pos[s] += chunk
+        return out
+
+    batches = assemble(3)
+    assert len(batches) == 8
+    counts = list(sched.counts())
+    used = dict.fromkeys(ids, 0)
+    for u, b in enumerate(batches):
+        want = counts[u // 2]
+        assert [int((b["source"] == ids[s]).sum()) for s in ids] == [want["a"], want["b"]]
+        assert (np.diff(b["source"]) >= 0).all()  # a's rows, then b's
+        for s in ids:
+            got = b["tokens"][b["source"] == ids[s], 0]
+            assert (got == rows[s][used[s]:used[s] + want[s], 0]).all()  # stream order, nothing skipped
+            used[s] += want[s]
+    for x, y in zip(batches, assemble(1)):
+        assert (x["tokens"] == y["tokens"]).all()
+    resumed = assemble(5, start_step=2)
+    assert len(resumed) == 4 and int((resumed[0]["source"] == 0).sum()) == counts[2]["a"]

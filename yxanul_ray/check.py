@@ -90,8 +90,9 @@ def run_stage_sample(job: JobSpec, k: int, cursors: dict, files: dict, packers, 
     t0 = time.perf_counter()
     sd = build_stage_data(job, k, cursors, 1, files, tok.eos_id, packers)
     ids = source_ids(job)
-    [iterators] = sd.split(1)
-    batches = list(StageBatches(iterators, sd.schedule, ids))
+    [iterator] = sd.split(1)
+    sd.start()
+    batches = list(StageBatches(iterator, sd.schedule, ids))
     elapsed = time.perf_counter() - t0
     end = ray.get(sd.end_state)
     rows = np.concatenate([b["tokens"] for b in batches])

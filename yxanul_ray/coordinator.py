@@ -1,11 +1,12 @@
 """The curriculum coordinator: one named actor per job, the single owner of curriculum state.
 
 It builds each stage's data (stage_data.build_stage_data) from the cursors where the previous
-stage stopped, splits it across the train workers, and builds stage k+1 as soon as stage k's
-packers have produced their last rows (before the workers have consumed them), so the switch has
-no cold start. Workers ask it for their iterators once per stage and send it progress
-fire-and-forget; it never sits on the step path. Stage switches themselves are arithmetic on
-the workers, not decided here.
+stage stopped, splits the stage's Dataset of batches across the train workers (one
+streaming_split per stage; the source pipelines run on threads here), and builds stage k+1 as
+soon as stage k's packers have produced their last rows (before the workers have consumed
+them), so the switch has no cold start. Workers ask it for their iterator once per stage and
+send it progress fire-and-forget; it never sits on the step path. Stage switches themselves are
+arithmetic on the workers, not decided here.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class CurriculumCoordinator:
         self.stage_stats: dict[int, dict[str, dict]] = {int(k): v for k, v in resumed.get("stage_stats", {}).items()}
         self._cursor_events: dict[int, asyncio.Event] = {}
         self._builds: dict[tuple[int, int], asyncio.Future] = {}
+        self._stage_data: dict[int, StageData] = {}
         self._progress: dict = {}
         self._validation: dict[tuple[int, int], asyncio.Future] = {}
         self._metrics = _Gauges()
@@ -62,29 +64,36 @@ class CurriculumCoordinator:
     # ---- stage data --------------------------------------------------------------------------
 
     async def stage_input(self, stage: int, rank: int, start_step: int = 0) -> dict:
-        """This rank's {source: DataIterator} for `stage` from `start_step`, plus what it needs
-        to assemble batches. A rank asking twice for the same build is a restarted worker group:
-        it gets a fresh build (Ray Data iterators cannot be rewound)."""
+        """This rank's DataIterator over `stage`'s batches from `start_step`, plus what it needs
+        to take them. A rank asking twice for the same build is a restarted worker group: it gets
+        a fresh build (Ray Data iterators cannot be rewound)."""
         key = (stage, start_step)
         fut = self._builds.get(key)
         if fut is None or (fut.done() and rank in fut.result().handed):
             fut = self._builds[key] = asyncio.ensure_future(self._build(stage, start_step))
         build = await fut
         build.handed.add(rank)
-        iterators = build.splits[rank]
+        build.data.start()  # its sources' pipelines run from the first rank's request on
+        iterator = build.splits[rank]
         if len(build.handed) == self.world:
-            # Every rank holds its iterators now. Kept here too, they would keep each split's
-            # coordinator actor (a process) alive to the end of the run: 28 idle processes by the
-            # demo's last stage. Released, each ends with the workers' last use of its stage.
+            # Every rank holds its iterator now. Kept here too, they would keep the split's
+            # coordinator actor (a process) alive to the end of the run: one idle process per
+            # stage. Released, it ends with the workers' last use of its stage.
             build.splits = []
         d = build.data
-        return {"iterators": iterators, "schedule": d.schedule, "source_ids": self.source_ids,
+        return {"iterator": iterator, "schedule": d.schedule, "source_ids": self.source_ids,
                 "start_step": start_step}
 
     async def _build(self, stage: int, start_step: int) -> _Build:
         cursors = await self._cursors_at(stage)
         data = build_stage_data(self.job, stage, {s: SourceCursor.from_dict(c) for s, c in cursors.items()},
                                 self.world, self.files, self.eos_id, self.packers, start_step=start_step)
+        # A stage is built again only for a restarted worker group: the earlier build's source
+        # pipelines would otherwise wait forever, holding their tasks' worker processes.
+        earlier = self._stage_data.get(stage)
+        if earlier is not None:
+            earlier.cancel(f"stage {stage + 1} was built again (the workers restarted)")
+        self._stage_data[stage] = data
         build = _Build(data, data.split(self.world))
         asyncio.ensure_future(self._after_stage_produced(stage, data))
         log.info("built stage %d from step %d", stage + 1, start_step)

@@ -8,6 +8,7 @@ The functions the Ray Data pipeline runs as tasks (the source's read tasks, `tok
 - the orchestration benchmark's plain loop trains on the Ray path's very batches made this way,
   so the two runs do the same work and differ only in Ray;
 - a test holds the Ray path to it, row for row.
+The batches are assembled by the same BatchAssembler as in the pipeline's StagePackers actor.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from yxanul_ray.config import JobSpec
 from yxanul_ray.cursors import SourceCursor
 from yxanul_ray.hub import SourceFiles
+from yxanul_ray.mixing import BatchAssembler
 from yxanul_ray.packing import Packer
 from yxanul_ray.sources import Pack, make_datasource, pack_config, read_holdout_docs, tokenize_batch
 from yxanul_ray.stage_data import SourcePlan, StageBatches, plan_stage_sources, read_spec, source_ids
@@ -53,13 +55,37 @@ class LocalSource:
         return self._pack.end_report()
 
 
+class LocalAssembly:
+    """A stage's batches assembled from its LocalSources by the same BatchAssembler as the
+    StagePackers actor's, drawing on each source only when the next batch needs its rows. It
+    offers iter_batches like the split of the stage's batch Dataset, for StageBatches."""
+
+    def __init__(self, sources: dict[str, LocalSource], assembler: BatchAssembler):
+        self.sources, self.assembler = sources, assembler
+
+    def iter_batches(self, **_ray_data_options) -> Iterator[dict[str, np.ndarray]]:
+        streams = {s: src.iter_batches() for s, src in self.sources.items()}
+        a = self.assembler
+        while not a.finished:
+            missing = a.missing()
+            if not missing:
+                yield a.take()
+                continue
+            source = next(iter(missing))
+            rows = next(streams[source], None)
+            if rows is None:
+                raise RuntimeError(f"source {source} ended before the stage's scheduled rows")
+            a.add(source, rows["tokens"])
+
+
 def local_stage(job: JobSpec, stage_index: int, cursors: dict[str, SourceCursor], files: dict[str, SourceFiles],
                 eos_id: int) -> tuple[StageBatches, dict[str, LocalSource]]:
     """One worker's batches of stage `stage_index` from `cursors` (the whole global batch: this
     is world size 1), and the sources, whose end reports give the next stage's cursors."""
     _, schedule, plans = plan_stage_sources(job, stage_index, 1)
     sources = {s: LocalSource(job, files[s], sp, cursors.get(s, SourceCursor()), eos_id) for s, sp in plans.items()}
-    return StageBatches(sources, schedule, source_ids(job)), sources
+    assembly = LocalAssembly(sources, BatchAssembler(schedule, 1, source_ids(job)))
+    return StageBatches(assembly, schedule, source_ids(job)), sources
 
 
 def holdout_rows(job: JobSpec, files: dict[str, SourceFiles], eos_id: int, seq_len: int,

@@ -17,6 +17,8 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 from yxanul_ray.curriculum import StagePlan
 
 
@@ -64,3 +66,73 @@ def build_schedule(mix: dict[str, float], plan: StagePlan, world_size: int) -> M
     if plan.last_rows:
         step_rows.append(plan.last_rows // world_size)
     return MixSchedule(tuple(s for s, _ in active), tuple(w for _, w in active), tuple(step_rows))
+
+
+class BatchAssembler:
+    """A stage's worker batches, assembled in order from its sources' packed rows (pure).
+
+    Rows arrive per source in stream order, interleaved however the pipelines run; batch u is
+    step (start_step + u // world)'s counts, and every rank's batch at a step has the same
+    counts, so batch u is rank u % world's share of that step whichever rank it goes to. Within
+    a batch the rows are in schedule order (sources in config order), as StageBatches always
+    assembled them."""
+
+    def __init__(self, schedule: MixSchedule, world: int, source_ids: dict[str, int], start_step: int = 0):
+        self.steps = [c for c in schedule.counts()][start_step:]
+        self.world = world
+        self.source_ids = source_ids
+        self.next_batch = 0
+        self._queues: dict[str, list] = {s: [] for s in schedule.sources}
+        self._queued: dict[str, int] = dict.fromkeys(schedule.sources, 0)
+
+    @property
+    def total_batches(self) -> int:
+        return len(self.steps) * self.world
+
+    @property
+    def finished(self) -> bool:
+        return self.next_batch >= self.total_batches
+
+    def add(self, source: str, rows) -> None:
+        if len(rows):
+            self._queues[source].append(rows)
+            self._queued[source] += len(rows)
+
+    def queued_rows(self, source: str) -> int:
+        return self._queued[source]
+
+    def missing(self) -> dict[str, int]:
+        """Rows still missing per source before the next batch can be taken."""
+        if self.finished:
+            return {}
+        need = self.steps[self.next_batch // self.world]
+        return {s: n - self._queued[s] for s, n in need.items() if n > self._queued[s]}
+
+    def ready(self) -> bool:
+        return not self.finished and not self.missing()
+
+    def take(self) -> dict:
+        """The next batch {"tokens": [rows, seq_len+1], "source": [rows] int16}."""
+        assert self.ready(), "take() before ready()"
+        tokens, sources = [], []
+        for s, n in self.steps[self.next_batch // self.world].items():
+            if n:
+                tokens.append(self._pop(s, n))
+                sources.append(np.full(n, self.source_ids[s], dtype=np.int16))
+        self.next_batch += 1
+        return {"tokens": np.concatenate(tokens), "source": np.concatenate(sources)}
+
+    def _pop(self, source: str, n: int):
+        queue, parts = self._queues[source], []
+        while n:
+            head = queue[0]
+            if len(head) <= n:
+                parts.append(queue.pop(0))
+                n -= len(head)
+            else:
+                parts.append(head[:n])
+                queue[0] = head[n:]
+                n = 0
+        rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        self._queued[source] -= len(rows)
+        return rows

@@ -1,4 +1,4 @@
-"""One source as a Ray Dataset of packed rows: read -> tokenize -> pack -> limit.
+"""One source's pipeline for one stage as a Ray Dataset: read -> tokenize -> pack.
 
 - Read: a Datasource with one read task per file (parquet read row group by row group, jsonl
   line by line), from the source's cursor on, across wrap epochs. Rows carry their position
@@ -7,8 +7,9 @@
   once (a per-stage actor pool would start new processes at every stage boundary).
 - Pack: map_batches as one task at a time that hands each block to the run's StagePackers actor
   (packing carries a document's tail into the next row, so it needs the stream in order and one
-  holder of state; it is a memcpy, cheap next to tokenizing). It emits exactly `max_rows` rows,
-  and the actor records where the stream stopped.
+  holder of state; it is a memcpy, cheap next to tokenizing). It makes exactly `max_rows` rows
+  and hands them to the stage's batch assembly in the same actor, which records where the
+  stream stopped.
 
 Ray Data runs these with preserve_order=True so the stream order is the file order, which is
 what makes cursors and seeded runs reproducible.
@@ -368,8 +369,9 @@ class Pack:
 
 def pack_in_stream_order(batch: pa.Table, *, packers, stage_key, config: dict):
     """The Dataset's pack step: a task that hands one block to the run's StagePackers actor and
-    yields the rows it completed. Run one at a time, so the actor sees blocks in order; the
-    task's index in its operator is the block's place in the stream."""
+    yields what it answers (the rows it completed, or with "mix" in the config whether the
+    source is done). Run one at a time, so the actor sees blocks in order; the task's index in
+    its operator is the block's place in the stream."""
     import ray
     from ray.data._internal.execution.interfaces.task_context import TaskContext
 
@@ -403,15 +405,19 @@ def pack_config(spec: ReadSpec, *, source_id: int, start: SourceCursor, seq_len:
 
 def build_source_dataset(spec: ReadSpec, *, source_id: int, start: SourceCursor, seq_len: int, stride: int,
                          max_rows: int, tokenizer: str, eos_id: int, tokenize_batch_size: int, data_cpus: float,
-                         tokenizer_actors: int, object_store_bytes: int, packers, stage_key,
+                         tokenizer_actors: int, object_store_bytes: int, packers, stage_key, mix: dict,
                          skip_rows: int = 0):
-    """The packed-row Dataset of one source for one stage: exactly `max_rows - skip_rows` rows."""
+    """One source's pipeline for one stage: its packed rows (exactly `max_rows - skip_rows`) go
+    to the stage's BatchAssembler in the run's StagePackers actor (`mix` says how it assembles);
+    what the Dataset itself yields is one {"done"} row per packed block, for whoever drives it
+    (stage_data.drive_source), which stops it at the source's last row."""
     import ray.data
 
     # Few concurrent reads: Ray Data would otherwise start a read per logical CPU and starve the
     # tokenizers of the real cores; reads are cheap next to tokenizing.
     config = pack_config(spec, source_id=source_id, start=start, seq_len=seq_len, stride=stride, eos_id=eos_id,
                          max_rows=max_rows, skip_rows=skip_rows)
+    config["mix"] = mix
     tasks = ray.data.TaskPoolStrategy(size=tokenizer_actors)
     # override_num_blocks=1: Ray Data would otherwise cut every read block into ~200 / (read
     # tasks) pieces (13-17 on the demo) to reach its default parallelism, so many more tokenize
@@ -428,12 +434,13 @@ def build_source_dataset(spec: ReadSpec, *, source_id: int, start: SourceCursor,
     # stage and source, in the user's log); the setting is what the packer needs.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        # A pack task may wait in the actor for the assembly to drain; Ray frees the CPU of a
+        # task blocked in ray.get meanwhile, so the pipelines that drain it still run.
         ds = ds.map_batches(
             pack_in_stream_order, batch_size=None, batch_format="pyarrow", num_cpus=data_cpus,
             compute=ray.data.TaskPoolStrategy(size=1), max_retries=0,
             fn_kwargs={"packers": packers, "stage_key": stage_key, "config": config},
         )
-    ds = ds.limit(max_rows - skip_rows)
     ds.context.execution_options.preserve_order = True
     # Small blocks: the first rows of a stage arrive after a few hundred documents are tokenized,
     # not after a whole file (map_batches coalesces its output up to this size).

@@ -14,14 +14,22 @@ Ray restarts it if it dies. Its state is then gone, so every block carries its p
 stream (the pack task's index): a restarted actor refuses a stream it did not see begin, and
 that stage fails and is rebuilt from its start cursor like any failed stage, instead of packing
 the rest of a stream as if it were the start.
+
+It also mixes: a stream whose config carries "mix" hands its rows to the stage's BatchAssembler
+here instead of returning them, and the stage's one Dataset (stage_data) takes the assembled
+worker batches in order with `take`. So a stage needs one streaming_split, not one per source.
+A pack call waits while its source has more rows queued than its budget: that is the sources'
+backpressure, and with it Ray Data's own, up the source pipeline.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import ray
 
+from yxanul_ray.mixing import BatchAssembler
 from yxanul_ray.sources import Pack
 
 
@@ -32,6 +40,9 @@ class StagePackers:
         self._next_block: dict[tuple, int] = {}
         self._reports: dict[tuple, dict] = {}
         self._events: dict[tuple, asyncio.Event] = {}
+        self._mixes: dict = {}
+        self._mix_changed: dict = {}
+        self._failed: dict = {}
 
     def _event(self, key: tuple) -> asyncio.Event:
         return self._events.setdefault(key, asyncio.Event())
@@ -40,18 +51,21 @@ class StagePackers:
         """Pack block `block_index` (0, 1, 2, ... in stream order; None where Ray Data does not
         say) of a source's tokenized documents for the stage build `stage_key`; `config` is
         sources.Pack's arguments (the source among them), and block 0 starts the packer from
-        it. Returns the rows that became complete, or None."""
+        it. Returns the rows that became complete, or None; or, where the config carries "mix",
+        hands them to the stage's assembler and returns {"done": [whether the source is done]}."""
         source = config["source"]
+        mix = config.get("mix")
+        self._raise_if_failed(stage_key)
         key = (stage_key, source)
         pack = self._packs.get(key)
         if pack is None:
             if key in self._reports:  # blocks still in flight when the stage's rows were all made
-                return None
+                return None if mix is None else {"done": np.array([True])}
             if block_index:
                 raise RuntimeError(
                     f"source {source}: block {block_index} of a stage's stream reached a packer that never saw the "
                     "stream begin (the StagePackers actor restarted); the stage is rebuilt from its start cursor")
-            pack = self._packs[key] = Pack(**config)
+            pack = self._packs[key] = Pack(**{k: v for k, v in config.items() if k != "mix"})
             self._next_block[key] = 0
         if block_index is not None:
             if block_index != self._next_block[key]:
@@ -63,10 +77,71 @@ class StagePackers:
             self._reports[key] = pack.end_report()
             del self._packs[key], self._next_block[key]  # its rows are all out; only the report is kept
             self._event(key).set()
-        return rows
+        if mix is None:
+            return rows
+        assembler = self._assembler(stage_key, mix)
+        changed = self._changed(stage_key)
+        async with changed:
+            if rows is not None:
+                assembler.add(source, rows["tokens"])
+                changed.notify_all()
+            if not pack.done:  # a finished source has nothing more to hold back
+                await changed.wait_for(lambda: stage_key in self._failed or assembler.finished
+                                       or assembler.queued_rows(source) <= mix["budget_rows"][source])
+        self._raise_if_failed(stage_key)
+        return {"done": np.array([pack.done])}
+
+    async def take(self, stage_key, mix: dict, index: int) -> dict:
+        """Worker batch `index` of the stage build `stage_key` (0, 1, 2, ... in order), once its
+        sources have packed the rows: {"tokens", "source"}."""
+        assembler = self._assembler(stage_key, mix)
+        changed = self._changed(stage_key)
+        async with changed:
+            await changed.wait_for(lambda: stage_key in self._failed or assembler.next_batch > index
+                                   or (assembler.next_batch == index and assembler.ready()))
+            self._raise_if_failed(stage_key)
+            if assembler.next_batch != index:
+                raise RuntimeError(f"batch {index} of a stage was asked for twice; the stage's read tasks must not "
+                                   "be retried")
+            batch = assembler.take()
+            changed.notify_all()
+        if assembler.finished:  # every row is out; later pack calls are in-flight blocks, answered done
+            del self._mixes[stage_key], self._mix_changed[stage_key]
+        return batch
+
+    def fail(self, stage_key, message: str) -> None:
+        """A source of the stage failed, or the stage was superseded by a rebuild: every pack and
+        take of it raises from now on (and those waiting wake up to raise)."""
+        self._failed.setdefault(stage_key, message)
+        for (key, source), event in self._events.items():  # a waiting `wait` raises too
+            if key == stage_key and (key, source) not in self._reports:
+                event.set()
+        changed = self._mix_changed.get(stage_key)
+        if changed is not None:
+            asyncio.ensure_future(self._notify(changed))
+
+    @staticmethod
+    async def _notify(changed: asyncio.Condition) -> None:
+        async with changed:
+            changed.notify_all()
+
+    def _raise_if_failed(self, stage_key) -> None:
+        if stage_key in self._failed:
+            raise RuntimeError(self._failed[stage_key])
+
+    def _assembler(self, stage_key, mix: dict) -> BatchAssembler:
+        if stage_key not in self._mixes:
+            self._mixes[stage_key] = BatchAssembler(mix["schedule"], mix["world"], mix["source_ids"],
+                                                    mix["start_step"])
+        return self._mixes[stage_key]
+
+    def _changed(self, stage_key) -> asyncio.Condition:
+        return self._mix_changed.setdefault(stage_key, asyncio.Condition())
 
     async def wait(self, stage_key, sources: list[str]) -> dict[str, dict]:
         """{source: {"cursor": ..., "stats": ...}} once every source of the stage has ended."""
         for s in sources:
+            self._raise_if_failed(stage_key)
             await self._event((stage_key, s)).wait()
+        self._raise_if_failed(stage_key)
         return {s: self._reports[(stage_key, s)] for s in sources}

@@ -87,7 +87,7 @@ class Prefetch:
     def _run(self, coord, rank, stage, start_step) -> None:
         try:
             got = ray.get(coord.stage_input.remote(stage, rank, start_step))
-            batches = StageBatches(got["iterators"], got["schedule"], got["source_ids"], got["start_step"])
+            batches = StageBatches(got["iterator"], got["schedule"], got["source_ids"], got["start_step"])
             batches.prime()
             self._result = batches
         except BaseException as e:  # noqa: BLE001 - re-raised on the training thread

@@ -46,7 +46,8 @@ def absolute_paths(job: JobSpec) -> JobSpec:
     return dataclasses.replace(job, sources=sources, run=run)
 
 
-def run_training(job: JobSpec, resume: str | None = None) -> int:
+def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> int:
+    """Run the job; `train_loop` replaces the workers' loop (a diagnostic's hook)."""
     from yxanul_ray.curriculum import plan_curriculum
 
     started_at = time.time()
@@ -86,7 +87,7 @@ def run_training(job: JobSpec, resume: str | None = None) -> int:
         # steps in, on the demo) finds the held-out rows ready; the coordinator keeps one copy.
         coordinator.validation_rows.remote(cur.validation_seq_len, cur.validation_rows)
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        train_loop or train_loop_per_worker,
         train_loop_config={"job": job.to_dict(), "coordinator": coordinator, "run_dir": run_dir,
                            "resume_from": resume, "started_at": started_at},
         scaling_config=ScalingConfig(num_workers=job.run.workers, use_gpu=job.run.use_gpu,

@@ -1,0 +1,84 @@
+"""How much of the orchestration overhead is Ray Train and how much Ray Data (a diagnostic,
+not a test).
+
+Runs the job exactly as jobs/train.py does (local Ray, coordinator, TorchTrainer, the real train
+loop with its validation, checkpoints and logs) except that each stage's batches come from
+yxanul_ray.local_data, made in the train worker's own process, instead of from the Ray Data
+pipeline. One train worker only: local_data makes world-size-1 batches. Compare its time with
+`python jobs/benchmark_orchestration.py --set run.workers=1` (the plain loop and the full Ray path):
+the same batches, so the final validation losses are equal in all three.
+
+    python jobs/benchmark_without_ray_data.py [--config configs/demo.yaml] [--set KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+class _Stage:
+    """A stage's batches, made ahead in process, with what the train loop reads of StageBatches."""
+
+    def __init__(self, rows: list, schedule, source_ids: dict[str, int]):
+        self.rows, self.schedule, self.source_ids = rows, schedule, source_ids
+
+    def __iter__(self):
+        return iter(self.rows)
+
+
+def train_loop_on_local_data(config: dict) -> None:
+    import yxanul_ray.train_loop as loop
+    from yxanul_ray.config import job_from_dict
+    from yxanul_ray.cursors import SourceCursor
+    from yxanul_ray.hub import resolve_files
+    from yxanul_ray.local_data import local_stage
+    from yxanul_ray.tokenizer import load_tokenizer
+
+    job = job_from_dict(config["job"], config["job"].get("path", "<job>"))
+    t0 = time.perf_counter()
+    files = {s: resolve_files(spec) for s, spec in job.sources.items()}
+    eos_id = load_tokenizer(job.data.tokenizer).eos_id
+    stages, cursors = [], {}
+    for k in range(len(job.curriculum.stages)):
+        batches, sources = local_stage(job, k, cursors, files, eos_id)
+        stages.append(_Stage(list(batches), batches.schedule, batches.source_ids))
+        cursors = {**cursors, **{s: SourceCursor.from_dict(src.end_report()["cursor"]) for s, src in sources.items()}}
+    print(f"all stages' batches made in process in {time.perf_counter() - t0:.2f} s", flush=True)
+
+    class LocalPrefetch:
+        def __init__(self, coord, rank, stage, start_step):
+            s = stages[stage]
+            self._stage = _Stage(s.rows[start_step:], s.schedule, s.source_ids)
+
+        def result(self):
+            return self._stage
+
+    loop.Prefetch = LocalPrefetch  # the one thing changed: where a stage's batches come from
+    loop.train_loop_per_worker(config)
+
+
+def main() -> None:
+    from yxanul_ray.config import load_job
+    from yxanul_ray.driver import prepare_demo_corpus, run_training
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/demo.yaml")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args()
+    prepare_demo_corpus(args.config, args.overrides)
+    job = load_job(args.config, args.overrides + ["run.workers=1"])
+    t0 = time.perf_counter()
+    rc = run_training(job, train_loop=train_loop_on_local_data)
+    print(f"Ray Train without Ray Data, from starting Ray to exit: {time.perf_counter() - t0:.1f} s (rc {rc})",
+          flush=True)
+    sys.exit(rc)
+
+
+if __name__ == "__main__":
+    main()

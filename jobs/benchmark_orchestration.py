@@ -22,7 +22,6 @@ any GPU node): one train worker on one thread, the other core left to Ray and th
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import re
@@ -44,25 +43,18 @@ def train_threads(job) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="configs/demo.yaml")
-    ap.add_argument("--set", dest="overrides", action="append", default=[])
-    args = ap.parse_args()
-
-    from yxanul_ray.config import load_job
-    from yxanul_ray.driver import prepare_demo_corpus
+    from yxanul_ray.driver import benchmark_job
     from yxanul_ray.reference_loop import run_reference
 
-    prepare_demo_corpus(args.config, args.overrides)
-    job = load_job(args.config, args.overrides)
+    job, config, overrides = benchmark_job(__doc__.splitlines()[0])
     threads = train_threads(job)
     # The plain loop runs before and after the Ray path: on a shared machine its time moved by
     # a quarter between runs, and two runs bracketing the Ray path show how much it moved here.
     plain_before = run_reference(job, threads)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "jobs/train.py", "--config", args.config, *sum(
-            (["--set", o] for o in args.overrides), []), "--set", f"run.storage_path={tmp}"], cwd=REPO,
+        proc = subprocess.run([sys.executable, "jobs/train.py", "--config", config, *sum(
+            (["--set", o] for o in overrides), []), "--set", f"run.storage_path={tmp}"], cwd=REPO,
             capture_output=True, text=True)
         ray_s = time.perf_counter() - t0
     out = ANSI.sub("", proc.stdout + proc.stderr)
@@ -70,7 +62,7 @@ def main() -> None:
         print(out[-4000:])
         sys.exit(1)
     plain_after = run_reference(job, threads)
-    report(job, args.config, threads, out, ray_s, plain_before, plain_after)
+    report(job, config, threads, out, ray_s, plain_before, plain_after)
 
 
 def report(job, config: str, threads: int, out: str, ray_s: float, before, after) -> None:

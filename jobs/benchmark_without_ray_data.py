@@ -13,7 +13,6 @@ the same batches, so the final validation losses are equal in all three.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -64,15 +63,9 @@ def train_loop_on_local_data(config: dict) -> None:
 
 
 def main() -> None:
-    from yxanul_ray.config import load_job
-    from yxanul_ray.driver import prepare_demo_corpus, run_training
+    from yxanul_ray.driver import benchmark_job, run_training
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="configs/demo.yaml")
-    ap.add_argument("--set", dest="overrides", action="append", default=[])
-    args = ap.parse_args()
-    prepare_demo_corpus(args.config, args.overrides)
-    job = load_job(args.config, args.overrides + ["run.workers=1"])
+    job, _, _ = benchmark_job(__doc__.splitlines()[0], forced=("run.workers=1",))
     t0 = time.perf_counter()
     rc = run_training(job, train_loop=train_loop_on_local_data)
     print(f"Ray Train without Ray Data, from starting Ray to exit: {time.perf_counter() - t0:.1f} s (rc {rc})",

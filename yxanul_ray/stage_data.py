@@ -154,15 +154,19 @@ def build_stage_data(job: JobSpec, stage_index: int, cursors: dict[str, SourceCu
     return StageData(stage_index, start_step, plan, schedule, datasets, batches, end_state, packers, stage_key)
 
 
+def row_bytes(seq_len: int) -> int:
+    """A packed row's bytes: seq_len + 1 int32 tokens."""
+    return 4 * (seq_len + 1)
+
+
 def assembly_budget_rows(schedule: MixSchedule, store_bytes: int, seq_len: int) -> dict[str, int]:
     """Packed rows a source may queue for the assembly before its pipeline waits: its share of
     the object-store budget, and never less than two batches' worth (less would deadlock)."""
-    row_bytes = 4 * (seq_len + 1)
     most = {s: 0 for s in schedule.sources}
     for counts in schedule.counts():
         for s, n in counts.items():
             most[s] = max(most[s], n)
-    return {s: max(2 * most[s], store_bytes // row_bytes) for s in schedule.sources}
+    return {s: max(2 * most[s], store_bytes // row_bytes(seq_len)) for s in schedule.sources}
 
 
 def batch_dataset(packers, stage_key, mix: dict, seq_len: int, data_cpus: float):
@@ -182,7 +186,7 @@ def batch_dataset(packers, stage_key, mix: dict, seq_len: int, data_cpus: float)
             return "StageBatches"
 
         def estimate_inmemory_data_size(self):
-            return sum(rows) * 4 * (seq_len + 1)
+            return sum(rows) * row_bytes(seq_len)
 
         def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
             return [ReadTask(lambda i=i: [take_batch(packers, stage_key, mix, i)],
@@ -200,7 +204,7 @@ def batch_dataset(packers, stage_key, mix: dict, seq_len: int, data_cpus: float)
                                       compute=ray.data.TaskPoolStrategy(size=2), ray_remote_args={"max_retries": 0})
     ds.context.execution_options.preserve_order = True
     # A batch is never split into blocks (nor joined with the next): one block per read task.
-    ds.context.target_max_block_size = max(ds.context.target_max_block_size or 0, 4 * max(rows) * 4 * (seq_len + 1))
+    ds.context.target_max_block_size = max(ds.context.target_max_block_size or 0, 4 * max(rows) * row_bytes(seq_len))
     return ds
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from yxanul_ray.lm_loss import IGNORE
 from yxanul_ray.model import GPT, build_model, compile_model, mark_seq_dynamic
 from yxanul_ray.precision import fp8_available, te_available
 from yxanul_ray.presets import PRESETS, count_params, flops_per_token, resolve_shape
@@ -161,9 +162,18 @@ def test_compile_across_stage_seq_lens_without_eager_fallback():
     torch._dynamo.config.fail_on_recompile_limit_hit = True
     try:
         for seq_len in (8, 16, 32, 64, 128, 256, 512, 768, 1536, 2048):
-            idx = mark_seq_dynamic(torch.randint(0, 256, (2, seq_len)))
-            out = compiled(idx)
-            assert out.shape == (2, seq_len, 256)
+            tokens = torch.randint(0, 256, (2, seq_len + 1))
+            idx, targets = tokens[:, :-1], tokens[:, 1:].clone()
+            targets[0, :3] = IGNORE
+            mark_seq_dynamic(idx, targets)
+            # The GPU train step's call: the loss inside the compiled graph.
+            loss = compiled(idx, targets=targets)
+            with torch.no_grad():
+                logits = model(idx)
+            expected = F.cross_entropy(logits.reshape(-1, 256), targets.reshape(-1), ignore_index=IGNORE,
+                                       reduction="sum")
+            assert torch.allclose(loss, expected, rtol=1e-5)
+            assert compiled(idx).shape == (2, seq_len, 256)
     finally:
         torch._dynamo.config.recompile_limit = old
         torch._dynamo.config.fail_on_recompile_limit_hit = False

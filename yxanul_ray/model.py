@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from yxanul_ray.lm_loss import IGNORE
 from yxanul_ray.presets import ModelShape
 
 
@@ -151,17 +152,30 @@ class GPT(nn.Module):
         """The output projection [vocab, d_model] (the token embedding when tied)."""
         return self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
 
-    def forward(self, idx: torch.Tensor, return_hidden: bool = False) -> torch.Tensor:
-        """idx [B, T] token ids -> logits [B, T, vocab], or with `return_hidden` the final
-        normed hidden state [B, T, d_model] for a loss that applies the head itself
-        (lm_loss.sliced_lm_loss). Through forward either way, so DDP sees every step."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                return_hidden: bool = False) -> torch.Tensor:
+        """idx [B, T] token ids -> logits [B, T, vocab]; with `targets` [B, T] the summed
+        cross-entropy of the targets that are not IGNORE; with `return_hidden` the final normed
+        hidden state [B, T, d_model] for a loss that applies the head itself
+        (lm_loss.sliced_lm_loss). Through forward every way, so DDP sees every step.
+
+        The loss is computed here rather than by the caller so that torch.compile sees the head,
+        the float cast and the cross-entropy as one graph and fuses them: outside it, the float32
+        logits are materialised (4 bytes x tokens x vocab: 17 GB at 131k tokens and a 32k
+        vocabulary) and read again by an eager cross-entropy."""
         T = idx.shape[1]
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         x = self.tok_emb(idx)
         for block in self.blocks:
             x = block(x, cos, sin)
         x = rms_norm(x, self.final_norm_weight, self.shape.norm_eps)
-        return x if return_hidden else F.linear(x, self.head_weight)
+        if return_hidden:
+            return x
+        logits = F.linear(x, self.head_weight)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                               ignore_index=IGNORE, reduction="sum")
 
     def portable_state_dict(self) -> dict[str, torch.Tensor]:
         """The state_dict both backends share (TE's FP8 `_extra_state` metadata left out)."""
@@ -192,11 +206,12 @@ def build_model(shape: ModelShape, backend: str = "auto", device: str | torch.de
     return GPT(shape, choose_backend(backend)).to(device)
 
 
-def mark_seq_dynamic(idx: torch.Tensor) -> torch.Tensor:
-    """Tell torch.compile the sequence length varies (ten stages would exceed the default limit
-    of 8 recompilations and fall back to eager)."""
-    torch._dynamo.mark_dynamic(idx, 1)
-    return idx
+def mark_seq_dynamic(*tensors: torch.Tensor) -> None:
+    """Tell torch.compile the sequence length (dim 1) varies (ten stages would exceed the default
+    limit of 8 recompilations and fall back to eager). Mark every input that has it, inputs and
+    targets alike: one left static pins the shared length, and dynamo refuses the marked one."""
+    for t in tensors:
+        torch._dynamo.mark_dynamic(t, 1)
 
 
 def compile_model(model: GPT, backend: str = "inductor"):

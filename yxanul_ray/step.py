@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.nn.functional as F
 
 from yxanul_ray.accounting import valid_targets
 from yxanul_ray.lm_loss import IGNORE, sliced_lm_loss
@@ -34,7 +33,7 @@ def train_step(model, raw_model, optimizer, tokens: torch.Tensor, *, lr: float, 
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             if dynamic_seq:
-                mark_seq_dynamic(xc)
+                mark_seq_dynamic(xc, yc)
             loss = summed_loss(model, raw_model, xc, yc, amp=amp, fp8_recipe=fp8_recipe)
             # DDP averages gradients over ranks: scale so the result is the global token mean.
             (loss * world / max(1, global_valid)).backward()
@@ -56,9 +55,7 @@ def summed_loss(model, raw_model, x: torch.Tensor, y: torch.Tensor, *, amp: bool
         return sliced_lm_loss(hidden.reshape(-1, hidden.shape[-1]), raw_model.head_weight, y.reshape(-1))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
     with autocast, fp8_autocast(fp8_recipe is not None, fp8_recipe):
-        logits = model(x)
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE,
-                           reduction="sum")
+        return model(x, targets=y)
 
 
 @torch.no_grad()

@@ -97,6 +97,10 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
     run_dir = os.path.join(job.run.storage_path, run_name)
     coordinator = CurriculumCoordinator.options(name=f"yxanul-coordinator-{run_name}").remote(
         job.to_dict(), job.run.workers, resumed_coordinator)
+    if resume is None:
+        # The first stages' data starts now, alongside Ray Train's start (coordinator.prepare);
+        # three, as many as the workers ask for when their loop begins.
+        coordinator.prepare.remote(3)
     cur = job.curriculum
     if cur.validation_rows:
         # Packed now, while the trainer starts its workers, so the first stage boundary (a few

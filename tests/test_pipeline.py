@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -301,3 +302,41 @@ def test_stage_packers_refuse_gaps_and_survive_a_restart(ray_cluster):
     assert rebuilt[1]["tokens"].shape == (1, 5)
     end = ray.get(packers.wait.remote("build-2", ["a"]))
     assert end["a"]["stats"]["rows"] == 3
+
+
+def test_prepared_stages_run_before_any_worker_asks_and_are_the_ones_handed_out(ray_cluster, demo_corpus):
+    """The driver's `prepare(3)` builds and starts the first three stages' pipelines while Ray
+    Train starts: with no worker asking, those three stages are produced (their end cursors
+    recorded), the fourth is built but does not run, and the ranks then get the prepared
+    stage's batches, exact to the mix."""
+    import ray
+
+    from yxanul_ray.coordinator import CurriculumCoordinator
+    from yxanul_ray.stage_data import iter_worker_batches
+
+    world = 2
+    job = demo_job(demo_corpus, scale=10)
+    coord = CurriculumCoordinator.remote(job.to_dict(), world)
+    try:
+        ray.get(coord.prepare.remote(3))
+        deadline = time.time() + 120
+        while "3" not in ray.get(coord.state.remote())["stage_cursors"]:
+            assert time.time() < deadline, "the prepared stages were not produced without a request"
+            time.sleep(0.5)
+        time.sleep(2.0)  # stage 4 is built by now; it must not run before a worker asks for it
+        assert "4" not in ray.get(coord.state.remote())["stage_cursors"]
+
+        got = [ray.get(coord.stage_input.remote(0, rank)) for rank in range(world)]
+        with ThreadPoolExecutor(max_workers=world) as pool:
+            per_rank = list(pool.map(lambda g: list(iter_worker_batches(g["iterator"], g["schedule"],
+                                                                        g["source_ids"])), got))
+        st, ids = job.curriculum.stages[0], got[0]["source_ids"]
+        steps = len(got[0]["schedule"].step_rows)
+        assert len(per_rank[0]) == len(per_rank[1]) == steps > 0
+        for rank in per_rank:
+            for batch in rank:
+                for name, w in st.mix.items():
+                    n = int((batch["source"] == ids[name]).sum())
+                    assert abs(n - w * len(batch["source"])) < 1.0 + 1e-9
+    finally:
+        ray.kill(coord)

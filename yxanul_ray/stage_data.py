@@ -92,8 +92,11 @@ def drive_source(ds, packers, stage_key, source: str) -> None:
     import ray
     from ray.data.block import BlockAccessor
 
-    bundles = ds.iter_internal_ref_bundles()
+    bundles = None
     try:
+        # Inside the try: this call already runs the pipeline up to its first block, so a source
+        # that fails at once (a missing text field) raises here.
+        bundles = ds.iter_internal_ref_bundles()
         for bundle in bundles:
             for block in ray.get(bundle.block_refs):
                 if BlockAccessor.for_block(block).to_numpy("done").any():
@@ -103,9 +106,6 @@ def drive_source(ds, packers, stage_key, source: str) -> None:
         log.warning("stage data of source %s failed: %s", source, e)
         packers.fail.remote(stage_key, f"source {source}: {e}")
     finally:
-        close = getattr(bundles, "close", None)
-        if close is not None:
-            close()
         del bundles  # the executor's output iterator shuts it down (unforced) when collected
 
 

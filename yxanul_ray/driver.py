@@ -98,9 +98,11 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
     coordinator = CurriculumCoordinator.options(name=f"yxanul-coordinator-{run_name}").remote(
         job.to_dict(), job.run.workers, resumed_coordinator)
     if resume is None:
-        # The first stages' data starts now, alongside Ray Train's start (coordinator.prepare);
-        # three, as many as the workers ask for when their loop begins.
-        coordinator.prepare.remote(3)
+        from yxanul_ray.stage_data import STAGES_AHEAD
+
+        # The first stages' data starts now, alongside Ray Train's start (coordinator.prepare):
+        # as many stages as the workers ask for when their loop begins.
+        coordinator.prepare.remote(1 + STAGES_AHEAD)
     cur = job.curriculum
     if cur.validation_rows:
         # Packed now, while the trainer starts its workers, so the first stage boundary (a few

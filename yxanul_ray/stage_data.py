@@ -38,6 +38,12 @@ from yxanul_ray.sources import ReadSpec, build_source_dataset
 
 log = logging.getLogger(__name__)
 
+STAGES_AHEAD = 2
+"""Stages whose data the workers start before they need it. Two, because a stage can be shorter
+than a cold pipeline start (the demo's first stages are a few steps); stage k+2's data is built
+only once stage k+1's is all produced, so this adds no concurrent pipeline, it only starts that
+one sooner."""
+
 
 @dataclass
 class StageData:
@@ -84,8 +90,8 @@ def drive_source(ds, packers, stage_key, source: str) -> None:
     It reads the pipeline's blocks by reference (`iter_internal_ref_bundles`), not with
     `iter_batches`: leaving `iter_batches` early shuts the executor down with a forced cancel,
     and a forced cancel ends the worker process of every task still running (the reads and
-    tokenizers working ahead), so Ray starts new ones at ~1.2 CPU-s each. One ten-stage demo run
-    lost 35 of its 67 worker processes that way, and once the cancel reached a worker after it
+    tokenizers working ahead), so Ray starts new ones at ~1.2 CPU-s each. A ten-stage demo run
+    lost 25 of its 49 worker processes that way, and once the cancel reached a worker after it
     had moved on to one of the stage's batch reads, which failed the worker group. Dropping the
     bundle iterator shuts the executor down unforced: the tasks are cancelled, their processes
     stay in the pool."""

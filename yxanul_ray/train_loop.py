@@ -19,7 +19,7 @@ from yxanul_ray.curriculum import lr_at, plan_curriculum
 from yxanul_ray.model import build_model, compile_model
 from yxanul_ray.precision import make_recipe
 from yxanul_ray.presets import flops_per_token
-from yxanul_ray.stage_data import StageBatches
+from yxanul_ray.stage_data import STAGES_AHEAD, StageBatches
 from yxanul_ray.step import held_out_loss, make_optimizer, train_step
 
 
@@ -37,11 +37,8 @@ def train_loop_per_worker(config: dict) -> None:
         # --- stage setup ---
         plan, stage = plans[state.stage], job.curriculum.stages[state.stage]
         batches = ahead.pop(state.stage).result()
-        # Hide the next switches: fetch and start the next two stages' data now. Two, because a
-        # stage can be shorter than a cold pipeline start (the demo's first stages are a few
-        # steps); stage k+2's data is built only once stage k+1's is all produced, so this adds
-        # no concurrent pipeline, it only starts that one sooner.
-        for k in range(state.stage + 1, min(state.stage + 3, len(plans))):
+        # Hide the next switches: fetch and start the next stages' data now (STAGES_AHEAD).
+        for k in range(state.stage + 1, min(state.stage + 1 + STAGES_AHEAD, len(plans))):
             if k not in ahead:  # once per stage: a second request would read as a restarted rank
                 ahead[k] = Prefetch(coord, rank, k, 0)
         run.stage_banner(state, plan)

@@ -12,7 +12,8 @@ random tokens), the time from launch to the first batch in hand, each stage swit
 < 1 s; a cold per-stage pipeline costs 7-10 s here), both runs' final validation losses (equal
 with one worker: a check that the batches are the same), and where the Ray path's time went:
 start-up, each stage's steps against the plain loop's data and steps, the boundaries, the
-teardown.
+teardown. Last, Ray Train's floor on this machine (jobs/ray_train_floor.py: the same Ray start
+and TorchTrainer with no data and no steps, launch to exit) and the ratio it alone sets.
 
     python jobs/benchmark_orchestration.py [--config configs/demo.yaml] [--set KEY=VALUE ...]
 
@@ -61,8 +62,37 @@ def main() -> None:
     if proc.returncode != 0:
         print(out[-4000:])
         sys.exit(1)
+    floor_s = ray_train_floor(config, overrides)
     plain_after = run_reference(job, threads)
     report(job, config, threads, out, ray_s, plain_before, plain_after)
+    report_floor(floor_s, ray_s, plain_before, plain_after)
+
+
+def ray_train_floor(config: str, overrides: list[str]) -> float:
+    """Launch to exit of jobs/ray_train_floor.py: the same Ray start and TorchTrainer with no data
+    and no steps, the part of the Ray path any Ray Train job pays."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "jobs/ray_train_floor.py", "--config", config, *sum(
+        (["--set", o] for o in overrides), [])], cwd=REPO, capture_output=True, text=True)
+    floor_s = time.perf_counter() - t0
+    if proc.returncode != 0:
+        print(ANSI.sub("", proc.stdout + proc.stderr)[-4000:])
+        sys.exit(1)
+    return floor_s
+
+
+def report_floor(floor_s: float, ray_s: float, before, after) -> None:
+    plain_s = sum(plain_totals_s(before, after)) / 2
+    print(f"Ray Train's floor here: an empty TorchTrainer run (jobs/ray_train_floor.py: the same Ray start, "
+          f"trainer and workers, the model built, no data, no steps), launch to exit: {floor_s:.1f} s")
+    print(f"  -> the lowest ratio any Ray Train job could reach on this work here: "
+          f"{(plain_s + floor_s) / plain_s:.2f}x; the Ray path above that floor: {ray_s - floor_s:.1f} s, "
+          f"{(ray_s - floor_s) / plain_s:.2f}x the plain loop")
+
+
+def plain_totals_s(before, after) -> list[float]:
+    """The plain loop's two runs, each in all: held-out rows, data, steps and boundaries."""
+    return [holdout + sum(p.data_s + p.steps_s + p.boundary_s for p in stages) for holdout, stages in (before, after)]
 
 
 def report(job, config: str, threads: int, out: str, ray_s: float, before, after) -> None:
@@ -79,7 +109,7 @@ def report(job, config: str, threads: int, out: str, ray_s: float, before, after
 
     data_s, steps_s, boundary_s = mean(lambda p: p.data_s), mean(lambda p: p.steps_s), mean(lambda p: p.boundary_s)
     holdout_s = (holdout_before + holdout_after) / 2
-    total = [holdout + sum(p.data_s + p.steps_s + p.boundary_s for p in stages) for holdout, stages in (before, after)]
+    total = plain_totals_s(before, after)
     plain_s = sum(total) / 2
     plain_steps_s = sum(steps_s)
     gaps = [float(g) for g, *_ in switches]

@@ -62,6 +62,37 @@ def absolute_paths(job: JobSpec) -> JobSpec:
     return dataclasses.replace(job, sources=sources, run=run)
 
 
+def start_ray():
+    """Connect to Ray (or start a local cluster) as every run of this job does; returns `ray`."""
+    from yxanul_ray.raycluster import init_ray, quiet_ray_data
+
+    cores = os.cpu_count() or 1
+    # A cluster of our own gets twice the cores as logical CPUs: train workers and Ray Data's
+    # tasks hold fractions of a CPU, and on small machines whole CPUs would starve the pipeline.
+    ray = init_ray(num_cpus=max(4, 2 * cores))
+    quiet_ray_data()
+    return ray
+
+
+def make_trainer(job: JobSpec, train_loop, run_name: str, loop_config: dict):
+    """The job's TorchTrainer: its workers, failure budget, checkpoints and storage."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    return TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=job.run.workers, use_gpu=job.run.use_gpu,
+                                     resources_per_worker={"CPU": job.run.cpus_per_worker}),
+        run_config=RunConfig(name=run_name, storage_path=job.run.storage_path,
+                             failure_config=FailureConfig(max_failures=job.run.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=None),
+                             # Ray Train's print patch would log every progress line twice.
+                             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}),
+        torch_config=TorchConfig(backend="nccl" if job.run.use_gpu else "gloo"),
+    )
+
+
 def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> int:
     """Run the job; `train_loop` replaces the workers' loop (a diagnostic's hook)."""
     from yxanul_ray.curriculum import plan_curriculum
@@ -80,16 +111,7 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
         resumed_coordinator = state.coordinator
         resume = os.path.abspath(resume)
 
-    from yxanul_ray.raycluster import init_ray, quiet_ray_data
-
-    cores = os.cpu_count() or 1
-    # A cluster of our own gets twice the cores as logical CPUs: train workers and Ray Data's
-    # tasks hold fractions of a CPU, and on small machines whole CPUs would starve the pipeline.
-    ray = init_ray(num_cpus=max(4, 2 * cores))
-    quiet_ray_data()
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
+    ray = start_ray()
     from yxanul_ray.coordinator import CurriculumCoordinator
     from yxanul_ray.train_loop import train_loop_per_worker
 
@@ -108,19 +130,9 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
         # Packed now, while the trainer starts its workers, so the first stage boundary (a few
         # steps in, on the demo) finds the held-out rows ready; the coordinator keeps one copy.
         coordinator.validation_rows.remote(cur.validation_seq_len, cur.validation_rows)
-    trainer = TorchTrainer(
-        train_loop or train_loop_per_worker,
-        train_loop_config={"job": job.to_dict(), "coordinator": coordinator, "run_dir": run_dir,
-                           "resume_from": resume, "started_at": started_at},
-        scaling_config=ScalingConfig(num_workers=job.run.workers, use_gpu=job.run.use_gpu,
-                                     resources_per_worker={"CPU": job.run.cpus_per_worker}),
-        run_config=RunConfig(name=run_name, storage_path=job.run.storage_path,
-                             failure_config=FailureConfig(max_failures=job.run.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=None),
-                             # Ray Train's print patch would log every progress line twice.
-                             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}),
-        torch_config=TorchConfig(backend="nccl" if job.run.use_gpu else "gloo"),
-    )
+    trainer = make_trainer(job, train_loop or train_loop_per_worker, run_name, {
+        "job": job.to_dict(), "coordinator": coordinator, "run_dir": run_dir, "resume_from": resume,
+        "started_at": started_at})
     print(f"run {run_name}: {job.run.workers} worker(s), storage {run_dir}", flush=True)
     result = trainer.fit()
     if result.error:

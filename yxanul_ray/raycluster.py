@@ -54,6 +54,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
                  _node_ip_address="127.0.0.1", log_to_driver=True)
+        # A cluster started here is this one machine: there is no node to be preempted, so
+        # Ray Train's preemption watcher (an actor process of its own, polling every 5 s) has
+        # nothing to watch. Read when the trainer starts its controller.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     return ray
 
 

@@ -2,8 +2,8 @@
 
 Launch to exit of the job's Ray path with no data and no steps: the same Ray start (a local
 cluster when none runs), the same TorchTrainer (workers, CPUs, gloo/NCCL, storage), and a worker
-loop that only builds the model and its optimizer as a train worker does, wrapped for DDP, then
-returns. What the real job adds on top of this is its own (coordinator, pipelines, steps,
+loop that only builds the model and its optimizer as a train worker does (train_loop.worker_model),
+then returns. What the real job adds on top of this is its own (coordinator, pipelines, steps,
 checkpoints); this part is paid by any Ray Train job, so no design of ours goes under it.
 
     python jobs/ray_train_floor.py [--config configs/demo.yaml] [--set KEY=VALUE ...]
@@ -20,22 +20,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def model_only_loop(config: dict) -> None:
-    """A train worker up to its first batch, less the data: model, DDP wrap, optimizer."""
+    """A train worker up to its first batch, less the data: its model, DDP wrap and optimizer,
+    made by the same function the train loop uses."""
     import ray.train
     import ray.train.torch
-    import torch
 
     from yxanul_ray.config import job_from_dict
-    from yxanul_ray.model import build_model
-    from yxanul_ray.step import make_optimizer
+    from yxanul_ray.train_loop import worker_model
 
-    job = job_from_dict(config["job"], "<floor>")
-    torch.manual_seed(job.run.seed)
-    device = ray.train.torch.get_device()
-    model = build_model(job.model.shape, job.model.backend, device)
-    if ray.train.get_context().get_world_size() > 1:
-        ray.train.torch.prepare_model(model)
-    make_optimizer(model, job.optimizer, device)
+    worker_model(job_from_dict(config["job"], "<floor>"), ray.train.get_context().get_world_size(),
+                 ray.train.torch.get_device())
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,8 +41,6 @@ class _Build:
 @ray.remote(num_cpus=0, max_concurrency=64)
 class CurriculumCoordinator:
     def __init__(self, job: dict, world_size: int, resumed: dict | None = None):
-        import os
-
         from yxanul_ray.raycluster import quiet_ray_data
 
         quiet_ray_data()

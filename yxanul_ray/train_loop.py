@@ -98,25 +98,29 @@ class Prefetch:
         return self._result
 
 
+def worker_model(job: JobSpec, world: int, device):
+    """A train worker's model as it trains, before any data: (the model, the model it steps
+    through: DDP-wrapped for more than one worker and compiled where the config says, its
+    optimizer, its FP8 recipe or None). Seeded first, so every rank starts from the same weights."""
+    torch.manual_seed(job.run.seed)
+    raw_model = build_model(job.model.shape, job.model.backend, device)
+    model = ray.train.torch.prepare_model(raw_model) if world > 1 else raw_model
+    if job.model.compile:
+        model = compile_model(model)
+    m = job.model
+    fp8_recipe = make_recipe(m.fp8_recipe, m.fp8_format, m.fp8_amax_history_len) if raw_model.backend == "te" else None
+    return raw_model, model, make_optimizer(raw_model, job.optimizer, device), fp8_recipe
+
+
 class Run:
     """One worker's model, optimizer, clocks and logs."""
 
     def __init__(self, job: JobSpec, rank: int, world: int, coord, run_dir: str, started_at: float | None = None):
         self.job, self.rank, self.world, self.coord, self.run_dir = job, rank, world, coord, run_dir
         self.started_at = started_at
-        torch.manual_seed(job.run.seed)
         self.device = ray.train.torch.get_device()
         self.shape = job.model.shape
-        model = build_model(self.shape, job.model.backend, self.device)
-        self.raw_model = model
-        self.model = ray.train.torch.prepare_model(model) if world > 1 else model
-        if job.model.compile:
-            self.model = compile_model(self.model)
-        self.fp8_recipe = None
-        if self.raw_model.backend == "te":
-            m = job.model
-            self.fp8_recipe = make_recipe(m.fp8_recipe, m.fp8_format, m.fp8_amax_history_len)
-        self.optimizer = make_optimizer(self.raw_model, job.optimizer, self.device)
+        self.raw_model, self.model, self.optimizer, self.fp8_recipe = worker_model(job, world, self.device)
         self.interval = {"loss": 0.0, "tokens": 0, "t0": time.perf_counter(), "steps": 0}
         self.last_ckpt_tokens = 0
         self.writer = None

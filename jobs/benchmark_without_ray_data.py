@@ -51,7 +51,7 @@ def train_loop_on_local_data(config: dict) -> None:
     print(f"all stages' batches made in process in {time.perf_counter() - t0:.2f} s", flush=True)
 
     class LocalPrefetch:
-        def __init__(self, coord, rank, stage, start_step):
+        def __init__(self, coord, rank, group, stage, start_step):
             s = stages[stage]
             self._stage = _Stage(s.rows[start_step:], s.schedule, s.source_ids)
 

@@ -274,8 +274,9 @@ def test_cursor_round_trip():
 
 def test_stage_packers_refuse_gaps_and_survive_a_restart(ray_cluster):
     """The run's one packing actor: blocks must come 0, 1, 2, ...; after Ray restarts it, a
-    stream it did not see begin is refused (that stage fails and is rebuilt) and a rebuilt one
-    packs the same rows as before."""
+    stream it did not see begin is refused (that stage fails and is rebuilt), a batch read of a
+    build begun before the restart fails at once instead of waiting for rows that are gone, and
+    a rebuilt one packs the same rows as before."""
     import ray
 
     from tests.token_blocks import token_block
@@ -285,6 +286,8 @@ def test_stage_packers_refuse_gaps_and_survive_a_restart(ray_cluster):
     config = {"source": "a", "source_id": 0, "seq_len": 4, "stride": 4, "eos_id": 0, "max_rows": 3, "start": {},
               "wrap_epochs": 1}
     blocks = [token_block([(0, 0, 0), (0, 0, 1)]), token_block([(0, 0, 2), (0, 1, 0)])]
+    ray.get(packers.begin.remote("build-1"))
+    assert ray.get(packers.holds.remote("build-1"))
     first = ray.get(packers.pack.remote("build-1", config, blocks[0], 0))
     with pytest.raises(ray.exceptions.RayTaskError, match="block 2 of a stage's stream arrived when block 1 was due"):
         ray.get(packers.pack.remote("build-1", config, blocks[1], 2))
@@ -296,7 +299,13 @@ def test_stage_packers_refuse_gaps_and_survive_a_restart(ray_cluster):
                 ray.get(packers.pack.remote("build-1", config, blocks[1], 1))
             except ray.exceptions.RayActorError:
                 time.sleep(0.1)
+    assert not ray.get(packers.holds.remote("build-1"))  # what the coordinator asks before handing a build out
+    with pytest.raises(ray.exceptions.RayTaskError, match="restarted and lost this stage build's rows"):
+        ray.get(packers.take.remote("build-1", None, 0), timeout=30)
+    with pytest.raises(ray.exceptions.RayTaskError, match="restarted and lost this stage build's rows"):
+        ray.get(packers.pack.remote("build-1", config, blocks[0], 0), timeout=30)
 
+    ray.get(packers.begin.remote("build-2"))
     rebuilt = [ray.get(packers.pack.remote("build-2", config, b, i)) for i, b in enumerate(blocks)]
     np.testing.assert_array_equal(rebuilt[0]["tokens"], first["tokens"])
     assert rebuilt[1]["tokens"].shape == (1, 5)
@@ -312,31 +321,73 @@ def test_prepared_stages_run_before_any_worker_asks_and_are_the_ones_handed_out(
     import ray
 
     from yxanul_ray.coordinator import CurriculumCoordinator
-    from yxanul_ray.stage_data import iter_worker_batches
 
     world = 2
     job = demo_job(demo_corpus, scale=10)
     coord = CurriculumCoordinator.remote(job.to_dict(), world)
     try:
         ray.get(coord.prepare.remote(3))
-        deadline = time.time() + 120
-        while "3" not in ray.get(coord.state.remote())["stage_cursors"]:
-            assert time.time() < deadline, "the prepared stages were not produced without a request"
-            time.sleep(0.5)
+        _wait_for_stage_end(coord, 3, "the prepared stages were not produced without a request")
         time.sleep(2.0)  # stage 4 is built by now; it must not run before a worker asks for it
         assert "4" not in ray.get(coord.state.remote())["stage_cursors"]
-
-        got = [ray.get(coord.stage_input.remote(0, rank)) for rank in range(world)]
-        with ThreadPoolExecutor(max_workers=world) as pool:
-            per_rank = list(pool.map(lambda g: list(iter_worker_batches(g["iterator"], g["schedule"],
-                                                                        g["source_ids"])), got))
-        st, ids = job.curriculum.stages[0], got[0]["source_ids"]
-        steps = len(got[0]["schedule"].step_rows)
-        assert len(per_rank[0]) == len(per_rank[1]) == steps > 0
-        for rank in per_rank:
-            for batch in rank:
-                for name, w in st.mix.items():
-                    n = int((batch["source"] == ids[name]).sum())
-                    assert abs(n - w * len(batch["source"])) < 1.0 + 1e-9
+        _assert_stage_read_exactly(coord, job, 0, world)
     finally:
         ray.kill(coord)
+
+
+def test_builds_lost_with_a_restart_of_the_packing_actor_are_built_again(ray_cluster, demo_corpus):
+    """The run's StagePackers actor dies after the first three stages were produced (none read
+    yet) and the fourth was built: Ray restarts it empty. The coordinator hands out no build the
+    restart lost: stage 1 (all its rows were in the dead actor) and stage 4 (its end would
+    never have been reported) are built again, read exactly to the mix, and stage 4's end is
+    recorded, so a fifth stage could be built. Before, reading stage 1 waited forever."""
+    import ray
+
+    from yxanul_ray.coordinator import CurriculumCoordinator
+
+    world, name = 2, f"test-coordinator-{time.time_ns()}"
+    job = demo_job(demo_corpus, scale=10)
+    coord = CurriculumCoordinator.options(name=name).remote(job.to_dict(), world)
+    try:
+        ray.get(coord.prepare.remote(3))
+        _wait_for_stage_end(coord, 3, "the prepared stages were not produced")
+        time.sleep(2.0)  # stage 4 is built (registered with the packers) by now
+        packers = ray.get_actor(f"{name}-packers")
+        ray.kill(packers, no_restart=False)
+        assert not ray.get(packers.holds.remote("any build"), timeout=120)  # answered by the restarted actor
+        _assert_stage_read_exactly(coord, job, 0, world, group="after-restart", timeout_s=120)
+        _assert_stage_read_exactly(coord, job, 3, world, group="after-restart", timeout_s=120)
+        _wait_for_stage_end(coord, 4, "stage 4's end was never recorded after the restart")
+    finally:
+        ray.kill(coord)
+
+
+def _wait_for_stage_end(coord, stages_ended: int, message: str, timeout_s: float = 120) -> None:
+    import ray
+
+    deadline = time.time() + timeout_s
+    while str(stages_ended) not in ray.get(coord.state.remote())["stage_cursors"]:
+        assert time.time() < deadline, message
+        time.sleep(0.5)
+
+
+def _assert_stage_read_exactly(coord, job, stage: int, world: int, group: str = "", timeout_s: float = 300) -> None:
+    """Every rank of one worker group reads `stage` from the coordinator: the same number of
+    steps, each batch exact to the stage's mix."""
+    import ray
+
+    from yxanul_ray.stage_data import iter_worker_batches
+
+    got = [ray.get(coord.stage_input.remote(stage, rank, 0, group), timeout=timeout_s) for rank in range(world)]
+    with ThreadPoolExecutor(max_workers=world) as pool:
+        reads = [pool.submit(lambda g=g: list(iter_worker_batches(g["iterator"], g["schedule"], g["source_ids"])))
+                 for g in got]
+        per_rank = [r.result(timeout=timeout_s) for r in reads]
+    st, ids = job.curriculum.stages[stage], got[0]["source_ids"]
+    steps = len(got[0]["schedule"].step_rows)
+    assert len(per_rank[0]) == len(per_rank[1]) == steps > 0
+    for rank in per_rank:
+        for batch in rank:
+            for source, w in st.mix.items():
+                n = int((batch["source"] == ids[source]).sum())
+                assert abs(n - w * len(batch["source"])) < 1.0 + 1e-9

@@ -36,6 +36,8 @@ class _Build:
     data: StageData
     splits: list[dict[str, Any]]
     handed: set[int] = field(default_factory=set)
+    group: str | None = None
+    """The worker group it was handed to (None until the first rank asks)."""
 
 
 @ray.remote(num_cpus=0, max_concurrency=64)
@@ -53,7 +55,10 @@ class CurriculumCoordinator:
         self.world = world_size
         self.files = {s: resolve_files(spec) for s, spec in self.job.sources.items()}
         self.eos_id = load_tokenizer(self.job.data.tokenizer).eos_id
-        self.packers = StagePackers.remote()
+        # Named after its coordinator where that has a name, so an operator (or a test) can find
+        # the run's packing actor.
+        name = ray.get_runtime_context().get_actor_name()
+        self.packers = (StagePackers.options(name=f"{name}-packers") if name else StagePackers).remote()
         self.source_ids = source_ids(self.job)
         resumed = resumed or {}
         # Cursors at the start of each stage (stage 0: the start of every source).
@@ -70,15 +75,27 @@ class CurriculumCoordinator:
 
     # ---- stage data --------------------------------------------------------------------------
 
-    async def stage_input(self, stage: int, rank: int, start_step: int = 0) -> dict:
+    async def stage_input(self, stage: int, rank: int, start_step: int = 0, group: str = "") -> dict:
         """This rank's DataIterator over `stage`'s batches from `start_step`, plus what it needs
-        to take them. A rank asking twice for the same build is a restarted worker group: it gets
-        a fresh build (Ray Data iterators cannot be rewound)."""
+        to take them. `group` names the worker group (one id per start of the group, shared by
+        its ranks): every rank of a group gets the same build, and a restarted group a fresh one
+        (Ray Data iterators cannot be rewound). A build the StagePackers actor lost in a restart
+        is never handed out: it is built again."""
         key = (stage, start_step)
-        fut = self._builds.get(key)
-        if fut is None or (fut.done() and rank in fut.result().handed):
-            fut = self._builds[key] = asyncio.ensure_future(self._build(stage, start_step))
-        build = await fut
+        while True:
+            fut = self._builds.get(key)
+            if fut is None or (fut.done() and fut.result().group not in (None, group)):
+                fut = self._builds[key] = asyncio.ensure_future(self._build(stage, start_step))
+            build = await fut
+            if build.group is None and not await self.packers.holds.remote(build.data.stage_key):
+                if self._builds.get(key) is fut:  # not replaced by another rank meanwhile
+                    log.warning("stage %d's build was lost with a restart of the StagePackers actor; building it "
+                                "again", stage + 1)
+                    del self._builds[key]
+                continue
+            if build.group in (None, group):
+                break
+        build.group = group
         build.handed.add(rank)
         build.data.start()  # its sources' pipelines run from the first rank's request on
         iterator = build.splits[rank]
@@ -112,6 +129,9 @@ class CurriculumCoordinator:
         if earlier is not None:
             earlier.cancel(f"stage {stage + 1} was built again (the workers restarted)")
         self._stage_data[stage] = data
+        # Registered before anything of it runs, so a restart of the packing actor is seen
+        # (stage_input asks `holds`) instead of leaving reads waiting for rows that are gone.
+        await self.packers.begin.remote(data.stage_key)
         build = _Build(data, data.split(self.world))
         if start_step == 0 and stage < self._start_on_build:
             data.start()

@@ -13,7 +13,11 @@ next stage (the coordinator, or a test). An async actor, so waiting for an end c
 Ray restarts it if it dies. Its state is then gone, so every block carries its place in the
 stream (the pack task's index): a restarted actor refuses a stream it did not see begin, and
 that stage fails and is rebuilt from its start cursor like any failed stage, instead of packing
-the rest of a stream as if it were the start.
+the rest of a stream as if it were the start. The coordinator also registers each stage build
+(`begin`) before its pipelines start: a restarted actor refuses every pack and take of a build
+begun before the restart, and says whether it holds a build (`holds`), so the coordinator hands
+out no build the restart has lost. Without that, a batch read of a stage whose rows were all
+packed before the restart waited forever for rows that would never come.
 
 It also mixes: a stream whose config carries "mix" hands its rows to the stage's BatchAssembler
 here instead of returning them, and the stage's one Dataset (stage_data) takes the assembled
@@ -43,6 +47,25 @@ class StagePackers:
         self._mixes: dict = {}
         self._mix_changed: dict = {}
         self._failed: dict = {}
+        self._begun: set = set()
+        self._restarted = ray.get_runtime_context().was_current_actor_reconstructed
+
+    # Retried across a restart (max_task_retries=-1): both are safe to repeat, and a begin that
+    # lands on the restarted actor comes before any of its build's pipelines run.
+    @ray.method(max_task_retries=-1)
+    def begin(self, stage_key) -> None:
+        """Register a stage build before its pipelines start or any rank reads it."""
+        self._begun.add(stage_key)
+
+    @ray.method(max_task_retries=-1)
+    def holds(self, stage_key) -> bool:
+        """Whether this actor holds the build's state: False for one begun before a restart."""
+        return stage_key in self._begun
+
+    def _raise_if_lost(self, stage_key) -> None:
+        if self._restarted and stage_key not in self._begun:
+            raise RuntimeError("the StagePackers actor restarted and lost this stage build's rows (it began before "
+                               "the restart); the workers restart from their last checkpoint and the stage is rebuilt")
 
     def _event(self, key: tuple) -> asyncio.Event:
         return self._events.setdefault(key, asyncio.Event())
@@ -65,6 +88,7 @@ class StagePackers:
                 raise RuntimeError(
                     f"source {source}: block {block_index} of a stage's stream reached a packer that never saw the "
                     "stream begin (the StagePackers actor restarted); the stage is rebuilt from its start cursor")
+            self._raise_if_lost(stage_key)
             pack = self._packs[key] = Pack(**{k: v for k, v in config.items() if k != "mix"})
             self._next_block[key] = 0
         if block_index is not None:
@@ -94,6 +118,8 @@ class StagePackers:
     async def take(self, stage_key, mix: dict, index: int) -> dict:
         """Worker batch `index` of the stage build `stage_key` (0, 1, 2, ... in order), once its
         sources have packed the rows: {"tokens", "source"}."""
+        self._raise_if_failed(stage_key)
+        self._raise_if_lost(stage_key)
         assembler = self._assembler(stage_key, mix)
         changed = self._changed(stage_key)
         async with changed:
@@ -139,7 +165,9 @@ class StagePackers:
         return self._mix_changed.setdefault(stage_key, asyncio.Condition())
 
     async def wait(self, stage_key, sources: list[str]) -> dict[str, dict]:
-        """{source: {"cursor": ..., "stats": ...}} once every source of the stage has ended."""
+        """{source: {"cursor": ..., "stats": ...}} once every source of the stage has ended.
+        (Not refused after a restart: the coordinator asks for it as it builds, before `begin`,
+        and a lost build's wait only waits; the workers' failure replaces that build.)"""
         for s in sources:
             self._raise_if_failed(stage_key)
             await self._event((stage_key, s)).wait()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 
 import numpy as np
 import ray
@@ -31,7 +32,8 @@ def train_loop_per_worker(config: dict) -> None:
     run = Run(job, rank, world, coord, config["run_dir"], config.get("started_at"))
     state = run.restore(ray.train.get_checkpoint(), config.get("resume_from"))
     plans = plan_curriculum(job.curriculum, world)
-    ahead = {state.stage: Prefetch(coord, rank, state.stage, state.step_in_stage)}
+    group = worker_group_id(world, run.device)
+    ahead = {state.stage: Prefetch(coord, rank, group, state.stage, state.step_in_stage)}
 
     while state.stage < len(plans):
         # --- stage setup ---
@@ -39,8 +41,8 @@ def train_loop_per_worker(config: dict) -> None:
         batches = ahead.pop(state.stage).result()
         # Hide the next switches: fetch and start the next stages' data now (STAGES_AHEAD).
         for k in range(state.stage + 1, min(state.stage + 1 + STAGES_AHEAD, len(plans))):
-            if k not in ahead:  # once per stage: a second request would read as a restarted rank
-                ahead[k] = Prefetch(coord, rank, k, 0)
+            if k not in ahead:  # once per stage: each split of a build is handed out once
+                ahead[k] = Prefetch(coord, rank, group, k, 0)
         run.stage_banner(state, plan)
         for batch in batches:
             run.note_first_batch(state)
@@ -72,18 +74,28 @@ def _counts_of(batch: dict, batches: StageBatches) -> dict[str, int]:
     return {s: int(np.count_nonzero(batch["source"] == ids[s])) for s in batches.schedule.sources}
 
 
+def worker_group_id(world: int, device) -> str:
+    """An id for this start of the worker group, the same on every rank (rank 0's): the
+    coordinator hands all ranks of one group the same build of a stage, and a group Ray Train
+    restarted after a failure fresh ones."""
+    ids = [uuid.uuid4().hex]
+    if world > 1:
+        torch.distributed.broadcast_object_list(ids, src=0, device=device)  # NCCL needs the rank's GPU
+    return ids[0]
+
+
 class Prefetch:
     """Fetches a stage's iterators from the coordinator and primes them on a background thread."""
 
-    def __init__(self, coord, rank: int, stage: int, start_step: int):
+    def __init__(self, coord, rank: int, group: str, stage: int, start_step: int):
         self._result: StageBatches | None = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(coord, rank, stage, start_step), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(coord, rank, group, stage, start_step), daemon=True)
         self._thread.start()
 
-    def _run(self, coord, rank, stage, start_step) -> None:
+    def _run(self, coord, rank, group, stage, start_step) -> None:
         try:
-            got = ray.get(coord.stage_input.remote(stage, rank, start_step))
+            got = ray.get(coord.stage_input.remote(stage, rank, start_step, group))
             batches = StageBatches(got["iterator"], got["schedule"], got["source_ids"], got["start_step"])
             batches.prime()
             self._result = batches

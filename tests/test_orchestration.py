@@ -1,5 +1,5 @@
-"""The whole job on a real Ray cluster: `ray job submit` of the demo curriculum, a worker killed
-mid-stage, and `--resume` from a mid-stage checkpoint. Two CPU workers with DDP on 2 cores."""
+"""The whole job on a real Ray cluster: `ray job submit` of the demo curriculum, a worker and
+the packing actor killed mid-run, and `--resume` from a mid-stage checkpoint. Two CPU workers with DDP on 2 cores."""
 
 from __future__ import annotations
 
@@ -135,12 +135,17 @@ def _train_proc(*args: str) -> subprocess.Popen:
 
 
 def _train_worker_pids() -> list[int]:
+    return _ray_process_pids(b"RayTrainWorker")
+
+
+def _ray_process_pids(title: bytes) -> list[int]:
+    """PIDs of the Ray worker processes whose title (Ray sets it as the command line) has `title`."""
     pids = []
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if b"RayTrainWorker" in f.read():
+                    if title in f.read():
                         pids.append(int(pid))
             except OSError:
                 pass
@@ -205,22 +210,32 @@ def fault_run_dir(tmp_path_factory):
 
 @pytest.mark.timeout(1200)
 def test_killed_worker_restores_and_finishes_with_same_totals(fault_config, fault_run_dir):
+    """Two faults in one run: the packing actor (StagePackers) killed in the first stage, while
+    later stages' data is already built, and a train worker killed mid-stage in the third. Ray
+    restarts the one and Ray Train the other; the run ends with the undisturbed totals."""
+    other_packers = set(_ray_process_pids(b"ray::StagePackers"))  # of other runs on this machine, if any
     proc = _train_proc("--config", fault_config, "--set", f"run.storage_path={fault_run_dir}")
-    lines, killed = [], None
+    lines, killed_packers, killed = [], None, None
     try:
         for line in proc.stdout:
             lines.append(line)
-            if killed is None and "Stage 3/4 (" in ANSI.sub("", line) and "Step " in line:
+            progress = "Step " in line and ANSI.sub("", line)
+            if progress and killed_packers is None and "Stage 1/4 (" in progress:
+                pids = set(_ray_process_pids(b"ray::StagePackers")) - other_packers
+                assert len(pids) == 1, pids
+                killed_packers = pids.pop()
+                os.kill(killed_packers, signal.SIGKILL)  # a process this test started, by PID
+            if progress and killed is None and "Stage 3/4 (" in progress:
                 pids = _train_worker_pids()
                 assert pids, "no train worker process found"
                 killed = pids[-1]
-                os.kill(killed, signal.SIGKILL)  # a process this test started, by PID
+                os.kill(killed, signal.SIGKILL)
         proc.wait(timeout=900)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
     out = "".join(lines)
-    assert killed is not None, out[-3000:]
+    assert killed_packers is not None and killed is not None, out[-3000:]
     assert proc.returncode == 0, failure_lines(out)
     assert "Resumed from" in out
     assert_curriculum_completed(out, load_job(fault_config))

@@ -124,7 +124,7 @@ def ray_rate(corpus: str, seq_len: int, tokens: int) -> dict:
     tokens = tokens // (batch * seq_len) * batch * seq_len
     job = job_from_dict({
         "run": {"workers": 1},
-        "data": {"tokenizer_actors": 2, "data_cpus": 0.25},
+        "data": {"tokenize_tasks": 2, "data_cpus": 0.25},
         "sources": {s: {"path": f"{corpus}/{s}/*.parquet", "validation_docs": 0} for s in ("fineweb", "math", "code")},
         "model": {"preset": "tiny"},
         "curriculum": {"target_tokens": tokens, "stages": [

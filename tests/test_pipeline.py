@@ -27,7 +27,7 @@ def one_source_job(path: str, *, fmt: str = "parquet", seq_len: int = 8, tokens:
     stages += list(extra_stages)
     return job_from_dict({
         "run": {"workers": 1, "seed": seed},
-        "data": {"max_doc_chars": max_doc_chars, "tokenizer_actors": 1},
+        "data": {"max_doc_chars": max_doc_chars, "tokenize_tasks": 1},
         "sources": {"a": {"path": path, "format": fmt, "validation_docs": holdout}},
         "model": {"preset": "tiny"},
         "curriculum": {"target_tokens": sum(s["tokens"] for s in stages), "stages": stages},

@@ -148,8 +148,9 @@ class DataSpec:
     """Logical CPUs each Ray Data task reserves; small so train workers never starve the pipeline."""
     demo_corpus: str | None = None
     """If set, `train`/`check` build the offline demo corpus in this directory when it is missing."""
-    tokenizer_actors: int = 2
-    """Most tokenizer actors per source (Ray Data scales the pool between 1 and this)."""
+    tokenize_tasks: int = 2
+    """Most read tasks and most tokenize tasks running at once per source (tasks on Ray's pooled
+    worker processes, each of which loads the tokenizer once; not an actor pool)."""
     object_store_mb_per_source: int = 64
     """Ray Data's object-store budget for one source's stage pipeline: its backpressure holds the
     data in flight under this however large the corpus (unbounded, in-flight data grew ~8x with a
@@ -420,8 +421,8 @@ def _validate(job: JobSpec) -> None:
         fail("run.cpus_per_worker", "must be > 0")
     if run.checkpoint_every_tokens < 0:
         fail("run.checkpoint_every_tokens", "must be >= 0 (0: stage boundaries only)")
-    if job.data.tokenizer_actors < 1 or job.data.data_cpus <= 0:
-        fail("data.tokenizer_actors" if job.data.tokenizer_actors < 1 else "data.data_cpus", "must be > 0")
+    if job.data.tokenize_tasks < 1 or job.data.data_cpus <= 0:
+        fail("data.tokenize_tasks" if job.data.tokenize_tasks < 1 else "data.data_cpus", "must be > 0")
     if job.data.object_store_mb_per_source < 16:
         fail("data.object_store_mb_per_source", "must be >= 16 (MiB of data in flight per source)")
     if job.data.max_doc_chars < 1000:

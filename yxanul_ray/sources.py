@@ -405,7 +405,7 @@ def pack_config(spec: ReadSpec, *, source_id: int, start: SourceCursor, seq_len:
 
 def build_source_dataset(spec: ReadSpec, *, source_id: int, start: SourceCursor, seq_len: int, stride: int,
                          max_rows: int, tokenizer: str, eos_id: int, tokenize_batch_size: int, data_cpus: float,
-                         tokenizer_actors: int, object_store_bytes: int, packers, stage_key, mix: dict,
+                         tokenize_tasks: int, object_store_bytes: int, packers, stage_key, mix: dict,
                          skip_rows: int = 0):
     """One source's pipeline for one stage: its packed rows (exactly `max_rows - skip_rows`) go
     to the stage's BatchAssembler in the run's StagePackers actor (`mix` says how it assembles);
@@ -418,7 +418,7 @@ def build_source_dataset(spec: ReadSpec, *, source_id: int, start: SourceCursor,
     config = pack_config(spec, source_id=source_id, start=start, seq_len=seq_len, stride=stride, eos_id=eos_id,
                          max_rows=max_rows, skip_rows=skip_rows)
     config["mix"] = mix
-    tasks = ray.data.TaskPoolStrategy(size=tokenizer_actors)
+    tasks = ray.data.TaskPoolStrategy(size=tokenize_tasks)
     # override_num_blocks=1: Ray Data would otherwise cut every read block into ~200 / (read
     # tasks) pieces (13-17 on the demo) to reach its default parallelism, so many more tokenize
     # tasks for the same documents; the blocks are already small (BLOCK_BYTES).

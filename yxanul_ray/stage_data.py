@@ -170,7 +170,7 @@ def build_stage_data(job: JobSpec, stage_index: int, cursors: dict[str, SourceCu
             read_spec(job, files[s]), source_id=sp.source_id, start=cursors.get(s, SourceCursor()),
             seq_len=sp.seq_len, stride=sp.stride, max_rows=sp.max_rows,
             tokenizer=job.data.tokenizer, eos_id=eos_id, tokenize_batch_size=job.data.tokenize_batch_size,
-            data_cpus=job.data.data_cpus, tokenizer_actors=job.data.tokenizer_actors,
+            data_cpus=job.data.data_cpus, tokenize_tasks=job.data.tokenize_tasks,
             object_store_bytes=store_bytes, skip_rows=sp.skip_rows, packers=packers, stage_key=stage_key, mix=mix)
         for s, sp in sources.items()
     }

@@ -39,6 +39,9 @@ class _Build:
     group: str | None = None
     """The worker group it was handed to (None until the first rank asks)."""
 
+    def open_to(self, group: str) -> bool:
+        return self.group in (None, group)
+
 
 @ray.remote(num_cpus=0, max_concurrency=64)
 class CurriculumCoordinator:
@@ -84,7 +87,7 @@ class CurriculumCoordinator:
         key = (stage, start_step)
         while True:
             fut = self._builds.get(key)
-            if fut is None or (fut.done() and fut.result().group not in (None, group)):
+            if fut is None or (fut.done() and not fut.result().open_to(group)):
                 fut = self._builds[key] = asyncio.ensure_future(self._build(stage, start_step))
             build = await fut
             if build.group is None and not await self.packers.holds.remote(build.data.stage_key):
@@ -93,7 +96,7 @@ class CurriculumCoordinator:
                                 "again", stage + 1)
                     del self._builds[key]
                 continue
-            if build.group in (None, group):
+            if build.open_to(group):  # not claimed by another group while `holds` was asked
                 break
         build.group = group
         build.handed.add(rank)

@@ -11,6 +11,7 @@ import uuid
 import numpy as np
 import ray
 import ray.train
+import ray.train.collective
 import torch
 
 from yxanul_ray.accounting import progress_line, step_tokens_by_source
@@ -32,7 +33,7 @@ def train_loop_per_worker(config: dict) -> None:
     run = Run(job, rank, world, coord, config["run_dir"], config.get("started_at"))
     state = run.restore(ray.train.get_checkpoint(), config.get("resume_from"))
     plans = plan_curriculum(job.curriculum, world)
-    group = worker_group_id(world, run.device)
+    group = worker_group_id()
     ahead = {state.stage: Prefetch(coord, rank, group, state.stage, state.step_in_stage)}
 
     while state.stage < len(plans):
@@ -74,14 +75,11 @@ def _counts_of(batch: dict, batches: StageBatches) -> dict[str, int]:
     return {s: int(np.count_nonzero(batch["source"] == ids[s])) for s in batches.schedule.sources}
 
 
-def worker_group_id(world: int, device) -> str:
-    """An id for this start of the worker group, the same on every rank (rank 0's): the
-    coordinator hands all ranks of one group the same build of a stage, and a group Ray Train
-    restarted after a failure fresh ones."""
-    ids = [uuid.uuid4().hex]
-    if world > 1:
-        torch.distributed.broadcast_object_list(ids, src=0, device=device)  # NCCL needs the rank's GPU
-    return ids[0]
+def worker_group_id() -> str:
+    """An id for this start of the worker group, the same on every rank (rank 0's, through Ray
+    Train's own broadcast, whatever the torch backend): the coordinator hands all ranks of one
+    group the same build of a stage, and a group Ray Train restarted after a failure fresh ones."""
+    return ray.train.collective.broadcast_from_rank_zero(uuid.uuid4().hex)
 
 
 class Prefetch:

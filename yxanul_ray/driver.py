@@ -33,10 +33,12 @@ def prepare_demo_corpus(config_path: str, overrides: list[str]) -> None:
             f"{k} {d:,} docs" for k, (d, _) in counts.items()), flush=True)
 
 
-def benchmark_job(description: str, forced: tuple[str, ...] = ()) -> tuple[JobSpec, str, list[str]]:
-    """A benchmark script's `--config` and `--set KEY=VALUE` (as jobs/train.py takes them): the
-    job with `forced` overrides last, the demo corpus built where the config names one, and the
-    config path and the user's overrides (to run jobs/train.py on the same)."""
+def benchmark_job(description: str, forced: tuple[str, ...] = (),
+                  argv: list[str] | None = None) -> tuple[JobSpec, str, list[str]]:
+    """A benchmark script's `--config` and `--set KEY=VALUE` (as jobs/train.py takes them), from
+    `argv` (default: the command line): the job with `forced` overrides last, the demo corpus
+    built where the config names one, and the config path and the user's overrides (to run
+    jobs/train.py on the same)."""
     import argparse
 
     from yxanul_ray.config import load_job
@@ -44,7 +46,7 @@ def benchmark_job(description: str, forced: tuple[str, ...] = ()) -> tuple[JobSp
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     prepare_demo_corpus(args.config, args.overrides)
     return load_job(args.config, args.overrides + list(forced)), args.config, args.overrides
 

@@ -13,32 +13,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from yxanul_ray.config import ConfigError, load_job, read_yaml  # noqa: E402
+from yxanul_ray.config import ConfigError, load_job, scaled_budget_overrides  # noqa: E402
 
 DEFAULT_CONFIG = "configs/yxanul_270m_progressive_curriculum.yaml"
 MODEL_SIZES = {"270M": "270m", "270m": "270m", "yxanul-270M": "yxanul-270m", "yxanul-270m": "yxanul-270m",
                "demo": "demo", "tiny": "tiny"}
-
-
-def scaled_budgets(config: str, overrides: list[str], target: int) -> list[str]:
-    """--target-tokens N: every stage's budget scaled by N / the config's target (the last stage
-    absorbs rounding), so the curriculum keeps its shape and the run stops exactly at N."""
-    from yxanul_ray.config import apply_override
-
-    raw = read_yaml(config)
-    for item in overrides:
-        apply_override(raw, item, config)
-    stages = raw["curriculum"]["stages"]
-    total = sum(int(s["tokens"]) for s in stages)
-    if total == target:
-        return []
-    out, used = [], 0
-    for i, st in enumerate(stages):
-        tokens = target - used if i == len(stages) - 1 else max(1, int(st["tokens"]) * target // total)
-        used += tokens
-        out.append(f"curriculum.stages.{i}.tokens={tokens}")
-    print(f"--target-tokens {target:,}: stage budgets scaled by {target / total:.4g}", flush=True)
-    return out + [f"curriculum.target_tokens={target}"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,9 +37,13 @@ def main(argv: list[str] | None = None) -> int:
         from yxanul_ray.driver import prepare_demo_corpus, run_training
 
         prepare_demo_corpus(config, overrides)
-        if args.target_tokens:
-            overrides += scaled_budgets(config, overrides, args.target_tokens)
         job = load_job(config, overrides)
+        if args.target_tokens:
+            scaled = scaled_budget_overrides(job, args.target_tokens)
+            if scaled:
+                print(f"--target-tokens {args.target_tokens:,}: stage budgets scaled by "
+                      f"{args.target_tokens / job.curriculum.target_tokens:.4g}", flush=True)
+                job = load_job(config, overrides + scaled)
         return run_training(job, resume=args.resume)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import CONFIGS, REPO, base_config, write_yaml
 from yxanul_ray.cli import main
-from yxanul_ray.config import ConfigError, load_job, stage_stride
+from yxanul_ray.config import ConfigError, load_job, scaled_budget_overrides, stage_stride
 
 USER_STAGES = [
     ("Basic Patterns", 8, 10_000_000, (0.95, 0.05, 0.0)),
@@ -58,6 +58,21 @@ def test_every_shipped_config_loads(demo_paths_in_cwd):
     assert len(files) >= 2
     for path in files:
         assert load_job(path).curriculum.stages
+
+
+def test_target_tokens_scales_every_stage_and_stops_exactly_at_the_target():
+    """The predecessor's --target-tokens N: the curriculum's shape kept, the sum exactly N."""
+    path = os.path.join(CONFIGS, "yxanul_270m_progressive_curriculum.yaml")
+    job = load_job(path)
+    assert scaled_budget_overrides(job, job.curriculum.target_tokens) == []
+    scaled = load_job(path, scaled_budget_overrides(job, 123_456_789))
+    budgets = [st.tokens for st in scaled.curriculum.stages]
+    assert sum(budgets) == scaled.curriculum.target_tokens == 123_456_789
+    for st, n in zip(job.curriculum.stages[:-1], budgets[:-1]):  # rounded down; the last absorbs it
+        assert n == st.tokens * 123_456_789 // job.curriculum.target_tokens
+    assert [st.seq_len for st in scaled.curriculum.stages] == [st.seq_len for st in job.curriculum.stages]
+    with pytest.raises(ConfigError, match=r"--target-tokens 9: each of the 10 stages needs at least one token"):
+        scaled_budget_overrides(job, 9)
 
 
 def _fails(tmp_path, data, *fragments, overrides=()):

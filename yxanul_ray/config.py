@@ -201,6 +201,26 @@ def load_job(path: str, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
     return job_from_dict(raw, path)
 
 
+def scaled_budget_overrides(job: JobSpec, target_tokens: int) -> list[str]:
+    """The user's `--target-tokens N` as `--set` overrides: every stage's budget scaled by N / the
+    job's target (rounded down; the last stage absorbs the rounding), so the curriculum keeps
+    its shape and the run stops exactly at N. [] when N is already the target."""
+    stages = job.curriculum.stages
+    total = sum(st.tokens for st in stages)
+    if target_tokens == total:
+        return []
+    if target_tokens < len(stages):
+        raise ConfigError(f"{job.path}: --target-tokens {target_tokens:,}: each of the {len(stages)} stages needs at "
+                          f"least one token; pass at least {len(stages)} (the config's target is {total:,})")
+    budgets = [max(1, st.tokens * target_tokens // total) for st in stages[:-1]]
+    budgets.append(target_tokens - sum(budgets))
+    if budgets[-1] < 1:
+        raise ConfigError(f"{job.path}: --target-tokens {target_tokens:,}: too few to give every stage a token; pass "
+                          f"more (the config's target is {total:,})")
+    return [f"curriculum.stages.{i}.tokens={n}" for i, n in enumerate(budgets)] + [
+        f"curriculum.target_tokens={target_tokens}"]
+
+
 def read_yaml(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:

@@ -35,20 +35,24 @@ def prepare_demo_corpus(config_path: str, overrides: list[str]) -> None:
 
 def benchmark_job(description: str, forced: tuple[str, ...] = (),
                   argv: list[str] | None = None) -> tuple[JobSpec, str, list[str]]:
-    """A benchmark script's `--config` and `--set KEY=VALUE` (as jobs/train.py takes them), from
-    `argv` (default: the command line): the job with `forced` overrides last, the demo corpus
-    built where the config names one, and the config path and the user's overrides (to run
-    jobs/train.py on the same)."""
+    """A benchmark script's `--config`, `--set KEY=VALUE` and `--target-tokens N` (as jobs/train.py
+    takes them), from `argv` (default: the command line): the job with `forced` overrides last,
+    the demo corpus built where the config names one, and the config path and the user's
+    overrides, the scaled budgets included (to run jobs/train.py on the same)."""
     import argparse
 
-    from yxanul_ray.config import load_job
+    from yxanul_ray.config import load_job, scaled_budget_overrides
 
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--target-tokens", type=int, help="stage budgets scaled to this total, as jobs/train.py does")
     args = ap.parse_args(argv)
     prepare_demo_corpus(args.config, args.overrides)
-    return load_job(args.config, args.overrides + list(forced)), args.config, args.overrides
+    overrides = list(args.overrides)
+    if args.target_tokens:
+        overrides += scaled_budget_overrides(load_job(args.config, overrides), args.target_tokens)
+    return load_job(args.config, overrides + list(forced)), args.config, overrides
 
 
 def absolute_paths(job: JobSpec) -> JobSpec:

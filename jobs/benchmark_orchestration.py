@@ -16,9 +16,15 @@ teardown. Last, Ray Train's floor on this machine (jobs/ray_train_floor.py: the 
 and TorchTrainer with no data and no steps, launch to exit) and the ratio it alone sets.
 
     python jobs/benchmark_orchestration.py [--config configs/demo.yaml] [--set KEY=VALUE ...]
+        [--target-tokens N] [--address http://127.0.0.1:8265]
 
 `--set run.workers=1` measures the case of a node with cores to spare for the data side (as on
 any GPU node): one train worker on one thread, the other core left to Ray and the pipeline.
+
+`--target-tokens N` scales every stage's budget to N in the plain loop and the Ray path, as
+jobs/train.py's flag does: the Ray path's fixed costs (start-up, one split per stage, teardown)
+weigh less in a longer run, and runs of two lengths separate them from the part that grows with
+the tokens.
 
 `--address http://127.0.0.1:8265` measures the job as it is run on a cluster: the Ray path and the
 floor are submitted to that running Ray head with the README's `ray job submit` command (the

@@ -3,17 +3,18 @@
 Runs the demo curriculum through the real Ray path (jobs/train.py: coordinator, Ray Data,
 TorchTrainer with the config's workers) and the same work in one plain in-process loop: the Ray
 path's very batches made in that process (yxanul_ray.local_data: the same read, tokenize, pack
-and mix functions, no Ray), the same model, seed, learning rates and optimizer steps, the same
-validation and a checkpoint at every stage boundary, with as many torch threads as the Ray
-path's train workers have together. The plain loop runs once before and once after the Ray path
-(their mean is the yardstick; both are printed). Then it prints: the ratio of the two (target
-<= 1.10x) and the ratio against the plain loop's steps alone (what earlier versions timed, on
-random tokens), the time from launch to the first batch in hand, each stage switch's gap (target
-< 1 s; a cold per-stage pipeline costs 7-10 s here), both runs' final validation losses (equal
-with one worker: a check that the batches are the same), and where the Ray path's time went:
-start-up, each stage's steps against the plain loop's data and steps, the boundaries, the
-teardown. Last, Ray Train's floor on this machine (jobs/ray_train_floor.py: the same Ray start
-and TorchTrainer with no data and no steps, launch to exit) and the ratio it alone sets.
+and mix functions, no Ray; each step the rows all the workers take together), the same model,
+seed, learning rates and optimizer steps, the same validation and a checkpoint at every stage
+boundary, with as many torch threads as the Ray path's train workers have together. The plain
+loop runs once before and once after the Ray path (their mean is the yardstick; both are
+printed). Then it prints: the ratio of the two (target <= 1.10x) and the ratio against the plain
+loop's steps alone (what earlier versions timed, on random tokens), the time from launch to the
+first batch in hand, each stage switch's gap (target < 1 s; a cold per-stage pipeline costs 7-10
+s here), both runs' final validation losses (equal with one worker, a check that the batches are
+the same; with more, DDP's sums round otherwise), and where the Ray path's time went: start-up,
+each stage's steps against the plain loop's data and steps, the boundaries, the teardown. Last,
+Ray Train's floor on this machine (jobs/ray_train_floor.py: the same Ray start and TorchTrainer
+with no data and no steps, launch to exit) and the ratio it alone sets.
 
     python jobs/benchmark_orchestration.py [--config configs/demo.yaml] [--set KEY=VALUE ...]
         [--target-tokens N] [--address http://127.0.0.1:8265]
@@ -186,7 +187,8 @@ def report(job, config: str, threads: int, ray_run: TimedRun, before, after) -> 
         print("final validation, plain loop: " + ", ".join(f"{s} loss {v:.4f}" for s, v in plain_val.items())
               + f"; largest difference {diff:.4f} ("
               + ("one worker: the same batches and arithmetic, so it should be 0)" if job.run.workers == 1 else
-                 f"{job.run.workers} DDP ranks each take part of every step's rows: close, not equal)"))
+                 f"{job.run.workers} DDP ranks on the same rows: their all-reduce rounds otherwise than one "
+                 "process, and training carries the last bits on, so 0 over a short run, close over a long one)"))
     if len(ray_stage_s) != len(steps_s):
         print(f"found {len(ray_stage_s)} stage times in the Ray path's log, expected {len(steps_s)}")
         return

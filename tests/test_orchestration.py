@@ -159,16 +159,19 @@ USER_TARGET_TOKENS = 18_000  # the three stages' 24,000 scaled by 0.75: budgets 
 
 
 @pytest.mark.timeout(900)
-def test_one_worker_trains_exactly_the_in_process_reference(tmp_path, monkeypatch):
-    """The whole Ray path on one worker (coordinator, Ray Data pipeline, split, TorchTrainer, the
-    train loop's learning rates and accounting) against the same job done in one process without
-    Ray (reference_loop, the orchestration benchmark's yardstick): the same rows and arithmetic,
-    so the same validation losses at every stage boundary, to the printed 4th decimal. Started
-    with the predecessor's own flags (--curriculum, --model-size, --target-tokens,
-    --curriculum-config): the reference is the job those flags must mean."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ray_path_trains_exactly_the_in_process_reference(tmp_path, monkeypatch, workers):
+    """The whole Ray path (coordinator, Ray Data pipeline, split, TorchTrainer with DDP across
+    the workers, the train loop's learning rates and accounting) against the same job done in
+    one process without Ray (reference_loop, the orchestration benchmark's yardstick), each step
+    on the rows all the workers take together: the same validation losses at every stage
+    boundary, to the printed 4th decimal. (DDP sums in another order than one process does; over
+    these steps that stays below the printed digits.) Started with the predecessor's own flags
+    (--curriculum, --model-size, --target-tokens, --curriculum-config): the reference is the
+    job those flags must mean."""
     monkeypatch.chdir(REPO)  # the demo config's corpus path is relative to the repo
     load_demo()
-    config = demo_subset(str(tmp_path / "demo_stages_1_to_3.yaml"), 0, 3, workers=1)
+    config = demo_subset(str(tmp_path / "demo_stages_1_to_3.yaml"), 0, 3, workers=workers)
     proc = subprocess.run([sys.executable, "jobs/train.py", "--curriculum", "--model-size", "tiny",
                            "--target-tokens", str(USER_TARGET_TOKENS), "--curriculum-config", config,
                            "--set", f"run.storage_path={tmp_path / 'runs'}"],
@@ -178,10 +181,10 @@ def test_one_worker_trains_exactly_the_in_process_reference(tmp_path, monkeypatc
     assert f"--target-tokens {USER_TARGET_TOKENS:,}: stage budgets scaled by 0.75" in out
     job = load_job(config, ["model.preset=tiny", "curriculum.stages.0.tokens=3000", "curriculum.stages.1.tokens=6000",
                             "curriculum.stages.2.tokens=9000", f"curriculum.target_tokens={USER_TARGET_TOKENS}"])
-    assert_curriculum_completed(out, job, world=1)  # each stage ends on its scaled budget
+    assert_curriculum_completed(out, job, world=workers)  # each stage ends on its scaled budget
     ray_losses = [{s: float(v) for s, v in re.findall(r"(\w+) loss ([\d.]+)", line)}
                   for line in VALIDATION.findall(out)]
-    _, reference = run_reference(job, threads=1)
+    _, reference = run_reference(job, threads=workers)
     assert len(ray_losses) == len(reference) == 3
     for stage, (got, ref) in enumerate(zip(ray_losses, reference), start=1):
         assert set(got) == set(ref.validation) == {"fineweb", "math", "code"}, stage

@@ -20,7 +20,7 @@ import numpy as np
 from yxanul_ray.config import JobSpec
 from yxanul_ray.cursors import SourceCursor
 from yxanul_ray.hub import SourceFiles
-from yxanul_ray.mixing import BatchAssembler
+from yxanul_ray.mixing import BatchAssembler, MixSchedule
 from yxanul_ray.packing import Packer
 from yxanul_ray.sources import Pack, make_datasource, pack_config, read_holdout_docs, tokenize_batch
 from yxanul_ray.stage_data import SourcePlan, StageBatches, plan_stage_sources, read_spec, source_ids
@@ -82,10 +82,35 @@ def local_stage(job: JobSpec, stage_index: int, cursors: dict[str, SourceCursor]
                 eos_id: int) -> tuple[StageBatches, dict[str, LocalSource]]:
     """One worker's batches of stage `stage_index` from `cursors` (the whole global batch: this
     is world size 1), and the sources, whose end reports give the next stage's cursors."""
-    _, schedule, plans = plan_stage_sources(job, stage_index, 1)
+    schedule, assembly = _stage_assembly(job, stage_index, cursors, files, eos_id, world=1)
+    return StageBatches(assembly, schedule, source_ids(job)), assembly.sources
+
+
+def _stage_assembly(job: JobSpec, stage_index: int, cursors: dict[str, SourceCursor], files: dict[str, SourceFiles],
+                    eos_id: int, world: int) -> tuple[MixSchedule, LocalAssembly]:
+    _, schedule, plans = plan_stage_sources(job, stage_index, world)
     sources = {s: LocalSource(job, files[s], sp, cursors.get(s, SourceCursor()), eos_id) for s, sp in plans.items()}
-    assembly = LocalAssembly(sources, BatchAssembler(schedule, 1, source_ids(job)))
-    return StageBatches(assembly, schedule, source_ids(job)), sources
+    return schedule, LocalAssembly(sources, BatchAssembler(schedule, world, source_ids(job)))
+
+
+def local_global_batches(job: JobSpec, stage_index: int, cursors: dict[str, SourceCursor],
+                         files: dict[str, SourceFiles], eos_id: int,
+                         world: int) -> tuple[Iterator[dict[str, np.ndarray]], dict[str, LocalSource]]:
+    """Stage `stage_index`'s global batches as `world` train workers train on them together: step
+    s is the workers' batches s*world ... s*world + world - 1 (the split hands batch u to rank
+    u % world) joined in rank order, so a stage's masked tail falls where the ranks' does (on the
+    last ranks' last rows). With world 1, local_stage's batches. Also the sources, as local_stage."""
+    _, assembly = _stage_assembly(job, stage_index, cursors, files, eos_id, world)
+    worker_batches = assembly.iter_batches()
+
+    def steps() -> Iterator[dict[str, np.ndarray]]:
+        while True:
+            ranks = [batch for _, batch in zip(range(world), worker_batches)]
+            if not ranks:
+                return
+            yield {key: np.concatenate([batch[key] for batch in ranks]) for key in ranks[0]}
+
+    return steps(), assembly.sources
 
 
 def holdout_rows(job: JobSpec, files: dict[str, SourceFiles], eos_id: int, seq_len: int,

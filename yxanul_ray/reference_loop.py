@@ -2,9 +2,11 @@
 the oracle of the Ray path in the tests.
 
 The Ray path's very batches, made here (local_data: the same read, tokenize, pack and mix
-functions, world size 1), the same model, seed, learning rates and optimizer steps, the same
-validation and a checkpoint at every stage boundary. With one train worker the Ray path does the
-same arithmetic on the same rows, so its validation losses equal these.
+functions, each step's rows those all the job's train workers take together), the same model,
+seed, learning rates and optimizer steps, the same validation and a checkpoint at every stage
+boundary. With one train worker the Ray path does the same arithmetic on the same rows, so its
+validation losses equal these; with more, DDP sums the same gradients in another order (the
+last bits differ, and training carries that on).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from yxanul_ray.config import JobSpec
 from yxanul_ray.curriculum import lr_at, plan_curriculum
 from yxanul_ray.cursors import SourceCursor
 from yxanul_ray.hub import resolve_files
-from yxanul_ray.local_data import holdout_rows, local_stage
+from yxanul_ray.local_data import holdout_rows, local_global_batches
 from yxanul_ray.model import build_model
 from yxanul_ray.step import held_out_loss, make_optimizer, train_step
 from yxanul_ray.tokenizer import load_tokenizer
@@ -63,11 +65,10 @@ def _run(job: JobSpec) -> tuple[float, list[ReferenceStage]]:
     cursors: dict[str, SourceCursor] = {}
     state = TrainState(tokens_by_source=dict.fromkeys(job.sources, 0))
     stages = []
-    for k, plan in enumerate(plan_curriculum(cur, 1)):
+    for k, plan in enumerate(plan_curriculum(cur, job.run.workers)):
         stage = cur.stages[k]
         data_s = steps_s = 0.0
-        batches, sources = local_stage(job, k, cursors, files, eos_id)
-        batch_iter = iter(batches)
+        batch_iter, sources = local_global_batches(job, k, cursors, files, eos_id, job.run.workers)
         for step in range(plan.steps):
             t0 = time.perf_counter()
             batch = next(batch_iter)

@@ -66,8 +66,8 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--address", help="a running Ray head's job API, to submit the Ray path to")
-    args, rest = ap.parse_known_args()
-    job, config, overrides = benchmark_job(__doc__.splitlines()[0], argv=rest)
+    job, config, overrides = benchmark_job(__doc__.splitlines()[0], parents=(ap,))
+    args, _ = ap.parse_known_args()
     threads = train_threads(job)
     # The plain loop runs before and after the Ray path: on a shared machine its time moved by
     # a quarter between runs, and two runs bracketing the Ray path show how much it moved here.

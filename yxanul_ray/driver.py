@@ -33,17 +33,18 @@ def prepare_demo_corpus(config_path: str, overrides: list[str]) -> None:
             f"{k} {d:,} docs" for k, (d, _) in counts.items()), flush=True)
 
 
-def benchmark_job(description: str, forced: tuple[str, ...] = (),
-                  argv: list[str] | None = None) -> tuple[JobSpec, str, list[str]]:
+def benchmark_job(description: str, forced: tuple[str, ...] = (), argv: list[str] | None = None,
+                  parents: tuple = ()) -> tuple[JobSpec, str, list[str]]:
     """A benchmark script's `--config`, `--set KEY=VALUE` and `--target-tokens N` (as jobs/train.py
     takes them), from `argv` (default: the command line): the job with `forced` overrides last,
     the demo corpus built where the config names one, and the config path and the user's
-    overrides, the scaled budgets included (to run jobs/train.py on the same)."""
+    overrides, the scaled budgets included (to run jobs/train.py on the same). `parents`: the
+    script's own argument parsers (add_help=False), so --help lists their options too."""
     import argparse
 
     from yxanul_ray.config import load_job, scaled_budget_overrides
 
-    ap = argparse.ArgumentParser(description=description)
+    ap = argparse.ArgumentParser(description=description, parents=list(parents))
     ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--target-tokens", type=int, help="stage budgets scaled to this total, as jobs/train.py does")

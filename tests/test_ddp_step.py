@@ -4,9 +4,6 @@ then DDP's mean) must give the global token mean, the masked tail of a stage's l
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -46,10 +43,9 @@ def _train(model, raw, optimizer, rank: int, world: int) -> None:
                    micro_batch=2, grad_clip=0.0, amp=False)
 
 
-def _rank(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _rank(rank: int, rendezvous: str, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD)
     try:
         torch.manual_seed(SEED)
         raw = build_model(PRESETS["tiny"], "torch")
@@ -61,16 +57,10 @@ def _rank(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(300)
 def test_two_ddp_ranks_step_like_one_process_on_the_global_batch(tmp_path):
     out = str(tmp_path / "rank0.pt")
-    mp.spawn(_rank, args=(_free_port(), out), nprocs=WORLD, join=True)
+    mp.spawn(_rank, args=(str(tmp_path / "rendezvous"), out), nprocs=WORLD, join=True)
     ddp = torch.load(out, weights_only=True)
 
     torch.manual_seed(SEED)

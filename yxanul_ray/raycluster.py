@@ -101,5 +101,5 @@ def quiet_ray_data() -> None:
     # bars disabled", 20 of a four-stage run's 113 lines around the progress lines. Warnings and
     # errors still reach the console; the file handler keeps every level.
     for handler in logging.getLogger("ray.data").handlers:
-        if not isinstance(handler, logging.FileHandler) and type(handler).__name__ != "SessionFileHandler":
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.setLevel(max(handler.level, logging.WARNING))

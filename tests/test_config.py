@@ -136,6 +136,12 @@ def test_object_store_budget_too_small(tmp_path, placeholder_sources):
     _fails(tmp_path, data, "data.object_store_mb_per_source", "must be >= 16")
 
 
+def test_failure_budget_below_no_limit(tmp_path, placeholder_sources):
+    data = base_config(placeholder_sources)
+    data["run"]["max_failures"] = -2  # Ray Train and Ray's actor restarts take -1 as "no limit", nothing lower
+    _fails(tmp_path, data, "run.max_failures", "must be >= 0, or -1")
+
+
 def test_mix_not_summing_to_one(tmp_path, placeholder_sources):
     data = base_config(placeholder_sources)
     data["curriculum"]["stages"][2]["mix"]["fineweb"] = 0.45

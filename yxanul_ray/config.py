@@ -170,6 +170,7 @@ class RunSpec:
     seed: int = 1234
     log_every_steps: int = 10
     max_failures: int = 2
+    """Restarts from the last checkpoint after a train worker, or the coordinator, dies (-1: no limit)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -441,6 +442,8 @@ def _validate(job: JobSpec) -> None:
         fail("run.cpus_per_worker", "must be > 0")
     if run.checkpoint_every_tokens < 0:
         fail("run.checkpoint_every_tokens", "must be >= 0 (0: stage boundaries only)")
+    if run.max_failures < -1:
+        fail("run.max_failures", "must be >= 0, or -1 for no limit")
     if job.data.tokenize_tasks < 1 or job.data.data_cpus <= 0:
         fail("data.tokenize_tasks" if job.data.tokenize_tasks < 1 else "data.data_cpus", "must be > 0")
     if job.data.object_store_mb_per_source < 16:

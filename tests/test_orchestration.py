@@ -1,5 +1,6 @@
-"""The whole job on a real Ray cluster: `ray job submit` of the demo curriculum, a worker and
-the packing actor killed mid-run, and `--resume` from a mid-stage checkpoint. Two CPU workers with DDP on 2 cores."""
+"""The whole job on a real Ray cluster: `ray job submit` of the demo curriculum, a worker, the
+packing actor and the coordinator killed mid-run, and `--resume` from a mid-stage checkpoint. Two
+CPU workers with DDP on 2 cores."""
 
 from __future__ import annotations
 
@@ -16,9 +17,15 @@ import uuid
 import pytest
 
 from tests.helpers import REPO, demo_subset
+from yxanul_ray.checkpoint import TrainState
 from yxanul_ray.config import load_job
+from yxanul_ray.cursors import SourceCursor, SourceStats
+from yxanul_ray.hub import resolve_files
+from yxanul_ray.local_data import local_global_batches
 from yxanul_ray.raycluster import worker_soft_limit
 from yxanul_ray.reference_loop import run_reference
+from yxanul_ray.report import final_summary
+from yxanul_ray.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.ray
 DEMO = os.path.join(REPO, "configs", "demo.yaml")
@@ -71,6 +78,37 @@ def assert_curriculum_completed(output: str, job, world: int = 2, stages=None) -
             assert abs(got["mix"].get(source, 0) - weight * total) <= world * st.seq_len + world * st.seq_len, \
                 (k, source, got)
     assert f"REACHED TARGET: {job.curriculum.target_tokens:,} tokens" in ANSI.sub("", output)
+
+
+SOURCE_SUMMARY = re.compile(r"distinct source tokens consumed: [\d,]+|\w+: [\d,]+ documents, .*")
+
+
+def source_summary(output: str) -> list[str]:
+    """The final summary's lines on what the sources gave (distinct tokens; documents, EOS, wraps
+    and skipped rows per source), sorted."""
+    return sorted(SOURCE_SUMMARY.findall(ANSI.sub("", output)))
+
+
+def undisturbed_source_summary(job) -> list[str]:
+    """source_summary of an undisturbed run of `job`: its stages' data made in this process
+    (local_data, the pipeline's own functions), each stage from where the last one stopped."""
+    cwd = os.getcwd()
+    os.chdir(REPO)  # the demo configs' corpus paths are relative to the repo
+    try:
+        files = {s: resolve_files(spec) for s, spec in job.sources.items()}
+        eos_id = load_tokenizer(job.data.tokenizer).eos_id
+        cursors, totals = {}, {}
+        for k in range(len(job.curriculum.stages)):
+            steps, sources = local_global_batches(job, k, cursors, files, eos_id, job.run.workers)
+            for _ in steps:
+                pass
+            for s, src in sources.items():
+                report = src.end_report()
+                cursors[s] = SourceCursor.from_dict(report["cursor"])
+                totals[s] = totals.get(s, SourceStats()).add(SourceStats.from_dict(report["stats"]))
+    finally:
+        os.chdir(cwd)
+    return source_summary(final_summary(job, TrainState(), {s: st.to_dict() for s, st in totals.items()}))
 
 
 @pytest.fixture(scope="module")
@@ -223,12 +261,16 @@ def fault_run_dir(tmp_path_factory):
 
 @pytest.mark.timeout(1200)
 def test_killed_worker_restores_and_finishes_with_same_totals(fault_config, fault_run_dir):
-    """Two faults in one run: the packing actor (StagePackers) killed in the first stage, while
-    later stages' data is already built, and a train worker killed mid-stage in the third. Ray
-    restarts the one and Ray Train the other; the run ends with the undisturbed totals."""
-    other_packers = set(_ray_process_pids(b"ray::StagePackers"))  # of other runs on this machine, if any
+    """Three faults in one run: the packing actor (StagePackers) killed in the first stage, while
+    later stages' data is already built; the curriculum coordinator killed in the second (its
+    packing actor and the stages' splits die with it); a train worker killed mid-stage in the
+    third. Ray restarts the actors and Ray Train the workers; the run ends with the undisturbed
+    totals, the sources' summary included."""
+    # Of other runs on this machine, if any.
+    other_packers = set(_ray_process_pids(b"ray::StagePackers"))
+    other_coordinators = set(_ray_process_pids(b"ray::CurriculumCoordinator"))
     proc = _train_proc("--config", fault_config, "--set", f"run.storage_path={fault_run_dir}")
-    lines, killed_packers, killed = [], None, None
+    lines, killed_packers, killed_coordinator, killed = [], None, None, None
     try:
         for line in proc.stdout:
             lines.append(line)
@@ -238,6 +280,11 @@ def test_killed_worker_restores_and_finishes_with_same_totals(fault_config, faul
                 assert len(pids) == 1, pids
                 killed_packers = pids.pop()
                 os.kill(killed_packers, signal.SIGKILL)  # a process this test started, by PID
+            if progress and killed_coordinator is None and "Stage 2/4 (" in progress:
+                pids = set(_ray_process_pids(b"ray::CurriculumCoordinator")) - other_coordinators
+                assert len(pids) == 1, pids
+                killed_coordinator = pids.pop()
+                os.kill(killed_coordinator, signal.SIGKILL)
             if progress and killed is None and "Stage 3/4 (" in progress:
                 pids = _train_worker_pids()
                 assert pids, "no train worker process found"
@@ -248,10 +295,13 @@ def test_killed_worker_restores_and_finishes_with_same_totals(fault_config, faul
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
     out = "".join(lines)
-    assert killed_packers is not None and killed is not None, out[-3000:]
+    assert None not in (killed_packers, killed_coordinator, killed), out[-3000:]
     assert proc.returncode == 0, failure_lines(out)
     assert "Resumed from" in out
-    assert_curriculum_completed(out, load_job(fault_config))
+    assert "the curriculum coordinator was restarted" in out
+    job = load_job(fault_config)
+    assert_curriculum_completed(out, job)
+    assert source_summary(out) == undisturbed_source_summary(job)
 
 
 @pytest.mark.timeout(1200)
@@ -280,4 +330,7 @@ def test_resume_from_mid_stage_checkpoint(fault_config, fault_run_dir, tmp_path)
            f"{tokens:,} tokens" in ANSI.sub("", out)
     assert_curriculum_completed(out, load_job(fault_config), stages=range(stage, 5))
     assert not re.search(rf"Stage {stage - 1}/4 done", ANSI.sub("", out))  # earlier stages not re-run
+    # The earlier stages' source stats come from the checkpoint, the resumed stage's from its
+    # rebuild (which re-makes the skipped rows), the later ones' from their runs.
+    assert source_summary(out) == undisturbed_source_summary(load_job(fault_config))
     shutil.rmtree(out_dir, ignore_errors=True)

@@ -362,6 +362,56 @@ def test_builds_lost_with_a_restart_of_the_packing_actor_are_built_again(ray_clu
         ray.kill(coord)
 
 
+def test_a_restarted_coordinator_continues_from_the_checkpoint_the_workers_hand_it(ray_cluster, demo_corpus):
+    """Ray restarts the coordinator after its process dies, empty. The worker group that joined
+    the dead one is refused at once (it restarts from its checkpoint instead of training on
+    with state no checkpoint could hold). The restarted group joins with its checkpoint's
+    curriculum state, taken mid-stage 2 before stage 2's sources had reported: stage 2 is
+    rebuilt from that state's cursors, from the checkpoint's step, and ends where the first
+    incarnation's stage 2 ended, with the same source stats (the skipped rows are re-made)."""
+    import ray
+
+    from yxanul_ray.coordinator import CurriculumCoordinator
+    from yxanul_ray.stage_data import iter_worker_batches
+
+    world, name = 2, f"test-coordinator-{time.time_ns()}"
+    job = demo_job(demo_corpus, scale=1)  # stage 2 in 4 steps, so there is a mid-stage to resume at
+    coord = CurriculumCoordinator.options(name=name, max_restarts=1).remote(job.to_dict(), world)
+    try:
+        first = ray.get(coord.join.remote({}))
+        ray.get(coord.prepare.remote(2))
+        _wait_for_stage_end(coord, 2, "the first two stages were not produced")
+        undisturbed = ray.get(coord.state.remote(2, first))
+        checkpoint = {"stage_cursors": {k: undisturbed["stage_cursors"][k] for k in ("0", "1")},
+                      "stage_stats": {"0": undisturbed["stage_stats"]["0"]}}
+
+        ray.kill(coord, no_restart=False)  # its process ends; Ray starts it again
+        deadline = time.time() + 120
+        while True:  # calls made while Ray restarts it fail as "unavailable" (a worker restarts on those too)
+            try:
+                with pytest.raises(ray.exceptions.RayTaskError, match="coordinator was restarted"):
+                    ray.get(coord.stage_input.remote(1, 0, 0, "old-group", first), timeout=120)
+                break
+            except ray.exceptions.ActorUnavailableError:
+                assert time.time() < deadline, "the coordinator was not restarted"
+                time.sleep(0.5)
+        second = ray.get(coord.join.remote(checkpoint), timeout=120)
+        assert second != first
+
+        got = [ray.get(coord.stage_input.remote(1, rank, 1, "new-group", second), timeout=120)
+               for rank in range(world)]
+        with ThreadPoolExecutor(max_workers=world) as pool:
+            reads = [pool.submit(lambda g=g: list(iter_worker_batches(g["iterator"], g["schedule"], g["source_ids"],
+                                                                      start_step=g["start_step"]))) for g in got]
+            per_rank = [r.result(timeout=300) for r in reads]
+        assert len(per_rank[0]) == len(per_rank[1]) == len(got[0]["schedule"].step_rows) - 1 > 0
+        resumed = ray.get(coord.state.remote(2, second), timeout=120)
+        assert resumed["stage_cursors"]["2"] == undisturbed["stage_cursors"]["2"]
+        assert resumed["stage_stats"]["1"] == undisturbed["stage_stats"]["1"]
+    finally:
+        ray.kill(coord)
+
+
 def _wait_for_stage_end(coord, stages_ended: int, message: str, timeout_s: float = 120) -> None:
     import ray
 

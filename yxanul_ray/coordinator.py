@@ -7,6 +7,18 @@ soon as stage k's packers have produced their last rows (before the workers have
 them), so the switch has no cold start. Workers ask it for their iterator once per stage and
 send it progress fire-and-forget; it never sits on the step path. Stage switches themselves are
 arithmetic on the workers, not decided here.
+
+Ray restarts it if its process dies (up to `run.max_failures` times; the driver sets that).
+Everything it held is gone then: the stage builds, the packing actor and the splits' actors
+(Ray ends the actors a process owns), and its cursors. Each start of a worker group therefore
+`join`s it first, handing it the curriculum state of the checkpoint the group restored, and gets
+its incarnation, which the group passes with every later call. A restarted coordinator refuses
+the older group's calls, so that group fails at once, instead of training on without
+checkpointable state, and Ray Train restarts it from its last checkpoint, whose cursors the new
+group hands over. A checkpoint always holds the cursors of the stage it is in (`state(stage)`),
+so that is enough. Without the restart, one crash of this process ended the run whatever
+`max_failures` said: it happened once in CI, inside Ray's core, while Ray Data cancelled the read
+tasks of a source that had produced its rows.
 """
 
 from __future__ import annotations
@@ -14,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +38,7 @@ from yxanul_ray.config import job_from_dict
 from yxanul_ray.cursors import SourceCursor, SourceStats
 from yxanul_ray.hub import resolve_files
 from yxanul_ray.local_data import holdout_rows
+from yxanul_ray.raycluster import actor_was_restarted
 from yxanul_ray.stage_data import StageData, build_stage_data, source_ids
 from yxanul_ray.stage_packers import StagePackers
 from yxanul_ray.tokenizer import load_tokenizer
@@ -61,7 +76,7 @@ class CurriculumCoordinator:
         # Named after its coordinator where that has a name, so an operator (or a test) can find
         # the run's packing actor.
         name = ray.get_runtime_context().get_actor_name()
-        self.packers = (StagePackers.options(name=f"{name}-packers") if name else StagePackers).remote()
+        self.packers = _start_packers(f"{name}-packers" if name else None)
         self.source_ids = source_ids(self.job)
         resumed = resumed or {}
         # Cursors at the start of each stage (stage 0: the start of every source).
@@ -75,15 +90,42 @@ class CurriculumCoordinator:
         self._validation: dict[tuple[int, int], asyncio.Future] = {}
         self._metrics = _Gauges()
         self._start_on_build = 0  # stages below this start their pipelines when built (prepare)
+        self.incarnation = uuid.uuid4().hex
+        if actor_was_restarted():
+            log.warning("the curriculum coordinator was restarted after its process died: the train workers "
+                        "restart from their last checkpoint and hand it the stage cursors saved there")
 
     # ---- stage data --------------------------------------------------------------------------
 
-    async def stage_input(self, stage: int, rank: int, start_step: int = 0, group: str = "") -> dict:
+    def join(self, saved: dict) -> str:
+        """A worker group's first call at each of its starts: takes the curriculum state of the
+        checkpoint it restored (`state`; {} on a fresh run) where this actor lacks it, and returns
+        the incarnation the group passes with its later calls. After Ray restarted this actor only
+        that checkpoint knows where each stage started. What this actor already knows is kept:
+        the two agree, both being records of the same streams."""
+        for k, cursors in saved.get("stage_cursors", {}).items():
+            if int(k) not in self.stage_cursors:
+                self.stage_cursors[int(k)] = cursors
+                self._cursor_event(int(k)).set()
+        for k, stats in saved.get("stage_stats", {}).items():
+            self.stage_stats.setdefault(int(k), stats)
+        return self.incarnation
+
+    def _check(self, incarnation: str | None) -> None:
+        """Refuse a worker group that joined an earlier incarnation of this actor (None: a caller
+        outside any worker group, such as a test)."""
+        if incarnation is not None and incarnation != self.incarnation:
+            raise CoordinatorRestarted("the curriculum coordinator was restarted and has lost this worker group's "
+                                       "stage data; the group restarts from its last checkpoint")
+
+    async def stage_input(self, stage: int, rank: int, start_step: int = 0, group: str = "",
+                          incarnation: str | None = None) -> dict:
         """This rank's DataIterator over `stage`'s batches from `start_step`, plus what it needs
         to take them. `group` names the worker group (one id per start of the group, shared by
         its ranks): every rank of a group gets the same build, and a restarted group a fresh one
         (Ray Data iterators cannot be rewound). A build the StagePackers actor lost in a restart
         is never handed out: it is built again."""
+        self._check(incarnation)
         key = (stage, start_step)
         while True:
             fut = self._builds.get(key)
@@ -158,7 +200,9 @@ class CurriculumCoordinator:
         except Exception as e:  # noqa: BLE001 - a failed pipeline is reported to the workers, not here
             log.warning("stage %d data failed: %s", stage + 1, e)
             return
-        if data.start_step == 0:
+        # A build from mid-stage re-makes the skipped rows, so its stats are the whole stage's:
+        # they count where the first build's were lost (a resume, a restart of this actor).
+        if data.start_step == 0 or stage not in self.stage_stats:
             self.stage_stats[stage] = {s: v["stats"] for s, v in end.items()}
         nxt = stage + 1
         if nxt not in self.stage_cursors:
@@ -171,8 +215,19 @@ class CurriculumCoordinator:
 
     # ---- state, validation, progress ----------------------------------------------------------
 
-    def state(self) -> dict:
-        """What a checkpoint must hold to rebuild any stage exactly (JSON-able)."""
+    async def state(self, stage: int | None = None, incarnation: str | None = None) -> dict:
+        """What a checkpoint must hold to rebuild any stage exactly (JSON-able). With `stage`
+        (the checkpoint's), once that stage's start cursors are known: at a boundary the workers
+        can finish a stage's rows a moment before its sources report where they stopped, and a
+        checkpoint without its own stage's cursors could not be continued by a restarted
+        coordinator."""
+        self._check(incarnation)
+        if stage is not None and stage not in self.stage_cursors:
+            try:
+                await asyncio.wait_for(self._cursor_event(stage).wait(), CURSOR_WAIT_S)
+            except asyncio.TimeoutError:
+                raise RuntimeError(f"stage {stage + 1}'s start cursors were not known {CURSOR_WAIT_S} s after the "
+                                   "workers reached it; no checkpoint is written without them") from None
         return {"stage_cursors": {str(k): v for k, v in self.stage_cursors.items()},
                 "stage_stats": {str(k): v for k, v in self.stage_stats.items()}}
 
@@ -199,12 +254,39 @@ class CurriculumCoordinator:
     def progress(self) -> dict:
         return self._progress
 
-    def total_stats(self) -> dict[str, dict]:
+    def total_stats(self, incarnation: str | None = None) -> dict[str, dict]:
+        self._check(incarnation)
         total: dict[str, SourceStats] = {}
         for per_source in self.stage_stats.values():
             for s, st in per_source.items():
                 total[s] = total.get(s, SourceStats()).add(SourceStats.from_dict(st))
         return {s: st.to_dict() for s, st in total.items()}
+
+
+CURSOR_WAIT_S = 120
+"""How long a checkpoint waits for its stage's start cursors (normally there, or milliseconds away)."""
+
+
+PACKERS_NAME_WAIT_S = 60
+"""How long a restarted coordinator waits for its dead packing actor's name to be freed."""
+
+
+class CoordinatorRestarted(RuntimeError):
+    """A worker group's call reached a coordinator Ray restarted after the group joined it."""
+
+
+def _start_packers(name: str | None):
+    """The run's StagePackers actor, named `name`. A restarted coordinator's old one dies with
+    the old process (Ray ends the actors a process owns), but its name is freed a moment later:
+    wait for it rather than fail the restart."""
+    deadline = time.monotonic() + PACKERS_NAME_WAIT_S
+    while True:
+        try:
+            return (StagePackers.options(name=name) if name else StagePackers).remote()
+        except ValueError:  # "The name ... is already taken"
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 class _Gauges:

@@ -133,7 +133,10 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
 
     run_name = f"{job.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = os.path.join(job.run.storage_path, run_name)
-    coordinator = CurriculumCoordinator.options(name=f"yxanul-coordinator-{run_name}").remote(
+    # Restartable as the workers are: a crash of its process costs a restart from the last
+    # checkpoint, as a worker's does, instead of the run (see coordinator.py).
+    coordinator = CurriculumCoordinator.options(name=f"yxanul-coordinator-{run_name}",
+                                                max_restarts=job.run.max_failures).remote(
         job.to_dict(), job.run.workers, resumed_coordinator)
     if resume is None:
         from yxanul_ray.stage_data import STAGES_AHEAD

@@ -103,3 +103,17 @@ def quiet_ray_data() -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.setLevel(max(handler.level, logging.WARNING))
+
+
+def actor_was_restarted() -> bool:
+    """Whether Ray restarted the calling actor after its process died. Ray 2.60's public property
+    reads its own deprecated `actor_id` inside, which logged a RayDeprecationWarning in the
+    user's log at every start."""
+    import warnings
+
+    import ray
+    from ray.util.annotations import RayDeprecationWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RayDeprecationWarning)
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)

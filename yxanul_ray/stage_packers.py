@@ -29,23 +29,13 @@ backpressure, and with it Ray Data's own, up the source pipeline.
 from __future__ import annotations
 
 import asyncio
-import warnings
 
 import numpy as np
 import ray
 
 from yxanul_ray.mixing import BatchAssembler
+from yxanul_ray.raycluster import actor_was_restarted
 from yxanul_ray.sources import Pack
-
-
-def _was_restarted() -> bool:
-    """Whether Ray restarted this actor. Ray 2.60's public property reads its own deprecated
-    `actor_id` inside, which logged a RayDeprecationWarning in the user's log at every start."""
-    from ray.util.annotations import RayDeprecationWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RayDeprecationWarning)
-        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -59,7 +49,7 @@ class StagePackers:
         self._mix_changed: dict = {}
         self._failed: dict = {}
         self._begun: set = set()
-        self._restarted = _was_restarted()
+        self._restarted = actor_was_restarted()
 
     # Retried across a restart (max_task_retries=-1): both are safe to repeat, and a begin that
     # lands on the restarted actor comes before any of its build's pipelines run.

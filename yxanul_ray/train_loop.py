@@ -34,7 +34,7 @@ def train_loop_per_worker(config: dict) -> None:
     state = run.restore(ray.train.get_checkpoint(), config.get("resume_from"))
     plans = plan_curriculum(job.curriculum, world)
     group = worker_group_id()
-    ahead = {state.stage: Prefetch(coord, rank, group, state.stage, state.step_in_stage)}
+    ahead = {state.stage: Prefetch(run, group, state.stage, state.step_in_stage)}
 
     while state.stage < len(plans):
         # --- stage setup ---
@@ -43,7 +43,7 @@ def train_loop_per_worker(config: dict) -> None:
         # Hide the next switches: fetch and start the next stages' data now (STAGES_AHEAD).
         for k in range(state.stage + 1, min(state.stage + 1 + STAGES_AHEAD, len(plans))):
             if k not in ahead:  # once per stage: each split of a build is handed out once
-                ahead[k] = Prefetch(coord, rank, group, k, 0)
+                ahead[k] = Prefetch(run, group, k, 0)
         run.stage_banner(state, plan)
         for batch in batches:
             run.note_first_batch(state)
@@ -85,15 +85,15 @@ def worker_group_id() -> str:
 class Prefetch:
     """Fetches a stage's iterators from the coordinator and primes them on a background thread."""
 
-    def __init__(self, coord, rank: int, group: str, stage: int, start_step: int):
+    def __init__(self, run: Run, group: str, stage: int, start_step: int):
         self._result: StageBatches | None = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(coord, rank, group, stage, start_step), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(run, group, stage, start_step), daemon=True)
         self._thread.start()
 
-    def _run(self, coord, rank, group, stage, start_step) -> None:
+    def _run(self, run: Run, group: str, stage: int, start_step: int) -> None:
         try:
-            got = ray.get(coord.stage_input.remote(stage, rank, start_step, group))
+            got = ray.get(run.coord.stage_input.remote(stage, run.rank, start_step, group, run.incarnation))
             batches = StageBatches(got["iterator"], got["schedule"], got["source_ids"], got["start_step"])
             batches.prime()
             self._result = batches
@@ -134,6 +134,8 @@ class Run:
         self.interval = {"loss": 0.0, "tokens": 0, "t0": time.perf_counter(), "steps": 0}
         self.last_ckpt_tokens = 0
         self.writer = None
+        self.incarnation: str | None = None
+        """The coordinator's, from `restore` on (see coordinator.py's docstring)."""
         self._val_rows: dict[str, np.ndarray] | None = None
         # Asked for now, used at the first stage boundary: the coordinator reads and packs the
         # held-out documents while stage 1 trains.
@@ -150,16 +152,23 @@ class Run:
     # ---- restore / report ----------------------------------------------------------------------
 
     def restore(self, checkpoint, resume_from: str | None) -> TrainState:
+        """The state to start from (Ray Train's checkpoint after a failure, else `--resume`'s,
+        else a fresh one), after joining the coordinator with its curriculum state."""
         if checkpoint is not None:
             # as_directory, not to_directory(): the latter copies into one default path per
             # checkpoint that every rank on the node writes at once, and a rank then reads a file
             # another is still rewriting (a "corrupted checkpoint" on every retry). as_directory
             # reads a local checkpoint in place and shares one locked download otherwise.
             with checkpoint.as_directory() as path:
-                return self._load(path)
-        if resume_from:
-            return self._load(resume_from)
-        return TrainState(tokens_by_source=dict.fromkeys(self.job.sources, 0))
+                state = self._load(path)
+        elif resume_from:
+            state = self._load(resume_from)
+        else:
+            state = TrainState(tokens_by_source=dict.fromkeys(self.job.sources, 0))
+        # Before any stage's data is asked for: a coordinator Ray restarted knows no cursors but
+        # those it was created with, and this checkpoint's are the ones to continue from.
+        self.incarnation = ray.get(self.coord.join.remote(state.coordinator))
+        return state
 
     def _load(self, path: str) -> TrainState:
         state, _ = load_state(path)
@@ -192,7 +201,7 @@ class Run:
         if self.rank != 0 or not checkpoint:
             ray.train.report(metrics)
             return
-        state.coordinator = ray.get(self.coord.state.remote())
+        state.coordinator = ray.get(self.coord.state.remote(state.stage, self.incarnation))
         # Written here, copied to storage on Ray Train's upload thread (which deletes this
         # directory after): training goes on during the copy, and the run's end waits for it.
         tmp = tempfile.mkdtemp(prefix="yxanul-ckpt-")
@@ -359,7 +368,7 @@ class Run:
             return
         from yxanul_ray.report import final_summary, plot_loss
 
-        stats = ray.get(self.coord.total_stats.remote())
+        stats = ray.get(self.coord.total_stats.remote(self.incarnation))
         print(final_summary(self.job, state, stats), flush=True)
         png = plot_loss(self.job, state, os.path.join(self.run_dir, "loss.png"))
         print(f"loss curve: {png}; TensorBoard: {os.path.join(self.run_dir, 'tensorboard')}", flush=True)

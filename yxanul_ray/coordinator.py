@@ -277,13 +277,14 @@ class CoordinatorRestarted(RuntimeError):
 
 def _start_packers(name: str | None):
     """The run's StagePackers actor, named `name`. A restarted coordinator's old one dies with
-    the old process (Ray ends the actors a process owns), but its name is freed a moment later:
-    wait for it rather than fail the restart."""
+    the old process (Ray ends the actors a process owns). Its death and this restart are separate
+    events in Ray's control store, so should its name still be held, wait for it rather than fail
+    the restart (in the tests it was always free already)."""
     deadline = time.monotonic() + PACKERS_NAME_WAIT_S
     while True:
         try:
             return (StagePackers.options(name=name) if name else StagePackers).remote()
-        except ValueError:  # "The name ... is already taken"
+        except ray.exceptions.ActorAlreadyExistsError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)

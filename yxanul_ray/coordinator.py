@@ -60,7 +60,7 @@ class _Build:
 
 @ray.remote(num_cpus=0, max_concurrency=64)
 class CurriculumCoordinator:
-    def __init__(self, job: dict, world_size: int, resumed: dict | None = None):
+    def __init__(self, job: dict, world_size: int):
         from yxanul_ray.raycluster import quiet_ray_data
 
         quiet_ray_data()
@@ -78,11 +78,11 @@ class CurriculumCoordinator:
         name = ray.get_runtime_context().get_actor_name()
         self.packers = _start_packers(f"{name}-packers" if name else None)
         self.source_ids = source_ids(self.job)
-        resumed = resumed or {}
-        # Cursors at the start of each stage (stage 0: the start of every source).
-        self.stage_cursors: dict[int, dict[str, dict]] = {
-            int(k): v for k, v in resumed.get("stage_cursors", {"0": {}}).items()}
-        self.stage_stats: dict[int, dict[str, dict]] = {int(k): v for k, v in resumed.get("stage_stats", {}).items()}
+        # Cursors at the start of each stage (stage 0: the start of every source). A resumed run's
+        # (`--resume`) and a restarted actor's later stages come from the workers' checkpoint,
+        # handed over by `join` before any stage is asked for.
+        self.stage_cursors: dict[int, dict[str, dict]] = {0: {}}
+        self.stage_stats: dict[int, dict[str, dict]] = {}
         self._cursor_events: dict[int, asyncio.Event] = {}
         self._builds: dict[tuple[int, int], asyncio.Future] = {}
         self._stage_data: dict[int, StageData] = {}

@@ -119,12 +119,10 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
     except ValueError as e:
         raise ConfigError(f"{job.path}: curriculum.stages: {e} (run.workers={job.run.workers})") from None
     job = absolute_paths(job)
-    resumed_coordinator = None
     if resume:
         from yxanul_ray.checkpoint import load_state
 
-        state, _ = load_state(resume)
-        resumed_coordinator = state.coordinator
+        load_state(resume)  # not a checkpoint: a clear error now, before any cluster work
         resume = os.path.abspath(resume)
 
     ray = start_ray()
@@ -137,7 +135,7 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
     # checkpoint, as a worker's does, instead of the run (see coordinator.py).
     coordinator = CurriculumCoordinator.options(name=f"yxanul-coordinator-{run_name}",
                                                 max_restarts=job.run.max_failures).remote(
-        job.to_dict(), job.run.workers, resumed_coordinator)
+        job.to_dict(), job.run.workers)
     if resume is None:
         from yxanul_ray.stage_data import STAGES_AHEAD
 

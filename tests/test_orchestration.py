@@ -154,6 +154,10 @@ def test_demo_curriculum_via_ray_job_submit(job_address, tmp_path):
     job = load_demo()
     assert "2 worker(s)" in out  # two CPU workers with DDP on 2 cores, no deadlock
     assert_curriculum_completed(out, job)
+    # Ray Train's echo of each report and Ray Data's notice of the progress bars turned off
+    # stay off the console (the workers' and the coordinator's); checkpoint paths stay on it.
+    assert "Reporting training result" not in out and "Checkpoint successfully created" in out
+    assert not re.search(r"\(CurriculumCoordinator pid=\d+\) Progress bars disabled", ANSI.sub("", out))
     starts = [int(m) for m in re.findall(r"Stage (\d+)/10: ", ANSI.sub("", out))]
     assert starts == sorted(starts) and sorted(set(starts)) == list(range(1, 11))  # all ten, in order
     # Held-out loss per domain at every stage boundary, at one seq_len, and lower at the end.

@@ -100,9 +100,38 @@ def quiet_ray_data() -> None:
     # logging while another dataset is also logging", "execution finished in ..." and "progress
     # bars disabled", 20 of a four-stage run's 113 lines around the progress lines. Warnings and
     # errors still reach the console; the file handler keeps every level.
-    for handler in logging.getLogger("ray.data").handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            handler.setLevel(max(handler.level, logging.WARNING))
+    for handler in console_handlers("ray.data"):
+        handler.setLevel(max(handler.level, logging.WARNING))
+        # A warning, but about the setting just made on purpose: one line per process.
+        handler.addFilter(DropConsoleLines("Progress bars disabled"))
+
+
+def quiet_ray_train() -> None:
+    """Off a train worker's console: Ray Train's echo of every report ("Reporting training result
+    N: TrainingReport(...)"), one per rank per checkpoint, 20 of the demo's ~190 lines around the
+    progress lines, repeating the metrics the stage banner already prints. Ray Train's session log
+    files keep it; its other lines (checkpoint paths, failures and restarts) stay on the console."""
+    for handler in console_handlers("ray.train"):
+        handler.addFilter(DropConsoleLines("Reporting training result"))
+
+
+def console_handlers(logger_name: str) -> list:
+    """The handlers of a Ray library's logger that write to the console (Ray configures its
+    libraries' loggers with their own handlers and no propagation); not its log files."""
+    import logging
+
+    return [h for h in logging.getLogger(logger_name).handlers
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+
+
+class DropConsoleLines:
+    """A logging filter that drops records whose message starts with one of `prefixes`."""
+
+    def __init__(self, *prefixes: str):
+        self.prefixes = prefixes
+
+    def filter(self, record) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
 
 
 def actor_was_restarted() -> bool:

@@ -21,11 +21,13 @@ from yxanul_ray.curriculum import lr_at, plan_curriculum
 from yxanul_ray.model import build_model, compile_model
 from yxanul_ray.precision import make_recipe
 from yxanul_ray.presets import flops_per_token
+from yxanul_ray.raycluster import quiet_ray_train
 from yxanul_ray.stage_data import STAGES_AHEAD, StageBatches
 from yxanul_ray.step import held_out_loss, make_optimizer, train_step
 
 
 def train_loop_per_worker(config: dict) -> None:
+    quiet_ray_train()
     job = job_from_dict(config["job"], config["job"].get("path", "<job>"))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

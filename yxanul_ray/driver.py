@@ -109,6 +109,30 @@ def make_trainer(job: JobSpec, train_loop, run_name: str, loop_config: dict):
     )
 
 
+def check_resume(job: JobSpec, checkpoint: str) -> None:
+    """Raise ConfigError if `job` cannot continue the run that wrote `checkpoint` (see
+    resume_check); print the changes it will follow."""
+    from yxanul_ray.checkpoint import load_state
+    from yxanul_ray.config import job_from_dict
+    from yxanul_ray.resume_check import review_resume
+
+    state, saved_raw = load_state(checkpoint)
+    saved_path = os.path.join(checkpoint, "job.json")
+    try:
+        saved = job_from_dict(saved_raw, saved_path)
+    except ConfigError as e:
+        raise ConfigError(f"--resume {checkpoint}: its job.json does not load in this version ({e})") from None
+    review = review_resume(saved, job, state.stage, state.step_in_stage)
+    if review.conflicts:
+        raise ConfigError(
+            f"{job.path}: cannot resume {checkpoint} (stage {state.stage + 1}, {state.step_in_stage} steps in): the "
+            "config differs from that run where the resume cannot follow it:\n  - " + "\n  - ".join(review.conflicts)
+            + f"\nfix: resume with the run's own settings ({saved_path} holds them all), changing only stages not "
+            "yet begun, the optimizer, the worker count at a stage boundary, logging or storage")
+    for note in review.notes:
+        print(f"resume: {note}", flush=True)
+
+
 def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> int:
     """Run the job; `train_loop` replaces the workers' loop (a diagnostic's hook)."""
     from yxanul_ray.curriculum import plan_curriculum
@@ -120,9 +144,7 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
         raise ConfigError(f"{job.path}: curriculum.stages: {e} (run.workers={job.run.workers})") from None
     job = absolute_paths(job)
     if resume:
-        from yxanul_ray.checkpoint import load_state
-
-        load_state(resume)  # not a checkpoint: a clear error now, before any cluster work
+        check_resume(job, resume)  # not a checkpoint, or not this run's: a clear error before any cluster work
         resume = os.path.abspath(resume)
 
     ray = start_ray()

@@ -1,0 +1,88 @@
+"""--resume under a config that differs from the checkpoint's run: refused before any cluster work
+where the run would go on wrong, followed and named where it may change."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.helpers import CONFIGS, REPO, demo_subset
+from yxanul_ray.checkpoint import TrainState, save_checkpoint
+from yxanul_ray.config import job_from_dict, load_job
+from yxanul_ray.driver import absolute_paths
+from yxanul_ray.resume_check import review_resume
+
+DEMO = os.path.join(CONFIGS, "demo.yaml")
+
+
+def saved_demo_job(*overrides: str):
+    """The demo job as a checkpoint's job.json holds it (absolute paths, through JSON)."""
+    job = absolute_paths(load_job(DEMO, list(overrides)))
+    return job_from_dict(json.loads(json.dumps(job.to_dict(), default=list)), "ckpt/job.json")
+
+
+def fields_of(lines: list[str]) -> list[str]:
+    return [line.split(":")[0] for line in lines]
+
+
+def test_the_same_settings_resume_without_a_word():
+    review = review_resume(saved_demo_job(), load_job(DEMO, ["run.storage_path=/elsewhere", "run.log_every_steps=3"]),
+                           stage=3, step_in_stage=2)
+    assert review.conflicts == [] and review.notes == []
+
+
+def test_what_decides_the_weights_the_data_or_the_finished_stages_cannot_change():
+    now = load_job(DEMO, ["model.overrides.d_model=96", "run.seed=1", "data.max_doc_chars=1000",
+                          "sources.math.text_field=body", "curriculum.stages.0.tokens=4096",
+                          "curriculum.stages.3.mix.math=0.15", "curriculum.stages.3.mix.fineweb=0.80",
+                          "curriculum.target_tokens=400096"])
+    review = review_resume(saved_demo_job(), now, stage=3, step_in_stage=0)
+    assert fields_of(review.conflicts) == ["model (d_model)", "data.max_doc_chars", "run.seed",
+                                           "sources.math.text_field", "curriculum.stages.0.tokens"]
+    assert "model (d_model): checkpoint 64, now 96 (the checkpoint's weights have the old shape)" in review.conflicts
+    # Stage 4 (index 3) has not begun at a boundary checkpoint: its new mix is followed, and said.
+    assert "curriculum.stages: stage(s) 4 differ from the checkpoint's run; they run as the config says" \
+        in review.notes
+    # Begun (2 steps in), the same change is a conflict.
+    begun = review_resume(saved_demo_job(), now, stage=3, step_in_stage=2)
+    assert "curriculum.stages.3.mix" in fields_of(begun.conflicts)
+
+
+def test_later_stages_the_optimizer_and_the_workers_at_a_boundary_may_change():
+    now = load_job(DEMO, ["curriculum.stages.9.tokens=200000", "curriculum.target_tokens=500000",
+                          "optimizer.peak_lr=1e-3", "run.workers=1"])
+    review = review_resume(saved_demo_job(), now, stage=4, step_in_stage=0)
+    assert review.conflicts == []
+    assert fields_of(review.notes) == ["run.workers", "curriculum.stages", "curriculum.target_tokens",
+                                       "optimizer.peak_lr"]
+    assert "curriculum.target_tokens: checkpoint 400000, now 500000 (the LR decays over the new target from here " \
+           "on)" in review.notes
+
+
+def test_a_mid_stage_checkpoint_resumes_on_as_many_workers():
+    review = review_resume(saved_demo_job(), load_job(DEMO, ["run.workers=1"]), stage=4, step_in_stage=5)
+    assert fields_of(review.conflicts) == ["run.workers"]
+    assert "5 steps into stage 5" in review.conflicts[0]
+
+
+def test_a_checkpoint_in_a_stage_the_config_no_longer_has(tmp_path):
+    three = load_job(demo_subset(str(tmp_path / "three.yaml"), 0, 3))
+    review = review_resume(saved_demo_job(), three, stage=5, step_in_stage=0)
+    assert "curriculum.stages: the checkpoint is in stage 5 of 10, the config has 3 stage(s)" in review.conflicts
+
+
+def test_jobs_train_refuses_a_conflicting_resume_before_starting_ray(tmp_path):
+    ckpt = str(tmp_path / "checkpoint_x")
+    save_checkpoint(ckpt, {}, {}, TrainState(step=9, tokens=20_000, stage=2, step_in_stage=1),
+                    absolute_paths(load_job(DEMO)).to_dict())
+    proc = subprocess.run([sys.executable, "jobs/train.py", "--config", "configs/demo.yaml",
+                           "--set", "model.overrides.d_model=96", "--set", "run.seed=5", "--resume", ckpt],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    err = proc.stderr
+    assert f"cannot resume {ckpt} (stage 3, 1 steps in)" in err
+    assert "model (d_model): checkpoint 64, now 96" in err and "run.seed: checkpoint 1234, now 5" in err
+    assert os.path.join(ckpt, "job.json") in err  # where the run's own settings are
+    assert "Ray instance" not in proc.stdout + proc.stderr  # refused before any cluster work

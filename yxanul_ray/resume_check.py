@@ -1,0 +1,100 @@
+"""Whether a checkpoint can go on under the job given now (pure: the driver asks before any cluster
+work, for `--resume`).
+
+A resume continues the saved run: its weights, its cursors (positions in each source's documents,
+in a file order drawn from the seed, cut into pieces of at most max_doc_chars) and its finished
+stages' token counts. The settings that decide those must be what they were, or the run would go
+on quietly wrong: the weights would not load, or the data would restart at other documents, or
+the token accounting would no longer add up to the target. Those are conflicts. Everything else
+may change, and the changes that alter the run's course from here are named (notes): the stages
+not yet begun (and with them the target, over which the LR decays), the optimizer, and the number
+of workers at a stage boundary. Logging, storage, failures and the like pass silently.
+
+Not compared: a source's `path` or `hf_mirror` (a corpus may move; its files must be the same,
+and nothing here can check that without reading them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from yxanul_ray.config import JobSpec, stage_stride
+
+SOURCE_FIELDS = ("hf", "hf_config", "split", "format", "text_field", "validation_docs")
+"""What decides a source's document stream (validation_docs: the held-out documents it skips)."""
+
+SHAPE_FIELDS_FREE = ("init_std",)
+"""Model shape fields the saved weights do not depend on."""
+
+
+@dataclass(frozen=True)
+class ResumeReview:
+    conflicts: list[str]
+    """Each `field: checkpoint X, now Y (why)`: the resume cannot follow the job as given."""
+    notes: list[str]
+    """Changes the resume follows from here on."""
+
+
+def review_resume(saved: JobSpec, job: JobSpec, stage: int, step_in_stage: int) -> ResumeReview:
+    """Compare the job that wrote the checkpoint (`saved`, its job.json) with `job`, for a
+    checkpoint in stage index `stage`, `step_in_stage` steps in (0: at the stage's start)."""
+    conflicts: list[str] = []
+    notes: list[str] = []
+
+    def differ(field: str, was, now, why: str, into: list[str]) -> None:
+        if was != now:
+            into.append(f"{field}: checkpoint {was!r}, now {now!r} ({why})")
+
+    weights = "the checkpoint's weights have the old shape"
+    for f in dataclasses.fields(saved.model.shape):
+        if f.name not in SHAPE_FIELDS_FREE:
+            differ(f"model ({f.name})", getattr(saved.model.shape, f.name), getattr(job.model.shape, f.name),
+                   weights, conflicts)
+    stream = "the cursors are positions in the old document stream"
+    differ("data.tokenizer", saved.data.tokenizer, job.data.tokenizer, stream, conflicts)
+    differ("data.max_doc_chars", saved.data.max_doc_chars, job.data.max_doc_chars, stream, conflicts)
+    differ("run.seed", saved.run.seed, job.run.seed, "it draws each source's file order; " + stream, conflicts)
+    differ("sources", list(saved.sources), list(job.sources),
+           "the cursors and token counts are per source, in the config's order", conflicts)
+    for name in saved.sources.keys() & job.sources.keys():
+        for f in SOURCE_FIELDS:
+            differ(f"sources.{name}.{f}", getattr(saved.sources[name], f), getattr(job.sources[name], f), stream,
+                   conflicts)
+
+    # Stages already trained, and the current one if it has begun, are fixed: their budgets make
+    # the token count, and their seq_len, batch, mix and stride decide which rows were taken.
+    fixed = stage + (1 if step_in_stage else 0)
+    old_stages, new_stages = saved.curriculum.stages, job.curriculum.stages
+    if len(new_stages) < fixed:
+        conflicts.append(f"curriculum.stages: the checkpoint is in stage {fixed} of {len(old_stages)}, the config has "
+                         f"{len(new_stages)} stage(s)")
+    for i in range(min(fixed, len(old_stages), len(new_stages))):
+        was, now = _stage_data(saved, i), _stage_data(job, i)
+        for key in was:
+            differ(f"curriculum.stages.{i}.{key}", was[key], now[key],
+                   f"stage {i + 1} was {'trained' if i < stage else 'begun'} with it", conflicts)
+    if step_in_stage and saved.run.workers != job.run.workers:
+        conflicts.append(f"run.workers: checkpoint {saved.run.workers}, now {job.run.workers} (the checkpoint is "
+                         f"{step_in_stage} steps into stage {stage + 1}, whose rows are dealt per worker; resume a "
+                         "mid-stage checkpoint on as many workers, or a stage-boundary one on any number)")
+
+    if not step_in_stage:
+        differ("run.workers", saved.run.workers, job.run.workers, f"from stage {stage + 1} on", notes)
+    changed_later = [i + 1 for i in range(fixed, max(len(old_stages), len(new_stages)))
+                     if i >= len(old_stages) or i >= len(new_stages) or old_stages[i] != new_stages[i]]
+    if changed_later:
+        notes.append(f"curriculum.stages: stage(s) {', '.join(map(str, changed_later))} differ from the checkpoint's "
+                     "run; they run as the config says")
+    differ("curriculum.target_tokens", saved.curriculum.target_tokens, job.curriculum.target_tokens,
+           "the LR decays over the new target from here on", notes)
+    for f in dataclasses.fields(saved.optimizer):
+        differ(f"optimizer.{f.name}", getattr(saved.optimizer, f.name), getattr(job.optimizer, f.name),
+               "from the resumed step on", notes)
+    return ResumeReview(conflicts, notes)
+
+
+def _stage_data(job: JobSpec, i: int) -> dict:
+    st = job.curriculum.stages[i]
+    return {"seq_len": st.seq_len, "tokens": st.tokens, "batch": st.global_batch, "mix": dict(st.mix),
+            "stride": stage_stride(job.curriculum, st)}

@@ -29,31 +29,31 @@ def fields_of(lines: list[str]) -> list[str]:
 
 def test_the_same_settings_resume_without_a_word():
     review = review_resume(saved_demo_job(), load_job(DEMO, ["run.storage_path=/elsewhere", "run.log_every_steps=3"]),
-                           stage=3, step_in_stage=2)
+                           TrainState(stage=3, step_in_stage=2))
     assert review.conflicts == [] and review.notes == []
 
 
 def test_what_decides_the_weights_the_data_or_the_finished_stages_cannot_change():
-    now = load_job(DEMO, ["model.overrides.d_model=96", "run.seed=1", "data.max_doc_chars=1000",
+    now = load_job(DEMO, ["model.overrides.d_model=96", "data.max_doc_chars=1000",
                           "sources.math.text_field=body", "curriculum.stages.0.tokens=4096",
                           "curriculum.stages.3.mix.math=0.15", "curriculum.stages.3.mix.fineweb=0.80",
                           "curriculum.target_tokens=400096"])
-    review = review_resume(saved_demo_job(), now, stage=3, step_in_stage=0)
-    assert fields_of(review.conflicts) == ["model (d_model)", "data.max_doc_chars", "run.seed",
-                                           "sources.math.text_field", "curriculum.stages.0.tokens"]
+    review = review_resume(saved_demo_job(), now, TrainState(stage=3))
+    assert fields_of(review.conflicts) == ["model (d_model)", "data.max_doc_chars", "sources.math.text_field",
+                                           "curriculum.stages.0.tokens"]
     assert "model (d_model): checkpoint 64, now 96 (the checkpoint's weights have the old shape)" in review.conflicts
     # Stage 4 (index 3) has not begun at a boundary checkpoint: its new mix is followed, and said.
     assert "curriculum.stages: stage(s) 4 differ from the checkpoint's run; they run as the config says" \
         in review.notes
     # Begun (2 steps in), the same change is a conflict.
-    begun = review_resume(saved_demo_job(), now, stage=3, step_in_stage=2)
+    begun = review_resume(saved_demo_job(), now, TrainState(stage=3, step_in_stage=2))
     assert "curriculum.stages.3.mix" in fields_of(begun.conflicts)
 
 
 def test_later_stages_the_optimizer_and_the_workers_at_a_boundary_may_change():
     now = load_job(DEMO, ["curriculum.stages.9.tokens=200000", "curriculum.target_tokens=500000",
                           "optimizer.peak_lr=1e-3", "run.workers=1"])
-    review = review_resume(saved_demo_job(), now, stage=4, step_in_stage=0)
+    review = review_resume(saved_demo_job(), now, TrainState(stage=4))
     assert review.conflicts == []
     assert fields_of(review.notes) == ["run.workers", "curriculum.stages", "curriculum.target_tokens",
                                        "optimizer.peak_lr"]
@@ -61,15 +61,27 @@ def test_later_stages_the_optimizer_and_the_workers_at_a_boundary_may_change():
            "on)" in review.notes
 
 
+def test_the_seed_may_change_until_a_source_is_past_its_first_pass():
+    def cursors(epoch: int) -> dict:
+        at = {"epoch": epoch, "file_pos": 1, "row": 7, "piece": 0, "token_offset": 0}
+        return {"stage_cursors": {"0": {}, "1": {"fineweb": at, "math": at, "code": at}}}
+
+    now = load_job(DEMO, ["run.seed=1"])
+    first_pass = review_resume(saved_demo_job(), now, TrainState(stage=1, coordinator=cursors(0)))
+    assert first_pass.conflicts == [] and fields_of(first_pass.notes) == ["run.seed"]
+    wrapped = review_resume(saved_demo_job(), now, TrainState(stage=1, coordinator=cursors(1)))
+    assert fields_of(wrapped.conflicts) == ["run.seed"]
+
+
 def test_a_mid_stage_checkpoint_resumes_on_as_many_workers():
-    review = review_resume(saved_demo_job(), load_job(DEMO, ["run.workers=1"]), stage=4, step_in_stage=5)
+    review = review_resume(saved_demo_job(), load_job(DEMO, ["run.workers=1"]), TrainState(stage=4, step_in_stage=5))
     assert fields_of(review.conflicts) == ["run.workers"]
     assert "5 steps into stage 5" in review.conflicts[0]
 
 
 def test_a_checkpoint_in_a_stage_the_config_no_longer_has(tmp_path):
     three = load_job(demo_subset(str(tmp_path / "three.yaml"), 0, 3))
-    review = review_resume(saved_demo_job(), three, stage=5, step_in_stage=0)
+    review = review_resume(saved_demo_job(), three, TrainState(stage=5))
     assert "curriculum.stages: the checkpoint is in stage 5 of 10, the config has 3 stage(s)" in review.conflicts
 
 
@@ -78,11 +90,11 @@ def test_jobs_train_refuses_a_conflicting_resume_before_starting_ray(tmp_path):
     save_checkpoint(ckpt, {}, {}, TrainState(step=9, tokens=20_000, stage=2, step_in_stage=1),
                     absolute_paths(load_job(DEMO)).to_dict())
     proc = subprocess.run([sys.executable, "jobs/train.py", "--config", "configs/demo.yaml",
-                           "--set", "model.overrides.d_model=96", "--set", "run.seed=5", "--resume", ckpt],
+                           "--set", "model.overrides.d_model=96", "--set", "data.max_doc_chars=5000", "--resume", ckpt],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     err = proc.stderr
     assert f"cannot resume {ckpt} (stage 3, 1 steps in)" in err
-    assert "model (d_model): checkpoint 64, now 96" in err and "run.seed: checkpoint 1234, now 5" in err
+    assert "model (d_model): checkpoint 64, now 96" in err and "data.max_doc_chars: checkpoint 200000, now 5000" in err
     assert os.path.join(ckpt, "job.json") in err  # where the run's own settings are
     assert "Ray instance" not in proc.stdout + proc.stderr  # refused before any cluster work

@@ -122,7 +122,7 @@ def check_resume(job: JobSpec, checkpoint: str) -> None:
         saved = job_from_dict(saved_raw, saved_path)
     except ConfigError as e:
         raise ConfigError(f"--resume {checkpoint}: its job.json does not load in this version ({e})") from None
-    review = review_resume(saved, job, state.stage, state.step_in_stage)
+    review = review_resume(saved, job, state)
     if review.conflicts:
         raise ConfigError(
             f"{job.path}: cannot resume {checkpoint} (stage {state.stage + 1}, {state.step_in_stage} steps in): the "

@@ -2,8 +2,8 @@
 work, for `--resume`).
 
 A resume continues the saved run: its weights, its cursors (positions in each source's documents,
-in a file order drawn from the seed, cut into pieces of at most max_doc_chars) and its finished
-stages' token counts. The settings that decide those must be what they were, or the run would go
+cut into pieces of at most max_doc_chars, in a file order the seed draws for every pass after the
+first) and its finished stages' token counts. The settings that decide those must be what they were, or the run would go
 on quietly wrong: the weights would not load, or the data would restart at other documents, or
 the token accounting would no longer add up to the target. Those are conflicts. Everything else
 may change, and the changes that alter the run's course from here are named (notes): the stages
@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from yxanul_ray.config import JobSpec, stage_stride
+
+if TYPE_CHECKING:  # checkpoint imports torch; this module is pure
+    from yxanul_ray.checkpoint import TrainState
 
 SOURCE_FIELDS = ("hf", "hf_config", "split", "format", "text_field", "validation_docs")
 """What decides a source's document stream (validation_docs: the held-out documents it skips)."""
@@ -36,9 +40,10 @@ class ResumeReview:
     """Changes the resume follows from here on."""
 
 
-def review_resume(saved: JobSpec, job: JobSpec, stage: int, step_in_stage: int) -> ResumeReview:
-    """Compare the job that wrote the checkpoint (`saved`, its job.json) with `job`, for a
-    checkpoint in stage index `stage`, `step_in_stage` steps in (0: at the stage's start)."""
+def review_resume(saved: JobSpec, job: JobSpec, state: TrainState) -> ResumeReview:
+    """Compare the job that wrote the checkpoint (`saved`, its job.json) with `job`, for the
+    checkpoint's `state` (its stage, steps into it, and the coordinator's cursors)."""
+    stage, step_in_stage = state.stage, state.step_in_stage
     conflicts: list[str] = []
     notes: list[str] = []
 
@@ -54,7 +59,14 @@ def review_resume(saved: JobSpec, job: JobSpec, stage: int, step_in_stage: int) 
     stream = "the cursors are positions in the old document stream"
     differ("data.tokenizer", saved.data.tokenizer, job.data.tokenizer, stream, conflicts)
     differ("data.max_doc_chars", saved.data.max_doc_chars, job.data.max_doc_chars, stream, conflicts)
-    differ("run.seed", saved.run.seed, job.run.seed, "it draws each source's file order; " + stream, conflicts)
+    # The seed orders a source's files in every pass after its first (and drew the initial
+    # weights, which the checkpoint replaces): it matters once a cursor is past a first pass.
+    if furthest_pass(state) > 0:
+        differ("run.seed", saved.run.seed, job.run.seed, "it orders the files of a source's later passes, and a "
+               "cursor is in one; " + stream, conflicts)
+    else:
+        differ("run.seed", saved.run.seed, job.run.seed, "it orders the files of any pass after a source's first, "
+               "none begun yet", notes)
     differ("sources", list(saved.sources), list(job.sources),
            "the cursors and token counts are per source, in the config's order", conflicts)
     for name in saved.sources.keys() & job.sources.keys():
@@ -92,6 +104,13 @@ def review_resume(saved: JobSpec, job: JobSpec, stage: int, step_in_stage: int) 
         differ(f"optimizer.{f.name}", getattr(saved.optimizer, f.name), getattr(job.optimizer, f.name),
                "from the resumed step on", notes)
     return ResumeReview(conflicts, notes)
+
+
+def furthest_pass(state: TrainState) -> int:
+    """The highest pass (epoch) any of the checkpoint's cursors is in: 0 while every source is in
+    its first read of its files."""
+    cursors = state.coordinator.get("stage_cursors", {})
+    return max((c.get("epoch", 0) for by_source in cursors.values() for c in by_source.values()), default=0)
 
 
 def _stage_data(job: JobSpec, i: int) -> dict:

@@ -82,7 +82,12 @@ def test_a_mid_stage_checkpoint_resumes_on_as_many_workers():
 def test_a_checkpoint_in_a_stage_the_config_no_longer_has(tmp_path):
     three = load_job(demo_subset(str(tmp_path / "three.yaml"), 0, 3))
     review = review_resume(saved_demo_job(), three, TrainState(stage=5))
-    assert "curriculum.stages: the checkpoint is in stage 5 of 10, the config has 3 stage(s)" in review.conflicts
+    assert "curriculum.stages: the checkpoint's run finished 5 of its 10 stages; the config has 3" in review.conflicts
+    begun = review_resume(saved_demo_job(), three, TrainState(stage=3, step_in_stage=1))
+    assert "curriculum.stages: the checkpoint's run finished 3 of its 10 stages and begun stage 4; the config has 3" \
+        in begun.conflicts
+    # A finished run's last checkpoint, under its own three stages: nothing left to differ.
+    assert review_resume(saved_demo_job(), three, TrainState(stage=3)).conflicts == []
 
 
 def test_jobs_train_refuses_a_conflicting_resume_before_starting_ray(tmp_path):

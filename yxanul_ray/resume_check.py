@@ -3,9 +3,9 @@ work, for `--resume`).
 
 A resume continues the saved run: its weights, its cursors (positions in each source's documents,
 cut into pieces of at most max_doc_chars, in a file order the seed draws for every pass after the
-first) and its finished stages' token counts. The settings that decide those must be what they were, or the run would go
-on quietly wrong: the weights would not load, or the data would restart at other documents, or
-the token accounting would no longer add up to the target. Those are conflicts. Everything else
+first) and its finished stages' token counts. The settings that decide those must be what they
+were, or the run would go on wrong: the weights would not load, or the data would restart at other
+documents, or the token accounting would no longer add up to the target. Those are conflicts. Everything else
 may change, and the changes that alter the run's course from here are named (notes): the stages
 not yet begun (and with them the target, over which the LR decays), the optimizer, and the number
 of workers at a stage boundary. Logging, storage, failures and the like pass silently.
@@ -69,7 +69,7 @@ def review_resume(saved: JobSpec, job: JobSpec, state: TrainState) -> ResumeRevi
                "none begun yet", notes)
     differ("sources", list(saved.sources), list(job.sources),
            "the cursors and token counts are per source, in the config's order", conflicts)
-    for name in saved.sources.keys() & job.sources.keys():
+    for name in [n for n in saved.sources if n in job.sources]:
         for f in SOURCE_FIELDS:
             differ(f"sources.{name}.{f}", getattr(saved.sources[name], f), getattr(job.sources[name], f), stream,
                    conflicts)
@@ -79,8 +79,9 @@ def review_resume(saved: JobSpec, job: JobSpec, state: TrainState) -> ResumeRevi
     fixed = stage + (1 if step_in_stage else 0)
     old_stages, new_stages = saved.curriculum.stages, job.curriculum.stages
     if len(new_stages) < fixed:
-        conflicts.append(f"curriculum.stages: the checkpoint is in stage {fixed} of {len(old_stages)}, the config has "
-                         f"{len(new_stages)} stage(s)")
+        done = f"finished {stage} of its {len(old_stages)} stages"
+        done += f" and begun stage {fixed}" if step_in_stage else ""
+        conflicts.append(f"curriculum.stages: the checkpoint's run {done}; the config has {len(new_stages)}")
     for i in range(min(fixed, len(old_stages), len(new_stages))):
         was, now = _stage_data(saved, i), _stage_data(job, i)
         for key in was:

@@ -2,7 +2,8 @@
 
 Also accepts the user's original flags: `--curriculum` (always on), `--model-size 270M`,
 `--target-tokens N` (stage budgets scaled to N) and `--curriculum-config PATH`. With no Ray
-cluster running it starts one in-process.
+cluster running it starts one in-process. `--resume CHECKPOINT` without `--config` takes the
+checkpoint's own settings (its job.json).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-size", choices=sorted(MODEL_SIZES))
     ap.add_argument("--target-tokens", type=int)
     args = ap.parse_args(argv)
-    config = args.config or DEFAULT_CONFIG
+    # --resume without --config continues the run under its own settings (the checkpoint's
+    # job.json, which YAML reads), --set overrides applied as to any config.
+    config = args.config or (os.path.join(args.resume, "job.json") if args.resume else DEFAULT_CONFIG)
     overrides = list(args.overrides)
     if args.model_size:
         overrides.append(f"model.preset={MODEL_SIZES[args.model_size]}")

@@ -11,7 +11,7 @@ import sys
 from tests.helpers import CONFIGS, REPO, demo_subset
 from yxanul_ray.checkpoint import TrainState, save_checkpoint
 from yxanul_ray.config import job_from_dict, load_job
-from yxanul_ray.driver import absolute_paths
+from yxanul_ray.driver import absolute_paths, check_resume
 from yxanul_ray.resume_check import review_resume
 
 DEMO = os.path.join(CONFIGS, "demo.yaml")
@@ -103,3 +103,27 @@ def test_jobs_train_refuses_a_conflicting_resume_before_starting_ray(tmp_path):
     assert "model (d_model): checkpoint 64, now 96" in err and "data.max_doc_chars: checkpoint 200000, now 5000" in err
     assert os.path.join(ckpt, "job.json") in err  # where the run's own settings are
     assert "Ray instance" not in proc.stdout + proc.stderr  # refused before any cluster work
+
+
+def test_a_checkpoint_from_another_version_resumes_unchecked_with_a_warning(tmp_path, capsys):
+    ckpt = str(tmp_path / "checkpoint_old")
+    written = absolute_paths(load_job(DEMO)).to_dict()
+    written["run"]["retired_setting"] = 1  # a setting this version no longer has
+    save_checkpoint(ckpt, {}, {}, TrainState(stage=2), written)
+    check_resume(load_job(DEMO, ["model.overrides.d_model=96"]), ckpt)  # not refused: nothing to compare with
+    out = capsys.readouterr().out
+    assert f"resume: warning: not compared with the config, {ckpt}/job.json does not load in this version" in out
+    assert "retired_setting" in out
+
+
+def test_jobs_train_resumes_under_the_checkpoints_own_settings_without_a_config(tmp_path):
+    ckpt = str(tmp_path / "checkpoint_y")
+    # The run's own settings differ from configs/demo.yaml in a way a resume cannot follow.
+    own = absolute_paths(load_job(DEMO, ["data.max_doc_chars=5000"]))
+    save_checkpoint(ckpt, {}, {}, TrainState(step=9, tokens=20_000, stage=2, step_in_stage=1), own.to_dict())
+    proc = subprocess.run([sys.executable, "jobs/train.py", "--set", "model.overrides.d_model=96", "--resume", ckpt],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    # Compared with job.json itself: only the --set change conflicts, not max_doc_chars.
+    assert f"{ckpt}/job.json: cannot resume {ckpt}" in proc.stderr
+    assert "model (d_model): checkpoint 64, now 96" in proc.stderr and "max_doc_chars" not in proc.stderr

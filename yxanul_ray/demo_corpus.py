@@ -2,7 +2,7 @@
 sources' schema (one `text` column), so the demo exercises the same reader as the Hub.
 
 - fineweb (English prose): Python's help topics (pydoc_data) and the docstrings of the standard
-  library's modules, classes and functions.
+  library's modules, classes and functions, read from its source files.
 - code: the standard library's own source files.
 - math: generated worked problems (arithmetic, fractions, linear equations, percentages, word
   problems), each with a step-by-step solution whose answer is computed, so it is correct.
@@ -10,13 +10,11 @@ sources' schema (one `text` column), so the demo exercises the same reader as th
 
 from __future__ import annotations
 
-import importlib
-import inspect
+import ast
 import os
 import pkgutil
 import random
 import sysconfig
-import warnings
 from fractions import Fraction
 
 import pyarrow as pa
@@ -35,18 +33,12 @@ def prose_documents() -> list[str]:
 
     docs = [f"{name}\n\n{text.strip()}" for name, text in sorted(topics.items()) if len(text) > 200]
     seen: set[str] = set()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name in _stdlib_module_names():
-            try:
-                mod = importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - any failing import just contributes nothing
-                continue
-            for obj in _documented_objects(mod):
-                doc = inspect.getdoc(obj)
-                if doc and len(doc) > 120 and doc not in seen:
-                    seen.add(doc)
-                    docs.append(doc)
+    root = sysconfig.get_paths()["stdlib"]
+    for name in _stdlib_module_names():
+        for doc in _source_docstrings(root, name):
+            if len(doc) > 120 and doc not in seen:
+                seen.add(doc)
+                docs.append(doc)
     return docs
 
 
@@ -64,16 +56,33 @@ def _stdlib_module_names() -> list[str]:
     return sorted(names)
 
 
-def _documented_objects(mod) -> list:
-    """The module, its classes and functions, and the classes' methods, in a stable order."""
-    out = [mod]
-    for _, value in sorted(vars(mod).items()):
-        if inspect.isfunction(value):
-            out.append(value)
-        elif inspect.isclass(value):
-            out.append(value)
-            out += [m for _, m in sorted(vars(value).items()) if inspect.isfunction(m)]
-    return out
+def _source_docstrings(root: str, name: str) -> list[str]:
+    """The docstrings a module's source gives: the module's, then its top-level classes' and
+    functions' by name, each class followed by its methods' by name.
+
+    Read from the source, not from the imported module: a module's namespace also holds what
+    other imports put there, so the corpus changed with what the building process had imported
+    before (measured: typing_extensions replaces typing._collect_parameters with its own, other
+    docstring; concurrent.futures holds ThreadPoolExecutor only once something has asked for it),
+    and importing runs every module's top-level code."""
+    base = os.path.join(root, *name.split("."))
+    path = os.path.join(base, "__init__.py") if os.path.isdir(base) else base + ".py"
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return []
+    defs = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+    def by_name(body: list) -> list:
+        return sorted((n for n in body if isinstance(n, defs)), key=lambda n: n.name)
+
+    nodes = [tree]
+    for node in by_name(tree.body):
+        nodes.append(node)
+        if isinstance(node, ast.ClassDef):
+            nodes += [m for m in by_name(node.body) if not isinstance(m, ast.ClassDef)]
+    return [doc for doc in map(ast.get_docstring, nodes) if doc]
 
 
 def code_documents(max_files: int = 400) -> list[str]:

@@ -34,7 +34,7 @@ def prose_documents() -> list[str]:
     docs = [f"{name}\n\n{text.strip()}" for name, text in sorted(topics.items()) if len(text) > 200]
     seen: set[str] = set()
     root = sysconfig.get_paths()["stdlib"]
-    for name in _stdlib_module_names():
+    for name in _stdlib_module_names(root):
         for doc in _source_docstrings(root, name):
             if len(doc) > 120 and doc not in seen:
                 seen.add(doc)
@@ -42,9 +42,8 @@ def prose_documents() -> list[str]:
     return docs
 
 
-def _stdlib_module_names() -> list[str]:
-    """Top-level standard-library modules and the submodules of its packages, sorted."""
-    root = sysconfig.get_paths()["stdlib"]
+def _stdlib_module_names(root: str) -> list[str]:
+    """Top-level standard-library modules (under `root`) and the submodules of its packages, sorted."""
     names = []
     for info in pkgutil.iter_modules([root]):
         if info.name.startswith(("_", *_SKIP_MODULES)):

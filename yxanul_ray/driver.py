@@ -10,7 +10,7 @@ import dataclasses
 import os
 import time
 
-from yxanul_ray.config import ConfigError, JobSpec, read_yaml
+from yxanul_ray.config import ConfigError, JobSpec, job_from_dict, read_yaml
 
 
 def prepare_demo_corpus(config_path: str, overrides: list[str]) -> None:
@@ -113,7 +113,6 @@ def check_resume(job: JobSpec, checkpoint: str) -> None:
     """Raise ConfigError if `job` cannot continue the run that wrote `checkpoint` (see
     resume_check); print the changes it will follow."""
     from yxanul_ray.checkpoint import load_state
-    from yxanul_ray.config import job_from_dict
     from yxanul_ray.resume_check import review_resume
 
     state, saved_raw = load_state(checkpoint)

@@ -6,6 +6,7 @@ has no business opening a dashboard to the network by default.
 
 from __future__ import annotations
 
+import logging
 import os
 
 WORKER_SOFT_LIMIT = 32
@@ -89,8 +90,6 @@ def running_cluster_address() -> str | None:
 def quiet_ray_data() -> None:
     """No progress bars in logs (they are for terminals); metrics go to the dashboard instead.
     Ray Data's own INFO lines stay in the session's ray-data.log, off this process's console."""
-    import logging
-
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -118,8 +117,6 @@ def quiet_ray_train() -> None:
 def console_handlers(logger_name: str) -> list:
     """The handlers of a Ray library's logger that write to the console (Ray configures its
     libraries' loggers with their own handlers and no propagation); not its log files."""
-    import logging
-
     return [h for h in logging.getLogger(logger_name).handlers
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
 

@@ -323,12 +323,14 @@ def test_resume_from_mid_stage_checkpoint(fault_config, fault_run_dir, tmp_path)
     assert mid, "no mid-stage checkpoint was written"
     tokens, ckpt, state = sorted(mid)[0]
     assert os.path.exists(os.path.join(ckpt, "rng.pt"))  # the generators are resumed too
+    assert set(state["coordinator"]["files"]) == {"fineweb", "math", "code"}  # compared before the resume
     out_dir = tmp_path / "resumed"
     proc = subprocess.run([sys.executable, "jobs/train.py", "--config", fault_config,
                            "--set", f"run.storage_path={out_dir}", "--resume", ckpt],
                           cwd=REPO, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, failure_lines(out)
+    assert "resume: " not in out  # the run's own settings and files: nothing changed to note
     stage, step_in_stage = state["stage"] + 1, state["step_in_stage"]
     assert f"Resumed from {ckpt}: stage {stage}, step {state['step']} ({step_in_stage} into the stage), " \
            f"{tokens:,} tokens" in ANSI.sub("", out)

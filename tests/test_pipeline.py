@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -408,6 +409,45 @@ def test_a_restarted_coordinator_continues_from_the_checkpoint_the_workers_hand_
         resumed = ray.get(coord.state.remote(2, second), timeout=120)
         assert resumed["stage_cursors"]["2"] == undisturbed["stage_cursors"]["2"]
         assert resumed["stage_stats"]["1"] == undisturbed["stage_stats"]["1"]
+    finally:
+        ray.kill(coord)
+
+
+def test_a_restarted_coordinator_refuses_a_checkpoint_whose_files_changed(ray_cluster, demo_corpus, tmp_path):
+    """A checkpoint records its sources' file lists with the cursors that index them. A file
+    added to a source while the run went on shifts the list a restarted coordinator makes: it
+    refuses that checkpoint's worker group, naming the file, instead of reading other documents
+    at the saved cursors."""
+    import ray
+
+    from yxanul_ray.coordinator import CurriculumCoordinator
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(demo_corpus, corpus)
+    job = demo_job(str(corpus))
+    coord = CurriculumCoordinator.options(name=f"test-coordinator-{time.time_ns()}", max_restarts=1).remote(
+        job.to_dict(), 2)
+    try:
+        first = ray.get(coord.join.remote({}))
+        checkpoint = ray.get(coord.state.remote(0, first))
+        assert [name for name, _ in checkpoint["files"]["math"]["files"]] == [
+            f"part-0000{i}.parquet" for i in range(4)]
+        assert ray.get(coord.join.remote(checkpoint)) == first  # the same files: joined
+
+        shutil.copy(corpus / "math" / "part-00000.parquet", corpus / "math" / "part-00000a.parquet")
+        ray.kill(coord, no_restart=False)  # restarted, it lists the sources again
+        deadline = time.time() + 120
+        while True:
+            try:
+                joined = ray.get(coord.join.remote(checkpoint), timeout=120)
+                assert joined == first, "the restarted coordinator took a checkpoint of other files"
+            except ray.exceptions.ActorUnavailableError:
+                pass  # being restarted
+            except ray.exceptions.RayTaskError as e:
+                assert "math: 4 files then, 5 now; new: 'part-00000a.parquet'" in str(e)
+                break
+            assert time.time() < deadline, "the coordinator was not restarted"
+            time.sleep(0.5)  # the old process answered: Ray's kill had not reached it yet
     finally:
         ray.kill(coord)
 

@@ -5,16 +5,40 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import CONFIGS, REPO, demo_subset
 from yxanul_ray.checkpoint import TrainState, save_checkpoint
-from yxanul_ray.config import job_from_dict, load_job
-from yxanul_ray.driver import absolute_paths, check_resume
+from yxanul_ray.config import ConfigError, job_from_dict, load_job
+from yxanul_ray.driver import absolute_paths, check_resume, prepare_demo_corpus
+from yxanul_ray.hub import resolve_files
+from yxanul_ray.manifest import file_manifest
 from yxanul_ray.resume_check import review_resume
 
 DEMO = os.path.join(CONFIGS, "demo.yaml")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def demo_corpus_in_repo():
+    """configs/demo.yaml's corpus (data/demo, relative to the repo, where pytest runs), built if
+    this module runs before anything else has built it."""
+    prepare_demo_corpus(DEMO, [])
+
+
+def demo_files(job=None) -> dict[str, dict]:
+    """The file lists a checkpoint of the demo records (the coordinator's `files`)."""
+    job = job or load_job(DEMO)
+    return {name: file_manifest(spec, resolve_files(spec)) for name, spec in job.sources.items()}
+
+
+def state_at(stage: int, step_in_stage: int = 0, **fields) -> TrainState:
+    """A demo checkpoint's state at `stage`, its sources' files recorded as this version does."""
+    coordinator = {"files": demo_files(), **fields.pop("coordinator", {})}
+    return TrainState(stage=stage, step_in_stage=step_in_stage, coordinator=coordinator, **fields)
 
 
 def saved_demo_job(*overrides: str):
@@ -29,7 +53,7 @@ def fields_of(lines: list[str]) -> list[str]:
 
 def test_the_same_settings_resume_without_a_word():
     review = review_resume(saved_demo_job(), load_job(DEMO, ["run.storage_path=/elsewhere", "run.log_every_steps=3"]),
-                           TrainState(stage=3, step_in_stage=2))
+                           state_at(3, 2))
     assert review.conflicts == [] and review.notes == []
 
 
@@ -38,7 +62,7 @@ def test_what_decides_the_weights_the_data_or_the_finished_stages_cannot_change(
                           "sources.math.text_field=body", "curriculum.stages.0.tokens=4096",
                           "curriculum.stages.3.mix.math=0.15", "curriculum.stages.3.mix.fineweb=0.80",
                           "curriculum.target_tokens=400096"])
-    review = review_resume(saved_demo_job(), now, TrainState(stage=3))
+    review = review_resume(saved_demo_job(), now, state_at(3))
     assert fields_of(review.conflicts) == ["model (d_model)", "data.max_doc_chars", "sources.math.text_field",
                                            "curriculum.stages.0.tokens"]
     assert "model (d_model): checkpoint 64, now 96 (the checkpoint's weights have the old shape)" in review.conflicts
@@ -46,14 +70,14 @@ def test_what_decides_the_weights_the_data_or_the_finished_stages_cannot_change(
     assert "curriculum.stages: stage(s) 4 differ from the checkpoint's run; they run as the config says" \
         in review.notes
     # Begun (2 steps in), the same change is a conflict.
-    begun = review_resume(saved_demo_job(), now, TrainState(stage=3, step_in_stage=2))
+    begun = review_resume(saved_demo_job(), now, state_at(3, 2))
     assert "curriculum.stages.3.mix" in fields_of(begun.conflicts)
 
 
 def test_later_stages_the_optimizer_and_the_workers_at_a_boundary_may_change():
     now = load_job(DEMO, ["curriculum.stages.9.tokens=200000", "curriculum.target_tokens=500000",
                           "optimizer.peak_lr=1e-3", "run.workers=1"])
-    review = review_resume(saved_demo_job(), now, TrainState(stage=4))
+    review = review_resume(saved_demo_job(), now, state_at(4))
     assert review.conflicts == []
     assert fields_of(review.notes) == ["run.workers", "curriculum.stages", "curriculum.target_tokens",
                                        "optimizer.peak_lr"]
@@ -67,27 +91,27 @@ def test_the_seed_may_change_until_a_source_is_past_its_first_pass():
         return {"stage_cursors": {"0": {}, "1": {"fineweb": at, "math": at, "code": at}}}
 
     now = load_job(DEMO, ["run.seed=1"])
-    first_pass = review_resume(saved_demo_job(), now, TrainState(stage=1, coordinator=cursors(0)))
+    first_pass = review_resume(saved_demo_job(), now, state_at(1, coordinator=cursors(0)))
     assert first_pass.conflicts == [] and fields_of(first_pass.notes) == ["run.seed"]
-    wrapped = review_resume(saved_demo_job(), now, TrainState(stage=1, coordinator=cursors(1)))
+    wrapped = review_resume(saved_demo_job(), now, state_at(1, coordinator=cursors(1)))
     assert fields_of(wrapped.conflicts) == ["run.seed"]
 
 
 def test_a_mid_stage_checkpoint_resumes_on_as_many_workers():
-    review = review_resume(saved_demo_job(), load_job(DEMO, ["run.workers=1"]), TrainState(stage=4, step_in_stage=5))
+    review = review_resume(saved_demo_job(), load_job(DEMO, ["run.workers=1"]), state_at(4, 5))
     assert fields_of(review.conflicts) == ["run.workers"]
     assert "5 steps into stage 5" in review.conflicts[0]
 
 
 def test_a_checkpoint_in_a_stage_the_config_no_longer_has(tmp_path):
     three = load_job(demo_subset(str(tmp_path / "three.yaml"), 0, 3))
-    review = review_resume(saved_demo_job(), three, TrainState(stage=5))
+    review = review_resume(saved_demo_job(), three, state_at(5))
     assert "curriculum.stages: the checkpoint's run finished 5 of its 10 stages; the config has 3" in review.conflicts
-    begun = review_resume(saved_demo_job(), three, TrainState(stage=3, step_in_stage=1))
+    begun = review_resume(saved_demo_job(), three, state_at(3, 1))
     assert "curriculum.stages: the checkpoint's run finished 3 of its 10 stages and begun stage 4; the config has 3" \
         in begun.conflicts
     # A finished run's last checkpoint, under its own three stages: nothing left to differ.
-    assert review_resume(saved_demo_job(), three, TrainState(stage=3)).conflicts == []
+    assert review_resume(saved_demo_job(), three, state_at(3)).conflicts == []
 
 
 def test_jobs_train_refuses_a_conflicting_resume_before_starting_ray(tmp_path):
@@ -127,3 +151,31 @@ def test_jobs_train_resumes_under_the_checkpoints_own_settings_without_a_config(
     # Compared with job.json itself: only the --set change conflicts, not max_doc_chars.
     assert f"{ckpt}/job.json: cannot resume {ckpt}" in proc.stderr
     assert "model (d_model): checkpoint 64, now 96" in proc.stderr and "max_doc_chars" not in proc.stderr
+
+
+def test_a_moved_corpus_resumes_but_other_files_are_refused(tmp_path, capsys):
+    """The cursors index each source's file list: the same files elsewhere resume; a file added,
+    renamed or rewritten is refused before any cluster work, naming the source and the file."""
+    ckpt = str(tmp_path / "checkpoint_z")
+    save_checkpoint(ckpt, {}, {}, state_at(2, 1), absolute_paths(load_job(DEMO)).to_dict())
+    moved = tmp_path / "moved"
+    shutil.copytree(os.path.join(REPO, "data", "demo"), moved)
+    elsewhere = [f"sources.{s}.path={moved}/{s}/*.parquet" for s in ("fineweb", "math", "code")]
+    check_resume(absolute_paths(load_job(DEMO, elsewhere)), ckpt)
+    assert "resume:" not in capsys.readouterr().out  # same files, same settings: nothing to say
+
+    shutil.copy(moved / "fineweb" / "part-00001.parquet", moved / "fineweb" / "part-00001b.parquet")
+    with open(moved / "math" / "part-00002.parquet", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ConfigError) as err:
+        check_resume(absolute_paths(load_job(DEMO, elsewhere)), ckpt)
+    msg = str(err.value)
+    assert "sources.fineweb (files): 4 files then, 5 now; new: 'part-00001b.parquet'" in msg
+    assert "sources.math (files): 'part-00002.parquet' was" in msg and "the cursors index the run's file list" in msg
+    assert "sources.code" not in msg
+
+
+def test_a_checkpoint_without_file_lists_resumes_with_a_note():
+    review = review_resume(saved_demo_job(), load_job(DEMO), TrainState(stage=2), demo_files())
+    assert review.conflicts == [] and fields_of(review.notes) == ["sources"]
+    assert "does not record its sources' files" in review.notes[0]

@@ -11,6 +11,7 @@ import os
 import sys
 
 from yxanul_ray.config import ConfigError, load_job
+from yxanul_ray.hub import SourceUnavailable
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -141,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except SourceUnavailable as e:  # the Hub, asked which commit to pin or to list a resume's files
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

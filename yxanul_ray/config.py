@@ -41,9 +41,13 @@ class SourceSpec:
     hf_config: str | None = None
     """Dataset config (subset) name, e.g. `sample-10BT`; its files live under that folder."""
     split: str = "train"
+    revision: str | None = None
+    """The dataset's commit (or branch or tag) on the Hub. Unset, the driver pins the commit the
+    Hub serves when the run starts, so the run and its resumes read the same files however the
+    dataset changes meanwhile (job.json records it)."""
     hf_mirror: str | None = None
     """A local directory laid out like hf:// (datasets/<repo>/...): the Hub code path, read from
-    disk, for air-gapped clusters and tests."""
+    disk, for air-gapped clusters and tests. A mirror is one snapshot: `revision` does not apply."""
     path: str | None = None
     """Local file or glob (relative paths are relative to the working directory)."""
     format: Literal["parquet", "jsonl"] = "parquet"
@@ -401,6 +405,8 @@ def _validate(job: JobSpec) -> None:
         where = f"sources.{name}"
         if (src.hf is None) == (src.path is None):
             fail(where, "give exactly one of `hf` (a hub dataset id) or `path` (local files)")
+        if src.revision is not None and src.hf is None:
+            fail(f"{where}.revision", "applies to a Hub dataset (`hf`) only; remove it for local files")
         if src.hf_mirror is not None and not os.path.isdir(os.path.expanduser(src.hf_mirror)):
             fail(f"{where}.hf_mirror", f"{src.hf_mirror!r} is not a directory")
         if src.path is not None and not _matches(src.path):

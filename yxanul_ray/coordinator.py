@@ -38,6 +38,7 @@ from yxanul_ray.config import job_from_dict
 from yxanul_ray.cursors import SourceCursor, SourceStats
 from yxanul_ray.hub import resolve_files
 from yxanul_ray.local_data import holdout_rows
+from yxanul_ray.manifest import file_manifest, manifest_difference
 from yxanul_ray.raycluster import actor_was_restarted
 from yxanul_ray.stage_data import StageData, build_stage_data, source_ids
 from yxanul_ray.stage_packers import StagePackers
@@ -72,6 +73,8 @@ class CurriculumCoordinator:
         self.job = job_from_dict(job, job.get("path") or "<job>")
         self.world = world_size
         self.files = {s: resolve_files(spec) for s, spec in self.job.sources.items()}
+        # Checkpointed with the cursors, which index these lists (see manifest.py).
+        self.manifests = {s: file_manifest(self.job.sources[s], f) for s, f in self.files.items()}
         self.eos_id = load_tokenizer(self.job.data.tokenizer).eos_id
         # Named after its coordinator where that has a name, so an operator (or a test) can find
         # the run's packing actor.
@@ -102,7 +105,15 @@ class CurriculumCoordinator:
         checkpoint it restored (`state`; {} on a fresh run) where this actor lacks it, and returns
         the incarnation the group passes with its later calls. After Ray restarted this actor only
         that checkpoint knows where each stage started. What this actor already knows is kept:
-        the two agree, both being records of the same streams."""
+        the two agree, both being records of the same streams. A checkpoint whose sources' files
+        are not the ones listed here (changed since: this actor, restarted, listed them again) is
+        refused: its cursors would point at other documents."""
+        changed = [f"{s}: {d}" for s, then in saved.get("files", {}).items() if s in self.manifests
+                   and (d := manifest_difference(then, self.manifests[s]))]
+        if changed:
+            raise SourceFilesChanged("the sources' files differ from those of the checkpoint the workers restored, "
+                                     "whose cursors index them: " + "; ".join(changed) + ". Put the run's files back, "
+                                     "then resume from that checkpoint (--resume)")
         for k, cursors in saved.get("stage_cursors", {}).items():
             if int(k) not in self.stage_cursors:
                 self.stage_cursors[int(k)] = cursors
@@ -229,7 +240,8 @@ class CurriculumCoordinator:
                 raise RuntimeError(f"stage {stage + 1}'s start cursors were not known {CURSOR_WAIT_S} s after the "
                                    "workers reached it; no checkpoint is written without them") from None
         return {"stage_cursors": {str(k): v for k, v in self.stage_cursors.items()},
-                "stage_stats": {str(k): v for k, v in self.stage_stats.items()}}
+                "stage_stats": {str(k): v for k, v in self.stage_stats.items()},
+                "files": self.manifests}
 
     async def stage_report(self, stage: int) -> dict[str, dict]:
         """Per-source stats of a stage (rows, distinct tokens, documents, bad rows, wraps)."""
@@ -273,6 +285,10 @@ PACKERS_NAME_WAIT_S = 60
 
 class CoordinatorRestarted(RuntimeError):
     """A worker group's call reached a coordinator Ray restarted after the group joined it."""
+
+
+class SourceFilesChanged(RuntimeError):
+    """A source's files are no longer those a checkpoint's cursors index."""
 
 
 def _start_packers(name: str | None):

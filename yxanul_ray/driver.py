@@ -109,11 +109,36 @@ def make_trainer(job: JobSpec, train_loop, run_name: str, loop_config: dict):
     )
 
 
-def check_resume(job: JobSpec, checkpoint: str) -> None:
-    """Raise ConfigError if `job` cannot continue the run that wrote `checkpoint` (see
-    resume_check); print the changes it will follow."""
+def pin_hub_revisions(job: JobSpec) -> JobSpec:
+    """`job` with each Hub source (not a mirror) pinned to a commit: the one its `revision` names,
+    or the Hub's current one. Every listing of the run, a restarted coordinator's and a resume's
+    included, then reads the same files, and job.json records the commit."""
+    from yxanul_ray.hub import pin_revision
+
+    sources = dict(job.sources)
+    for name, spec in job.sources.items():
+        if spec.hf is None or spec.hf_mirror or _is_commit(spec.revision):
+            continue
+        sha = pin_revision(spec)
+        if sha:
+            print(f"source {name}: hf://datasets/{spec.hf} at commit {sha} ({spec.revision or 'the default branch'} "
+                  "now; pinned for this run and its resumes)", flush=True)
+            sources[name] = dataclasses.replace(spec, revision=sha)
+    return dataclasses.replace(job, sources=sources)
+
+
+def _is_commit(revision: str | None) -> bool:
+    return revision is not None and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
+
+
+def check_resume(job: JobSpec, checkpoint: str) -> JobSpec:
+    """The job to resume `checkpoint` with: `job`, reading the Hub commits the run read where it
+    names none. Raise ConfigError if it cannot continue that run (see resume_check), its sources'
+    files included; print the changes it will follow."""
     from yxanul_ray.checkpoint import load_state
-    from yxanul_ray.resume_check import review_resume
+    from yxanul_ray.hub import resolve_files
+    from yxanul_ray.manifest import file_manifest
+    from yxanul_ray.resume_check import review_resume, with_saved_revisions
 
     state, saved_raw = load_state(checkpoint)
     saved_path = os.path.join(checkpoint, "job.json")
@@ -124,16 +149,21 @@ def check_resume(job: JobSpec, checkpoint: str) -> None:
         # resume itself reads only state.json and the tensors, so it goes on, unchecked, as before.
         print(f"resume: warning: not compared with the config, {saved_path} does not load in this version ({e})",
               flush=True)
-        return
-    review = review_resume(saved, job, state)
+        return pin_hub_revisions(job)
+    job = pin_hub_revisions(with_saved_revisions(saved, job))
+    files_now = None
+    if "files" in state.coordinator:  # recorded since the checkpoints of this version
+        files_now = {name: file_manifest(spec, resolve_files(spec)) for name, spec in job.sources.items()}
+    review = review_resume(saved, job, state, files_now)
     if review.conflicts:
         raise ConfigError(
             f"{job.path}: cannot resume {checkpoint} (stage {state.stage + 1}, {state.step_in_stage} steps in): the "
             "config differs from that run where the resume cannot follow it:\n  - " + "\n  - ".join(review.conflicts)
-            + f"\nfix: resume with the run's own settings ({saved_path} holds them all), changing only stages not "
-            "yet begun, the optimizer, the worker count at a stage boundary, logging or storage")
+            + f"\nfix: resume with the run's own settings and files ({saved_path} holds the settings), changing only "
+            "stages not yet begun, the optimizer, the worker count at a stage boundary, logging or storage")
     for note in review.notes:
         print(f"resume: {note}", flush=True)
+    return job
 
 
 def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> int:
@@ -147,8 +177,10 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
         raise ConfigError(f"{job.path}: curriculum.stages: {e} (run.workers={job.run.workers})") from None
     job = absolute_paths(job)
     if resume:
-        check_resume(job, resume)  # not a checkpoint, or not this run's: a clear error before any cluster work
+        job = check_resume(job, resume)  # not a checkpoint, or not this run's: a clear error before any cluster work
         resume = os.path.abspath(resume)
+    else:
+        job = pin_hub_revisions(job)
 
     ray = start_ray()
     from yxanul_ray.coordinator import CurriculumCoordinator

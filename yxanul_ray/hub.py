@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -110,7 +111,7 @@ def resolve_files(spec: SourceSpec) -> SourceFiles:
             raise SourceUnavailable(f"source {spec.name}: path {spec.path!r} matches no file")
         return SourceFiles(spec.name, "local", tuple(os.path.abspath(p) for p in paths), spec.format,
                            sizes=tuple(os.path.getsize(p) for p in paths))
-    what = f"source {spec.name} (hf://datasets/{spec.hf})"
+    what = f"source {spec.name} (hf://{hub_root(spec)})"
     if hub_offline() and not spec.hf_mirror:
         raise SourceUnavailable(
             f"{what}: HF_HUB_OFFLINE is set, so the Hub is not contacted. Unset it to stream from "
@@ -131,10 +132,36 @@ def resolve_files(spec: SourceSpec) -> SourceFiles:
     return SourceFiles(spec.name, "hf", tuple(files), "parquet", spec.hf_mirror, sizes)
 
 
+def hub_root(spec: SourceSpec) -> str:
+    """The dataset's root under hf://, at the source's revision (HfFileSystem's `repo@revision`,
+    a branch's slashes encoded). A mirror is one snapshot, laid out without a revision."""
+    root = f"datasets/{spec.hf}"
+    if spec.revision and not spec.hf_mirror:
+        root += "@" + urllib.parse.quote(spec.revision, safe="")
+    return root
+
+
+def pin_revision(spec: SourceSpec) -> str | None:
+    """The commit the Hub serves for the source's revision (its default branch when unset), or
+    None for a mirror; raises SourceUnavailable naming the source when the Hub cannot say."""
+    if spec.hf is None or spec.hf_mirror:
+        return None
+    what = f"source {spec.name} (hf://{hub_root(spec)})"
+    if hub_offline():
+        raise SourceUnavailable(
+            f"{what}: HF_HUB_OFFLINE is set, so the Hub is not asked which commit to read. Unset it, or point "
+            "the source at local files (sources.<name>.path) or a mirror (sources.<name>.hf_mirror)."
+        )
+    from huggingface_hub import HfApi
+
+    info = with_retries(lambda: HfApi(token=hf_token()).dataset_info(spec.hf, revision=spec.revision), what)
+    return info.sha
+
+
 def _data_file_patterns(fs, spec: SourceSpec) -> list[str]:
     """Glob patterns for the config/split, from the dataset card's `configs:` (the Hub's own
     mapping), else the conventional `<config>/<split>-*` / `data/<split>-*` layouts."""
-    root = f"datasets/{spec.hf}"
+    root = hub_root(spec)
     card = _read_card(fs, root)
     wanted = spec.hf_config or "default"
     for cfg in card.get("configs") or []:

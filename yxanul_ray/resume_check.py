@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from yxanul_ray.config import JobSpec, stage_stride
+from yxanul_ray.manifest import manifest_difference
 
 if TYPE_CHECKING:  # checkpoint imports torch; this module is pure
     from yxanul_ray.checkpoint import TrainState
@@ -40,9 +41,20 @@ class ResumeReview:
     """Changes the resume follows from here on."""
 
 
-def review_resume(saved: JobSpec, job: JobSpec, state: TrainState) -> ResumeReview:
+def with_saved_revisions(saved: JobSpec, job: JobSpec) -> JobSpec:
+    """`job` reading each Hub source at the commit the saved run read, where `job` names none (a
+    config leaves `revision` unset; the run pinned one when it started)."""
+    sources = {name: dataclasses.replace(spec, revision=saved.sources[name].revision)
+               if spec.revision is None and name in saved.sources and spec.hf == saved.sources[name].hf else spec
+               for name, spec in job.sources.items()}
+    return dataclasses.replace(job, sources=sources)
+
+
+def review_resume(saved: JobSpec, job: JobSpec, state: TrainState,
+                  files_now: dict[str, dict] | None = None) -> ResumeReview:
     """Compare the job that wrote the checkpoint (`saved`, its job.json) with `job`, for the
-    checkpoint's `state` (its stage, steps into it, and the coordinator's cursors)."""
+    checkpoint's `state` (its stage, steps into it, and the coordinator's cursors and file
+    lists), and the file lists found now for `job`'s sources (`files_now`, manifest.py's)."""
     stage, step_in_stage = state.stage, state.step_in_stage
     conflicts: list[str] = []
     notes: list[str] = []
@@ -73,6 +85,20 @@ def review_resume(saved: JobSpec, job: JobSpec, state: TrainState) -> ResumeRevi
         for f in SOURCE_FIELDS:
             differ(f"sources.{name}.{f}", getattr(saved.sources[name], f), getattr(job.sources[name], f), stream,
                    conflicts)
+
+    files_then = state.coordinator.get("files")
+    if files_then is None:
+        notes.append("sources: the checkpoint does not record its sources' files (an earlier version wrote it); "
+                     "they are not compared, and must be the ones the run read")
+    elif files_now is not None:
+        for name in [n for n in files_then if n in files_now]:
+            diff = manifest_difference(files_then[name], files_now[name])
+            if diff:
+                was = saved.sources[name].revision if name in saved.sources else None
+                hint = (f"; the run read commit {was}, set sources.{name}.revision to it"
+                        if was and job.sources[name].hf else "")
+                conflicts.append(f"sources.{name} (files): {diff} (the cursors index the run's file list; point the "
+                                 f"source at the files the run read{hint})")
 
     # Stages already trained, and the current one if it has begun, are fixed: their budgets make
     # the token count, and their seq_len, batch, mix and stride decide which rows were taken.

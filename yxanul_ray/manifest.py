@@ -1,0 +1,59 @@
+"""A source's file list as a run saw it, and how another listing differs (pure).
+
+The cursors a checkpoint holds are positions in a source's sorted file list (a file's index,
+then a row in it). Resumed over another list, they point at other documents: files added to a
+Hub dataset, or a local glob that now matches one more file, shift every index after them, and
+the run would skip or repeat documents with nothing saying so. So each checkpoint records the
+list (names and sizes), and a resume, or a restarted coordinator, compares it with the files it
+finds. Names are relative to the source's own root, so a corpus that moved compares equal.
+"""
+
+from __future__ import annotations
+
+import os
+
+from yxanul_ray.config import SourceSpec
+from yxanul_ray.hub import SourceFiles, hub_root
+
+
+def file_manifest(spec: SourceSpec, files: SourceFiles) -> dict:
+    """{"root": where the files were (for messages), "files": [[name, size in bytes], ...]}, in
+    the source's sorted order, names relative to the dataset's root on the Hub (or in a mirror,
+    which lists the same names) or to the local files' common folder."""
+    root = hub_root(spec) if files.kind == "hf" else _common_dir(files.paths)
+    prefix = root.rstrip("/") + "/"
+    names = [p[len(prefix):] if p.startswith(prefix) else p for p in files.paths]
+    sizes = list(files.sizes) if files.sizes else [-1] * len(names)
+    return {"root": root, "files": [[n, s] for n, s in zip(names, sizes)]}
+
+
+def _common_dir(paths: tuple[str, ...]) -> str:
+    return os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
+
+
+def manifest_difference(saved: dict, now: dict) -> str | None:
+    """None if both list the same files with the same sizes; else what differs, briefly."""
+    was, new = [tuple(f) for f in saved["files"]], [tuple(f) for f in now["files"]]
+    if was == new:
+        return None
+    where = f"{saved['root']} then, {now['root']} now"
+    if len(was) != len(new):
+        only_then = sorted({n for n, _ in was} - {n for n, _ in new})
+        only_now = sorted({n for n, _ in new} - {n for n, _ in was})
+        parts = [f"{len(was)} files then, {len(new)} now"]
+        if only_now:
+            parts.append(f"new: {_few(only_now)}")
+        if only_then:
+            parts.append(f"gone: {_few(only_then)}")
+        return "; ".join(parts) + f" ({where})"
+    for i, ((name_then, size_then), (name_now, size_now)) in enumerate(zip(was, new)):
+        if name_then != name_now:
+            return f"file {i + 1} of {len(was)} was {name_then!r}, is {name_now!r} ({where})"
+        if size_then != size_now:
+            return f"{name_then!r} was {size_then:,} bytes, is {size_now:,} ({where})"
+    return None  # unreachable: the lists differ in some entry
+
+
+def _few(names: list[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(repr(n) for n in names[:shown]) + more

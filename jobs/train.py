@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from yxanul_ray.config import ConfigError, load_job, scaled_budget_overrides  # noqa: E402
 from yxanul_ray.hub import SourceUnavailable  # noqa: E402
+from yxanul_ray.storage import storage_join  # noqa: E402
 
 DEFAULT_CONFIG = "configs/yxanul_270m_progressive_curriculum.yaml"
 MODEL_SIZES = {"270M": "270m", "270m": "270m", "yxanul-270M": "yxanul-270m", "yxanul-270m": "yxanul-270m",
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     # --resume without --config continues the run under its own settings (the checkpoint's
     # job.json, which YAML reads), --set overrides applied as to any config.
-    config = args.config or (os.path.join(args.resume, "job.json") if args.resume else DEFAULT_CONFIG)
+    config = args.config or (storage_join(args.resume, "job.json") if args.resume else DEFAULT_CONFIG)
     overrides = list(args.overrides)
     if args.model_size:
         overrides.append(f"model.preset={MODEL_SIZES[args.model_size]}")

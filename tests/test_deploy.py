@@ -58,6 +58,8 @@ def test_rayjob_has_what_kuberay_requires():
     assert argv[:2] == ["python", "jobs/train.py"]
     config = argv[argv.index("--config") + 1]
     assert os.path.exists(os.path.join(REPO, config))
+    # A head and GPU worker pods: checkpoints go to storage every pod reaches, not a pod's disk.
+    assert "run.storage_path=s3://CHANGE/yxanul" in argv
     cluster = spec["rayClusterSpec"]
     head = cluster["headGroupSpec"]
     assert isinstance(head["rayStartParams"], dict) and head["template"]["spec"]["containers"][0]["image"]

@@ -324,15 +324,20 @@ def test_resume_from_mid_stage_checkpoint(fault_config, fault_run_dir, tmp_path)
     tokens, ckpt, state = sorted(mid)[0]
     assert os.path.exists(os.path.join(ckpt, "rng.pt"))  # the generators are resumed too
     assert set(state["coordinator"]["files"]) == {"fineweb", "math", "code"}  # compared before the resume
+    # Storage as a URI (a bucket's code path, on local disk): the checkpoint is read from one,
+    # and the resumed run writes its checkpoints, TensorBoard log and loss plot to one.
     out_dir = tmp_path / "resumed"
     proc = subprocess.run([sys.executable, "jobs/train.py", "--config", fault_config,
-                           "--set", f"run.storage_path={out_dir}", "--resume", ckpt],
+                           "--set", f"run.storage_path=file://{out_dir}", "--resume", f"file://{ckpt}"],
                           cwd=REPO, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, failure_lines(out)
     assert "resume: " not in out  # the run's own settings and files: nothing changed to note
+    (run_dir,) = glob.glob(os.path.join(out_dir, "*"))
+    assert f"final checkpoint: file://{run_dir}/checkpoint_" in out
+    assert os.path.exists(os.path.join(run_dir, "loss.png")) and glob.glob(os.path.join(run_dir, "tensorboard", "*"))
     stage, step_in_stage = state["stage"] + 1, state["step_in_stage"]
-    assert f"Resumed from {ckpt}: stage {stage}, step {state['step']} ({step_in_stage} into the stage), " \
+    assert f"Resumed from file://{ckpt}: stage {stage}, step {state['step']} ({step_in_stage} into the stage), " \
            f"{tokens:,} tokens" in ANSI.sub("", out)
     assert_curriculum_completed(out, load_job(fault_config), stages=range(stage, 5))
     assert not re.search(rf"Stage {stage - 1}/4 done", ANSI.sub("", out))  # earlier stages not re-run

@@ -58,12 +58,13 @@ def save_checkpoint(path: str, model_state: dict, optimizer_state: dict, state: 
 
 
 def load_state(path: str) -> tuple[TrainState, dict]:
-    """TrainState and the job dict, without touching the tensors (cheap, for the driver)."""
+    """TrainState and the job dict, without touching the tensors (cheap, for the driver); `path`
+    a directory or a storage URI."""
+    from yxanul_ray.storage import read_text, storage_join
+
     try:
-        with open(os.path.join(path, "state.json")) as f:
-            state = TrainState.from_dict(json.load(f))
-        with open(os.path.join(path, "job.json")) as f:
-            job = json.load(f)
+        state = TrainState.from_dict(json.loads(read_text(storage_join(path, "state.json"))))
+        job = json.loads(read_text(storage_join(path, "job.json")))
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{path} is not a yxanul-ray checkpoint (missing {os.path.basename(e.filename)})") \
             from None

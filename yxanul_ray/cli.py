@@ -7,7 +7,6 @@ not a cluster start. Exit codes: 0 success, 1 a failed check or run, 2 bad input
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from yxanul_ray.config import ConfigError, load_job
@@ -29,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="run the curriculum on Ray (joins a running cluster or starts one)")
     _add_config_args(p)
-    p.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint directory")
+    p.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint (a directory or a storage URI)")
 
     p = sub.add_parser("check", help="check every source streams, each stage's mix, transitions; estimate time")
     add_check_args(p)
@@ -109,14 +108,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     from yxanul_ray.checkpoint import load_state, load_tensors
     from yxanul_ray.config import job_from_dict
     from yxanul_ray.export import export_hf
+    from yxanul_ray.storage import local_copy, storage_join
 
     try:
         _, job_dict = load_state(args.checkpoint)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    job = job_from_dict(job_dict, os.path.join(args.checkpoint, "job.json"))
-    model_state, _ = load_tensors(args.checkpoint)
+    job = job_from_dict(job_dict, storage_join(args.checkpoint, "job.json"))
+    with local_copy(args.checkpoint) as path:  # a URI's checkpoint downloaded first
+        model_state, _ = load_tensors(path)
     export_hf(model_state, job.model.shape, job.data.tokenizer, args.out_dir)
     print(f"exported {args.checkpoint} -> {args.out_dir} (Hugging Face Llama format)")
     return 0

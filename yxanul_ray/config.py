@@ -227,9 +227,11 @@ def scaled_budget_overrides(job: JobSpec, target_tokens: int) -> list[str]:
 
 
 def read_yaml(path: str) -> dict:
+    """A YAML (or JSON) file, local or at a storage URI (a checkpoint's job.json in a bucket)."""
+    from yxanul_ray.storage import read_text
+
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+        raw = yaml.safe_load(read_text(path))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except yaml.YAMLError as e:

@@ -11,6 +11,7 @@ import os
 import time
 
 from yxanul_ray.config import ConfigError, JobSpec, job_from_dict, read_yaml
+from yxanul_ray.storage import is_uri, resolve_storage, storage_join
 
 
 def prepare_demo_corpus(config_path: str, overrides: list[str]) -> None:
@@ -65,7 +66,7 @@ def absolute_paths(job: JobSpec) -> JobSpec:
                                   else None)
         for name, src in job.sources.items()
     }
-    run = dataclasses.replace(job.run, storage_path=os.path.abspath(os.path.expanduser(job.run.storage_path)))
+    run = dataclasses.replace(job.run, storage_path=resolve_storage(job.run.storage_path))
     return dataclasses.replace(job, sources=sources, run=run)
 
 
@@ -141,7 +142,7 @@ def check_resume(job: JobSpec, checkpoint: str) -> JobSpec:
     from yxanul_ray.resume_check import review_resume, with_saved_revisions
 
     state, saved_raw = load_state(checkpoint)
-    saved_path = os.path.join(checkpoint, "job.json")
+    saved_path = storage_join(checkpoint, "job.json")
     try:
         saved = job_from_dict(saved_raw, saved_path)
     except ConfigError as e:
@@ -166,6 +167,16 @@ def check_resume(job: JobSpec, checkpoint: str) -> JobSpec:
     return job
 
 
+def warn_if_storage_is_not_shared(ray, storage_path: str) -> None:
+    """A directory as storage on a cluster of several nodes works only if it is a shared mount;
+    Ray Train fails the run at its start otherwise. Said here first, with the fix."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and not is_uri(storage_path):
+        print(f"warning: run.storage_path {storage_path} is a directory and the cluster has {len(nodes)} nodes: every "
+              "node must reach it (an NFS mount), or Ray Train stops the run at its start. Set run.storage_path to a "
+              "bucket (s3://bucket/prefix, gs://...) or a shared mount.", flush=True)
+
+
 def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> int:
     """Run the job; `train_loop` replaces the workers' loop (a diagnostic's hook)."""
     from yxanul_ray.curriculum import plan_curriculum
@@ -178,7 +189,7 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
     job = absolute_paths(job)
     if resume:
         job = check_resume(job, resume)  # not a checkpoint, or not this run's: a clear error before any cluster work
-        resume = os.path.abspath(resume)
+        resume = resolve_storage(resume)
     else:
         job = pin_hub_revisions(job)
 
@@ -187,7 +198,8 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
     from yxanul_ray.train_loop import train_loop_per_worker
 
     run_name = f"{job.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = os.path.join(job.run.storage_path, run_name)
+    run_dir = storage_join(job.run.storage_path, run_name)
+    warn_if_storage_is_not_shared(ray, job.run.storage_path)
     # Restartable as the workers are: a crash of its process costs a restart from the last
     # checkpoint, as a worker's does, instead of the run (see coordinator.py).
     coordinator = CurriculumCoordinator.options(name=f"yxanul-coordinator-{run_name}",
@@ -214,6 +226,6 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
         return 1
     print(f"run finished: checkpoints under {run_dir}", flush=True)
     if result.checkpoint is not None:
-        print(f"final checkpoint: {result.checkpoint.path}", flush=True)
+        print(f"final checkpoint: {storage_join(run_dir, os.path.basename(result.checkpoint.path))}", flush=True)
     del ray
     return 0

@@ -24,6 +24,7 @@ from yxanul_ray.presets import flops_per_token
 from yxanul_ray.raycluster import quiet_ray_train
 from yxanul_ray.stage_data import STAGES_AHEAD, StageBatches
 from yxanul_ray.step import held_out_loss, make_optimizer, train_step
+from yxanul_ray.storage import artifacts_dir, storage_join, upload
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -129,6 +130,7 @@ class Run:
 
     def __init__(self, job: JobSpec, rank: int, world: int, coord, run_dir: str, started_at: float | None = None):
         self.job, self.rank, self.world, self.coord, self.run_dir = job, rank, world, coord, run_dir
+        self.artifacts = artifacts_dir(run_dir)
         self.started_at = started_at
         self.device = ray.train.torch.get_device()
         self.shape = job.model.shape
@@ -145,10 +147,10 @@ class Run:
         self._val_rows_ref = coord.validation_rows.remote(cur.validation_seq_len, cur.validation_rows) \
             if cur.validation_rows else None
         if rank == 0:
-            os.makedirs(run_dir, exist_ok=True)
+            os.makedirs(self.artifacts, exist_ok=True)
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+            self.writer = SummaryWriter(os.path.join(self.artifacts, "tensorboard"))
             print(f"rank 0 of {world}: {self.device}, {torch.get_num_threads()} torch thread(s)", flush=True)
 
     # ---- restore / report ----------------------------------------------------------------------
@@ -163,8 +165,9 @@ class Run:
             # reads a local checkpoint in place and shares one locked download otherwise.
             with checkpoint.as_directory() as path:
                 state = self._load(path)
-        elif resume_from:
-            state = self._load(resume_from)
+        elif resume_from:  # a directory, or a URI (downloaded once per node)
+            with ray.train.Checkpoint(resume_from).as_directory() as path:
+                state = self._load(path, shown=resume_from)
         else:
             state = TrainState(tokens_by_source=dict.fromkeys(self.job.sources, 0))
         # Before any stage's data is asked for: a coordinator Ray restarted knows no cursors but
@@ -172,7 +175,7 @@ class Run:
         self.incarnation = ray.get(self.coord.join.remote(state.coordinator))
         return state
 
-    def _load(self, path: str) -> TrainState:
+    def _load(self, path: str, shown: str | None = None) -> TrainState:
         state, _ = load_state(path)
         model_state, optim_state = load_tensors(path, self.device)
         self.raw_model.load_portable_state_dict(model_state)
@@ -182,7 +185,7 @@ class Run:
         state.resumes += 1
         self.last_ckpt_tokens = state.tokens
         if self.rank == 0:
-            print(f"Resumed from {path}: stage {state.stage + 1}, step {state.step} "
+            print(f"Resumed from {shown or path}: stage {state.stage + 1}, step {state.step} "
                   f"({state.step_in_stage} into the stage), {state.tokens:,} tokens; the stage's data is "
                   f"rebuilt from its start cursors and the {state.step_in_stage} finished steps' rows are "
                   "re-made and skipped, so nothing is repeated or lost", flush=True)
@@ -211,6 +214,14 @@ class Run:
                         self.job.to_dict())
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                          checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
+        self.publish_artifacts()
+
+    def publish_artifacts(self) -> None:
+        """Rank 0's TensorBoard log and loss plot, copied to the run's storage URI (a directory
+        run holds them in place)."""
+        if self.artifacts != self.run_dir:
+            self.writer.flush()
+            upload(self.artifacts, self.run_dir)
 
     # ---- the step --------------------------------------------------------------------------------
 
@@ -372,6 +383,9 @@ class Run:
 
         stats = ray.get(self.coord.total_stats.remote(self.incarnation))
         print(final_summary(self.job, state, stats), flush=True)
-        png = plot_loss(self.job, state, os.path.join(self.run_dir, "loss.png"))
-        print(f"loss curve: {png}; TensorBoard: {os.path.join(self.run_dir, 'tensorboard')}", flush=True)
+        png = plot_loss(self.job, state, os.path.join(self.artifacts, "loss.png"))
         self.writer.close()
+        if self.artifacts != self.run_dir:
+            upload(self.artifacts, self.run_dir)
+            png = storage_join(self.run_dir, "loss.png")
+        print(f"loss curve: {png}; TensorBoard: {storage_join(self.run_dir, 'tensorboard')}", flush=True)

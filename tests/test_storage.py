@@ -1,0 +1,84 @@
+"""Run storage given as a URI (s3://, gs://, file://...): kept as a URI, read and written through
+pyarrow.fs. The buckets are out of reach here; file:// URIs run the same code on local disk."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.helpers import CONFIGS, REPO
+from yxanul_ray.checkpoint import TrainState, load_state, save_checkpoint
+from yxanul_ray.config import load_job
+from yxanul_ray.driver import absolute_paths, prepare_demo_corpus
+from yxanul_ray.storage import artifacts_dir, local_copy, resolve_storage, storage_join, upload
+
+DEMO = os.path.join(CONFIGS, "demo.yaml")
+
+
+def test_uris_are_kept_and_joined_before_their_options():
+    assert resolve_storage("s3://bucket/runs") == "s3://bucket/runs"
+    assert resolve_storage("runs") == os.path.abspath("runs")
+    assert storage_join("s3://bucket/runs/", "r1", "checkpoint_1") == "s3://bucket/runs/r1/checkpoint_1"
+    assert storage_join("s3://b/runs?endpoint_override=127.0.0.1:9000&scheme=http", "r1") == \
+        "s3://b/runs/r1?endpoint_override=127.0.0.1:9000&scheme=http"
+    # Not os.path.abspath's '/cwd/s3:/bucket/runs', a local directory that looked like a bucket.
+    job = absolute_paths(load_job(DEMO, ["run.storage_path=s3://bucket/runs"]))
+    assert job.run.storage_path == "s3://bucket/runs"
+    assert artifacts_dir("/runs/r1") == "/runs/r1"
+    assert artifacts_dir("s3://bucket/runs/r1?region=x").endswith(os.path.join("yxanul-artifacts", "r1"))
+
+
+def test_a_checkpoint_at_a_uri_is_read_and_resumed_from(tmp_path):
+    prepare_demo_corpus(DEMO, [])
+    written = tmp_path / "written"
+    save_checkpoint(str(written), {"w": torch.ones(2)}, {}, TrainState(step=9, stage=2, step_in_stage=1),
+                    absolute_paths(load_job(DEMO)).to_dict())
+    uri = f"file://{tmp_path}/bucket/run/checkpoint_000001"
+    upload(str(written), uri)
+    state, job = load_state(uri)
+    assert (state.step, state.stage) == (9, 2) and job["model"]["preset"] == "demo"
+    with local_copy(uri) as path:
+        assert sorted(os.listdir(path)) == ["job.json", "model.pt", "optimizer.pt", "rng.pt", "state.json"]
+    with pytest.raises(FileNotFoundError, match=r"is not a yxanul-ray checkpoint \(missing state.json\)"):
+        load_state(f"file://{tmp_path}/bucket/run")
+    # --resume URI without --config: the checkpoint's own job.json, read from the URI; a
+    # conflicting --set is refused before any cluster work, naming that file.
+    proc = subprocess.run([sys.executable, "jobs/train.py", "--set", "model.overrides.d_model=96", "--resume", uri],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"{uri}/job.json: cannot resume {uri} (stage 3, 1 steps in)" in proc.stderr
+    assert "Ray instance" not in proc.stdout + proc.stderr
+
+
+MULTI_NODE = """
+from yxanul_ray.raycluster import local_ray_env
+local_ray_env()
+import ray
+from ray.cluster_utils import Cluster
+from yxanul_ray.driver import warn_if_storage_is_not_shared
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+try:
+    ray.init(address=cluster.address)
+    warn_if_storage_is_not_shared(ray, "/one/node/dir")  # one node: nothing to say
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    warn_if_storage_is_not_shared(ray, "/head/dir")
+    warn_if_storage_is_not_shared(ray, "s3://bucket/runs")
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+@pytest.mark.ray
+def test_a_directory_as_storage_on_several_nodes_is_warned_of():
+    """Two raylets on this machine stand in for a head and a GPU node (a cluster of its own, in a
+    subprocess, beside the test session's)."""
+    proc = subprocess.run([sys.executable, "-c", MULTI_NODE], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    warnings = [line for line in proc.stdout.splitlines() if line.startswith("warning: run.storage_path")]
+    assert warnings == [warnings[0]] and "/head/dir is a directory and the cluster has 2 nodes" in warnings[0]

@@ -1,0 +1,87 @@
+"""Where a run's checkpoints and artifacts live: a directory, or a URI Ray Train writes through
+pyarrow.fs (s3://bucket/prefix, gs://, abfs://, hdfs://, file://).
+
+On a cluster of several nodes it must be storage every node reaches: a bucket, or a directory
+on a filesystem mounted alike on every node (NFS). Ray Train checks that when the run starts;
+a local directory on the head is not reachable from the GPU nodes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def resolve_storage(path: str) -> str:
+    """A URI as given; a directory made absolute (the workers' working directory differs)."""
+    return path if is_uri(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def storage_join(base: str, *parts: str) -> str:
+    if not is_uri(base):
+        return os.path.join(base, *parts)
+    head, sep, query = base.partition("?")  # a URI's options (s3://b/p?endpoint_override=...) stay last
+    return "/".join([head.rstrip("/"), *parts]) + sep + query
+
+
+def _fs(uri: str):
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(uri)
+
+
+def read_text(path: str) -> str:
+    """A small file's text, from a directory or a URI; FileNotFoundError if it is not there."""
+    if not is_uri(path):
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    fs, fs_path = _fs(path)
+    import pyarrow.fs
+
+    if fs.get_file_info(fs_path).type != pyarrow.fs.FileType.File:
+        raise FileNotFoundError(2, "No such file", path.partition("?")[0])
+    with fs.open_input_stream(fs_path) as f:
+        return f.read().decode("utf-8")
+
+
+@contextlib.contextmanager
+def local_copy(path: str) -> Iterator[str]:
+    """A directory's local path: itself, or a URI's contents downloaded to a temporary one."""
+    if not is_uri(path):
+        yield path
+        return
+    import pyarrow.fs
+
+    fs, fs_path = _fs(path)
+    with tempfile.TemporaryDirectory(prefix="yxanul-download-") as tmp:
+        pyarrow.fs.copy_files(fs_path, tmp, source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
+        yield tmp
+
+
+def upload(local_path: str, uri: str) -> None:
+    """Copy a local file or directory to `uri` (a directory's files keep their relative paths)."""
+    import pyarrow.fs
+
+    fs, fs_path = _fs(uri)
+    if os.path.isdir(local_path):
+        fs.create_dir(fs_path, recursive=True)
+    else:
+        fs.create_dir(os.path.dirname(fs_path), recursive=True)
+    pyarrow.fs.copy_files(local_path, fs_path, source_filesystem=pyarrow.fs.LocalFileSystem(),
+                          destination_filesystem=fs)
+
+
+def artifacts_dir(run_dir: str) -> str:
+    """Where rank 0 writes TensorBoard and the loss plot: the run's directory, or for a URI a
+    local one, copied to the URI at each checkpoint and at the end (TensorBoard appends to its
+    files, which object stores cannot)."""
+    if not is_uri(run_dir):
+        return run_dir
+    name = run_dir.partition("?")[0].rstrip("/").rsplit("/", 1)[-1]
+    return os.path.join(tempfile.gettempdir(), "yxanul-artifacts", name)

@@ -55,19 +55,26 @@ def test_a_checkpoint_at_a_uri_is_read_and_resumed_from(tmp_path):
 
 
 MULTI_NODE = """
+import sys
 from yxanul_ray.raycluster import local_ray_env
 local_ray_env()
 import ray
 from ray.cluster_utils import Cluster
-from yxanul_ray.driver import warn_if_storage_is_not_shared
+from yxanul_ray.config import load_job
+from yxanul_ray.driver import absolute_paths, warn_of_node_local_paths
+demo = absolute_paths(load_job("configs/demo.yaml"))  # local sources, storage in ./runs
+hub = load_job("configs/yxanul_270m_progressive_curriculum.yaml", ["run.storage_path=s3://bucket/runs"])
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
 try:
     ray.init(address=cluster.address)
-    warn_if_storage_is_not_shared(ray, "/one/node/dir")  # one node: nothing to say
+    warn_of_node_local_paths(ray, demo)  # one node: nothing to say
+    print("--- GPU workers, none here", flush=True)
+    warn_of_node_local_paths(ray, absolute_paths(load_job("configs/demo.yaml", ["run.use_gpu=true"])))
+    print("--- two nodes", flush=True)
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
-    warn_if_storage_is_not_shared(ray, "/head/dir")
-    warn_if_storage_is_not_shared(ray, "s3://bucket/runs")
+    warn_of_node_local_paths(ray, demo)
+    warn_of_node_local_paths(ray, hub)  # a bucket and Hub sources: nothing to say
 finally:
     ray.shutdown()
     cluster.shutdown()
@@ -75,10 +82,19 @@ finally:
 
 
 @pytest.mark.ray
-def test_a_directory_as_storage_on_several_nodes_is_warned_of():
+def test_node_local_paths_on_several_nodes_are_warned_of():
     """Two raylets on this machine stand in for a head and a GPU node (a cluster of its own, in a
     subprocess, beside the test session's)."""
+    prepare_demo_corpus(DEMO, [])
     proc = subprocess.run([sys.executable, "-c", MULTI_NODE], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    warnings = [line for line in proc.stdout.splitlines() if line.startswith("warning: run.storage_path")]
-    assert warnings == [warnings[0]] and "/head/dir is a directory and the cluster has 2 nodes" in warnings[0]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(("warning:", "---"))]
+    gpu, two = lines.index("--- GPU workers, none here"), lines.index("--- two nodes")
+    assert gpu == 0 and two == 5 and len(lines) == 10, lines
+    for first, why in ((gpu + 1, "the train workers need GPUs and this node has none"),
+                       (two + 1, "the cluster has 2 nodes")):
+        assert lines[first].startswith(f"warning: run.storage_path {os.path.join(REPO, 'runs')} is a directory and "
+                                       f"{why}")
+        assert [line.split()[1] for line in lines[first + 1:first + 4]] == [
+            "sources.fineweb.path", "sources.math.path", "sources.code.path"]
+        assert all(why in line for line in lines[first + 1:first + 4])

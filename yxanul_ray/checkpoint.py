@@ -1,10 +1,11 @@
 """Checkpoints: model, optimizer, random number generators, trainer state and the coordinator's
 curriculum state.
 
-A checkpoint is a directory: model.pt (the portable state_dict both backends share),
-optimizer.pt, rng.pt (the generators' states), state.json (TrainState: step, tokens, stage, step
-in stage, per-source tokens, the coordinator's cursors and stats, loss history) and job.json (the
-resolved config). Tensors load with weights_only=True; the rest is JSON.
+A checkpoint is a directory (locally, or in storage at a URI): model.pt (the portable state_dict
+both backends share), optimizer.pt, rng.pt (the generators' states), state.json (TrainState:
+step, tokens, stage, step in stage, per-source tokens, the coordinator's cursors, stats and file
+lists, loss history) and job.json (the resolved config, Hub commits pinned). Tensors load with
+weights_only=True; the rest is JSON.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class TrainState:
     validation: list[dict] = field(default_factory=list)
     """Per stage boundary: {"stage", "tokens", "loss": {source: loss}}."""
     coordinator: dict = field(default_factory=dict)
-    """The coordinator's state: cursors at each stage's start and per-stage source stats."""
+    """The coordinator's state: cursors at each stage's start, per-stage source stats, and each
+    source's file list (names and sizes), which the cursors index."""
     resumes: int = 0
 
     def to_dict(self) -> dict:

@@ -167,14 +167,31 @@ def check_resume(job: JobSpec, checkpoint: str) -> JobSpec:
     return job
 
 
-def warn_if_storage_is_not_shared(ray, storage_path: str) -> None:
-    """A directory as storage on a cluster of several nodes works only if it is a shared mount;
-    Ray Train fails the run at its start otherwise. Said here first, with the fix."""
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) > 1 and not is_uri(storage_path):
-        print(f"warning: run.storage_path {storage_path} is a directory and the cluster has {len(nodes)} nodes: every "
-              "node must reach it (an NFS mount), or Ray Train stops the run at its start. Set run.storage_path to a "
-              "bucket (s3://bucket/prefix, gs://...) or a shared mount.", flush=True)
+def warn_of_node_local_paths(ray, job: JobSpec) -> None:
+    """On a cluster of several nodes, every node must reach the run's storage (the train workers
+    write checkpoints there) and its local sources (Ray Data's read tasks run on any node): a
+    directory works only as a shared mount, and Ray Train stops the run at its start, or a read
+    task fails, otherwise. Said here first, with the fix: when the cluster has several nodes, or
+    when the train workers need GPUs this node lacks (an autoscaler starts their nodes later)."""
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    here = ray.get_runtime_context().get_node_id()
+    gpus_here = sum(n.get("Resources", {}).get("GPU", 0) for n in alive if n.get("NodeID") == here)
+    if len(alive) > 1:
+        why = f"the cluster has {len(alive)} nodes"
+    elif job.run.use_gpu and not gpus_here:  # GPU nodes an autoscaler has yet to start
+        why = "the train workers need GPUs and this node has none, so they run on other nodes"
+    else:
+        return
+    fix = "every node must reach it (a shared mount such as NFS)"
+    if not is_uri(job.run.storage_path):
+        print(f"warning: run.storage_path {job.run.storage_path} is a directory and {why}: {fix}, or Ray Train stops "
+              "the run at its start. Set run.storage_path to a bucket (s3://bucket/prefix, gs://...) or a shared "
+              "mount.", flush=True)
+    for name, src in job.sources.items():
+        if src.path is not None or src.hf_mirror is not None:
+            where, value = ("path", src.path) if src.path is not None else ("hf_mirror", src.hf_mirror)
+            print(f"warning: sources.{name}.{where} {value} is a local path and {why}: {fix}, or the read tasks "
+                  "scheduled on other nodes fail. Use a shared mount, or a Hub source (`hf`).", flush=True)
 
 
 def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> int:
@@ -199,7 +216,7 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
 
     run_name = f"{job.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = storage_join(job.run.storage_path, run_name)
-    warn_if_storage_is_not_shared(ray, job.run.storage_path)
+    warn_of_node_local_paths(ray, job)
     # Restartable as the workers are: a crash of its process costs a restart from the last
     # checkpoint, as a worker's does, instead of the run (see coordinator.py).
     coordinator = CurriculumCoordinator.options(name=f"yxanul-coordinator-{run_name}",

@@ -383,9 +383,8 @@ class Run:
 
         stats = ray.get(self.coord.total_stats.remote(self.incarnation))
         print(final_summary(self.job, state, stats), flush=True)
-        png = plot_loss(self.job, state, os.path.join(self.artifacts, "loss.png"))
+        plot_loss(self.job, state, os.path.join(self.artifacts, "loss.png"))
+        self.publish_artifacts()
         self.writer.close()
-        if self.artifacts != self.run_dir:
-            upload(self.artifacts, self.run_dir)
-            png = storage_join(self.run_dir, "loss.png")
-        print(f"loss curve: {png}; TensorBoard: {storage_join(self.run_dir, 'tensorboard')}", flush=True)
+        print(f"loss curve: {storage_join(self.run_dir, 'loss.png')}; TensorBoard: "
+              f"{storage_join(self.run_dir, 'tensorboard')}", flush=True)

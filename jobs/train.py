@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from yxanul_ray.config import ConfigError, load_job, scaled_budget_overrides  # noqa: E402
 from yxanul_ray.hub import SourceUnavailable  # noqa: E402
-from yxanul_ray.storage import storage_join  # noqa: E402
+from yxanul_ray.storage import StorageError, storage_join  # noqa: E402
 
 DEFAULT_CONFIG = "configs/yxanul_270m_progressive_curriculum.yaml"
 MODEL_SIZES = {"270M": "270m", "270m": "270m", "yxanul-270M": "yxanul-270m", "yxanul-270m": "yxanul-270m",
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except SourceUnavailable as e:  # the Hub, asked which commit to pin or to list a resume's files
+    except (SourceUnavailable, StorageError) as e:  # the Hub (a commit to pin, a resume's files), a bucket
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -14,7 +14,7 @@ from tests.helpers import CONFIGS, REPO
 from yxanul_ray.checkpoint import TrainState, load_state, save_checkpoint
 from yxanul_ray.config import load_job
 from yxanul_ray.driver import absolute_paths, prepare_demo_corpus
-from yxanul_ray.storage import artifacts_dir, local_copy, resolve_storage, storage_join, upload
+from yxanul_ray.storage import StorageError, artifacts_dir, local_copy, resolve_storage, storage_join, upload
 
 DEMO = os.path.join(CONFIGS, "demo.yaml")
 
@@ -98,3 +98,20 @@ def test_node_local_paths_on_several_nodes_are_warned_of():
         assert [line.split()[1] for line in lines[first + 1:first + 4]] == [
             "sources.fineweb.path", "sources.math.path", "sources.code.path"]
         assert all(why in line for line in lines[first + 1:first + 4])
+
+
+def test_storage_that_cannot_be_opened_or_read_is_named_before_any_cluster_work(monkeypatch):
+    proc = subprocess.run([sys.executable, "jobs/train.py", "--config", "configs/demo.yaml",
+                           "--set", "run.storage_path=nosuchscheme://bucket/runs"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "run.storage_path: nosuchscheme://bucket/runs: not storage this machine can open" in proc.stderr
+    assert "Ray instance" not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+    # An S3 endpoint that refuses connections (a closed local port), as a bucket out of reach.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    uri = "s3://bucket/run/checkpoint_1?endpoint_override=127.0.0.1:9&scheme=http&region=us-east-1"
+    with pytest.raises(StorageError, match=r"s3://bucket/run/checkpoint_1/state.json\?endpoint_override=127.0.0.1:9"
+                                           r"&scheme=http&region=us-east-1: cannot be read \(.*connect"):
+        load_state(uri)

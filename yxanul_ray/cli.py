@@ -11,6 +11,7 @@ import sys
 
 from yxanul_ray.config import ConfigError, load_job
 from yxanul_ray.hub import SourceUnavailable
+from yxanul_ray.storage import StorageError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except SourceUnavailable as e:  # the Hub, asked which commit to pin or to list a resume's files
+    except (SourceUnavailable, StorageError) as e:  # the Hub (a commit to pin, a resume's files), a bucket
         print(f"error: {e}", file=sys.stderr)
         return 1
 

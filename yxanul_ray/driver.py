@@ -11,7 +11,7 @@ import os
 import time
 
 from yxanul_ray.config import ConfigError, JobSpec, job_from_dict, read_yaml
-from yxanul_ray.storage import is_uri, resolve_storage, storage_join
+from yxanul_ray.storage import StorageError, is_uri, open_storage, resolve_storage, storage_join
 
 
 def prepare_demo_corpus(config_path: str, overrides: list[str]) -> None:
@@ -204,6 +204,11 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
     except ValueError as e:
         raise ConfigError(f"{job.path}: curriculum.stages: {e} (run.workers={job.run.workers})") from None
     job = absolute_paths(job)
+    if is_uri(job.run.storage_path):
+        try:
+            open_storage(job.run.storage_path)
+        except StorageError as e:
+            raise ConfigError(f"{job.path}: run.storage_path: {e}") from None
     if resume:
         job = check_resume(job, resume)  # not a checkpoint, or not this run's: a clear error before any cluster work
         resume = resolve_storage(resume)

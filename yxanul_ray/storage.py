@@ -14,6 +14,10 @@ import tempfile
 from collections.abc import Iterator
 
 
+class StorageError(RuntimeError):
+    """Storage at a URI that cannot be opened or read; the message names the URI."""
+
+
 def is_uri(path: str) -> bool:
     return "://" in path
 
@@ -30,10 +34,15 @@ def storage_join(base: str, *parts: str) -> str:
     return "/".join([head.rstrip("/"), *parts]) + sep + query
 
 
-def _fs(uri: str):
+def open_storage(uri: str):
+    """(pyarrow filesystem, path in it) for a URI; StorageError if pyarrow cannot open it (an
+    unknown scheme or option, or a bucket whose region cannot be found)."""
     import pyarrow.fs
 
-    return pyarrow.fs.FileSystem.from_uri(uri)
+    try:
+        return pyarrow.fs.FileSystem.from_uri(uri)
+    except (ValueError, OSError) as e:  # ArrowInvalid is a ValueError
+        raise StorageError(f"{uri}: not storage this machine can open ({e})") from None
 
 
 def read_text(path: str) -> str:
@@ -41,13 +50,17 @@ def read_text(path: str) -> str:
     if not is_uri(path):
         with open(path, encoding="utf-8") as f:
             return f.read()
-    fs, fs_path = _fs(path)
+    fs, fs_path = open_storage(path)
     import pyarrow.fs
 
-    if fs.get_file_info(fs_path).type != pyarrow.fs.FileType.File:
-        raise FileNotFoundError(2, "No such file", path.partition("?")[0])
-    with fs.open_input_stream(fs_path) as f:
-        return f.read().decode("utf-8")
+    try:
+        if fs.get_file_info(fs_path).type == pyarrow.fs.FileType.File:
+            with fs.open_input_stream(fs_path) as f:
+                return f.read().decode("utf-8")
+    except OSError as e:
+        raise StorageError(f"{path}: cannot be read ({e}); check the bucket, its endpoint and this machine's "
+                           "credentials") from None
+    raise FileNotFoundError(2, "No such file", path.partition("?")[0])
 
 
 @contextlib.contextmanager
@@ -58,7 +71,7 @@ def local_copy(path: str) -> Iterator[str]:
         return
     import pyarrow.fs
 
-    fs, fs_path = _fs(path)
+    fs, fs_path = open_storage(path)
     with tempfile.TemporaryDirectory(prefix="yxanul-download-") as tmp:
         pyarrow.fs.copy_files(fs_path, tmp, source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
         yield tmp
@@ -68,7 +81,7 @@ def upload(local_path: str, uri: str) -> None:
     """Copy a local file or directory to `uri` (a directory's files keep their relative paths)."""
     import pyarrow.fs
 
-    fs, fs_path = _fs(uri)
+    fs, fs_path = open_storage(uri)
     if os.path.isdir(local_path):
         fs.create_dir(fs_path, recursive=True)
     else:

@@ -24,7 +24,7 @@ from yxanul_ray.presets import flops_per_token
 from yxanul_ray.raycluster import quiet_ray_train
 from yxanul_ray.stage_data import STAGES_AHEAD, StageBatches
 from yxanul_ray.step import held_out_loss, make_optimizer, train_step
-from yxanul_ray.storage import artifacts_dir, storage_join, upload
+from yxanul_ray.storage import StorageError, artifacts_dir, storage_join, upload
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -221,7 +221,11 @@ class Run:
         run holds them in place)."""
         if self.artifacts != self.run_dir:
             self.writer.flush()
-            upload(self.artifacts, self.run_dir)
+            try:
+                upload(self.artifacts, self.run_dir)
+            except (StorageError, OSError) as e:  # the logs stay on this node; training goes on
+                print(f"warning: TensorBoard and the loss plot were not copied to {self.run_dir} ({e}); they are in "
+                      f"{self.artifacts} on rank 0's node", flush=True)
 
     # ---- the step --------------------------------------------------------------------------------
 

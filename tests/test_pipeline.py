@@ -221,6 +221,36 @@ def test_hub_source_unreachable_fails_fast_with_message(monkeypatch):
     assert "Yxanul/cc-math-finest" in str(err.value)
 
 
+def test_a_source_at_a_storage_uri_reads_what_the_same_local_files_give(ray_cluster, demo_corpus, ray_packers):
+    """`path: <scheme>://.../*.parquet` (a corpus in a bucket, reachable from every node) is listed
+    and read through pyarrow.fs: file:// URIs run that code on the demo corpus. The Ray path's
+    first stage from the URIs is the in-process stage from the plain paths, row for row; the
+    file lists and the held-out documents are the same."""
+    from yxanul_ray.manifest import file_manifest
+    from yxanul_ray.sources import read_holdout_docs
+    from yxanul_ray.stage_data import read_spec
+
+    plain = demo_job(demo_corpus)
+    at_uri = demo_job(demo_corpus, *[f"sources.{s}.path=file://{demo_corpus}/{s}/*.parquet"
+                                     for s in ("fineweb", "math", "code")])
+    plain_files = {s: resolve_files(spec) for s, spec in plain.sources.items()}
+    uri_files = {s: resolve_files(spec) for s, spec in at_uri.sources.items()}
+    for s in plain.sources:
+        assert uri_files[s].kind == "uri" and plain_files[s].kind == "local"
+        assert file_manifest(at_uri.sources[s], uri_files[s])["files"] == \
+            file_manifest(plain.sources[s], plain_files[s])["files"]
+        assert read_holdout_docs(read_spec(at_uri, uri_files[s])) == read_holdout_docs(read_spec(plain, plain_files[s]))
+    _, per_rank, _ = run_stage(at_uri, 0, {}, 1, ray_packers, uri_files)
+    batches, _ = local_stage(plain, 0, {}, plain_files, TOK.eos_id)
+    local = list(batches)
+    assert len(local) == len(per_rank[0]) > 0
+    for a, b in zip(per_rank[0], local):
+        assert np.array_equal(a["tokens"], b["tokens"]) and np.array_equal(a["source"], b["source"])
+    with pytest.raises(SourceUnavailable, match=r"source fineweb: path 'file://.*/none/\*.parquet' matches no file"):
+        resolve_files(demo_job(demo_corpus, f"sources.fineweb.path=file://{demo_corpus}/none/*.parquet")
+                      .sources["fineweb"])
+
+
 def test_hub_code_path_on_a_local_mirror(ray_cluster, tmp_path, ray_packers):
     """The hf:// listing (dataset card configs -> data_files globs) and reader, on local files."""
     repo = tmp_path / "datasets" / "org" / "corpus"

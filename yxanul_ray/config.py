@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from yxanul_ray.presets import PRESETS, SHAPE_FIELDS, ModelShape, resolve_shape
+from yxanul_ray.storage import is_uri, read_text
 
 
 class ConfigError(ValueError):
@@ -49,7 +50,8 @@ class SourceSpec:
     """A local directory laid out like hf:// (datasets/<repo>/...): the Hub code path, read from
     disk, for air-gapped clusters and tests. A mirror is one snapshot: `revision` does not apply."""
     path: str | None = None
-    """Local file or glob (relative paths are relative to the working directory)."""
+    """Local file or glob (relative paths are relative to the working directory), or a glob at a
+    storage URI (s3://bucket/corpus/*.parquet, gs://, file://...), which every node can reach."""
     format: Literal["parquet", "jsonl"] = "parquet"
     text_field: str = "text"
     validation_docs: int = 64
@@ -228,8 +230,6 @@ def scaled_budget_overrides(job: JobSpec, target_tokens: int) -> list[str]:
 
 def read_yaml(path: str) -> dict:
     """A YAML (or JSON) file, local or at a storage URI (a checkpoint's job.json in a bucket)."""
-    from yxanul_ray.storage import read_text
-
     try:
         raw = yaml.safe_load(read_text(path))
     except FileNotFoundError:
@@ -411,7 +411,7 @@ def _validate(job: JobSpec) -> None:
             fail(f"{where}.revision", "applies to a Hub dataset (`hf`) only; remove it for local files")
         if src.hf_mirror is not None and not os.path.isdir(os.path.expanduser(src.hf_mirror)):
             fail(f"{where}.hf_mirror", f"{src.hf_mirror!r} is not a directory")
-        if src.path is not None and not _matches(src.path):
+        if src.path is not None and not is_uri(src.path) and not _matches(src.path):  # a URI is listed at the start
             fail(f"{where}.path", f"{src.path!r} matches no file; build the demo corpus with "
                  "`yxanul-ray demo-data data/demo` or fix the path")
         if src.validation_docs < 0:

@@ -61,7 +61,7 @@ def absolute_paths(job: JobSpec) -> JobSpec:
     """Local source paths relative to the driver's working directory, made absolute for the
     workers (whose working directory differs)."""
     sources = {
-        name: dataclasses.replace(src, path=os.path.abspath(os.path.expanduser(src.path)) if src.path else None,
+        name: dataclasses.replace(src, path=resolve_storage(src.path) if src.path else None,
                                   hf_mirror=os.path.abspath(os.path.expanduser(src.hf_mirror)) if src.hf_mirror
                                   else None)
         for name, src in job.sources.items()
@@ -188,7 +188,7 @@ def warn_of_node_local_paths(ray, job: JobSpec) -> None:
               "the run at its start. Set run.storage_path to a bucket (s3://bucket/prefix, gs://...) or a shared "
               "mount.", flush=True)
     for name, src in job.sources.items():
-        if src.path is not None or src.hf_mirror is not None:
+        if (src.path is not None and not is_uri(src.path)) or src.hf_mirror is not None:
             where, value = ("path", src.path) if src.path is not None else ("hf_mirror", src.hf_mirror)
             print(f"warning: sources.{name}.{where} {value} is a local path and {why}: {fix}, or the read tasks "
                   "scheduled on other nodes fail. Use a shared mount, or a Hub source (`hf`).", flush=True)

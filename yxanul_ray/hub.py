@@ -18,6 +18,7 @@ from typing import TypeVar
 import yaml
 
 from yxanul_ray.config import SourceSpec
+from yxanul_ray.storage import StorageError, fsspec_filesystem, is_uri
 
 T = TypeVar("T")
 
@@ -34,12 +35,14 @@ class SourceUnavailable(RuntimeError):
 class SourceFiles:
     source: str
     kind: str
-    """'local' or 'hf'."""
+    """'local', 'uri' (a glob at a storage URI, e.g. s3://bucket/corpus/*.parquet) or 'hf'."""
     paths: tuple[str, ...]
     """Sorted; hf paths are relative to hf:// (datasets/<repo>/...)."""
     format: str
     mirror: str | None = None
     """For 'hf': a local directory standing in for hf:// (same listing and reading code)."""
+    uri: str | None = None
+    """For 'uri': the source's path, whose scheme and options open the filesystem its files are in."""
     sizes: tuple[int, ...] = ()
     """File sizes in bytes, where the listing gave them (to plan wrap-around read tasks)."""
 
@@ -105,6 +108,8 @@ def hf_filesystem(mirror: str | None = None, token: str | None = None):
 
 def resolve_files(spec: SourceSpec) -> SourceFiles:
     """The source's files, sorted; raises SourceUnavailable with the source's name on failure."""
+    if spec.path is not None and is_uri(spec.path):
+        return _resolve_uri_files(spec)
     if spec.path is not None:
         paths = sorted(glob.glob(os.path.expanduser(spec.path)))
         if not paths:
@@ -130,6 +135,21 @@ def resolve_files(spec: SourceSpec) -> SourceFiles:
         )
     sizes = tuple(int(found[p].get("size") or 0) for p in files)
     return SourceFiles(spec.name, "hf", tuple(files), "parquet", spec.hf_mirror, sizes)
+
+
+def _resolve_uri_files(spec: SourceSpec) -> SourceFiles:
+    """A glob at a storage URI (s3://bucket/corpus/*.parquet), listed through pyarrow.fs."""
+    try:
+        fs, pattern = fsspec_filesystem(spec.path)
+        found = fs.glob(pattern, detail=True)
+    except (StorageError, OSError) as e:
+        raise SourceUnavailable(f"source {spec.name}: path {spec.path} cannot be listed ({e}); check the bucket, "
+                                "its endpoint and this machine's credentials") from None
+    paths = sorted(p for p, info in found.items() if info.get("type") == "file")
+    if not paths:
+        raise SourceUnavailable(f"source {spec.name}: path {spec.path!r} matches no file")
+    return SourceFiles(spec.name, "uri", tuple(paths), spec.format, uri=spec.path,
+                       sizes=tuple(int(found[p].get("size") or 0) for p in paths))
 
 
 def hub_root(spec: SourceSpec) -> str:

@@ -30,6 +30,7 @@ import pyarrow as pa
 from yxanul_ray.cursors import SourceCursor, file_order
 from yxanul_ray.hub import SourceFiles, hf_filesystem, with_retries
 from yxanul_ray.packing import Packer
+from yxanul_ray.storage import fsspec_filesystem
 from yxanul_ray.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,9 @@ class _DocBatch:
 def _open(files: SourceFiles, path: str, token: _Redacted):
     if files.kind == "local":
         return open(path, "rb")
+    if files.kind == "uri":
+        fs, _ = fsspec_filesystem(files.uri)
+        return fs.open(path, "rb")
     fs = hf_filesystem(files.mirror, token.value)
     return with_retries(lambda: fs.open(path, "rb", block_size=8 << 20), f"source {files.source} ({path})")
 

@@ -1,5 +1,6 @@
 """Where a run's checkpoints and artifacts live: a directory, or a URI Ray Train writes through
-pyarrow.fs (s3://bucket/prefix, gs://, abfs://, hdfs://, file://).
+pyarrow.fs (s3://bucket/prefix, gs://, abfs://, hdfs://, file://). A local source's `path` may
+be such a URI too (a glob in it), read through the same filesystems.
 
 On a cluster of several nodes it must be storage every node reaches: a bucket, or a directory
 on a filesystem mounted alike on every node (NFS). Ray Train checks that when the run starts;
@@ -61,6 +62,15 @@ def read_text(path: str) -> str:
         raise StorageError(f"{path}: cannot be read ({e}); check the bucket, its endpoint and this machine's "
                            "credentials") from None
     raise FileNotFoundError(2, "No such file", path.partition("?")[0])
+
+
+def fsspec_filesystem(uri: str):
+    """(fsspec view of the pyarrow filesystem a URI names, the path in it): glob and open for a
+    source's files at a URI, as HfFileSystem gives them for the Hub."""
+    from fsspec.implementations.arrow import ArrowFSWrapper
+
+    fs, path = open_storage(uri)
+    return ArrowFSWrapper(fs), path
 
 
 @contextlib.contextmanager

@@ -271,6 +271,8 @@ def test_hub_code_path_on_a_local_mirror(ray_cluster, tmp_path, ray_packers):
     files = resolve_files(job.sources["a"])
     assert files.kind == "hf" and [os.path.basename(p) for p in files.paths] == ["000_00000.parquet",
                                                                                  "001_00000.parquet"]
+    # The listing's sizes (which plan wrap-around reads and go into the checkpoints' file lists).
+    assert files.sizes == tuple(os.path.getsize(repo / "sample" / "10BT" / os.path.basename(p)) for p in files.paths)
     _, per_rank, _ = run_stage(job, 0, {}, 1, ray_packers, {"a": files})
     assert (rows_of(per_rank)[:, 1:].ravel()[:64] == stream_tokens(texts)[1:65]).all()
 

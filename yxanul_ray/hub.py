@@ -41,10 +41,10 @@ class SourceFiles:
     format: str
     mirror: str | None = None
     """For 'hf': a local directory standing in for hf:// (same listing and reading code)."""
-    uri: str | None = None
-    """For 'uri': the source's path, whose scheme and options open the filesystem its files are in."""
     sizes: tuple[int, ...] = ()
     """File sizes in bytes, where the listing gave them (to plan wrap-around read tasks)."""
+    uri: str | None = None
+    """For 'uri': the source's path, whose scheme and options open the filesystem its files are in."""
 
 
 def hub_offline() -> bool:
@@ -134,7 +134,7 @@ def resolve_files(spec: SourceSpec) -> SourceFiles:
             f"(looked at {', '.join(patterns)})"
         )
     sizes = tuple(int(found[p].get("size") or 0) for p in files)
-    return SourceFiles(spec.name, "hf", tuple(files), "parquet", spec.hf_mirror, sizes)
+    return SourceFiles(spec.name, "hf", tuple(files), "parquet", mirror=spec.hf_mirror, sizes=sizes)
 
 
 def _resolve_uri_files(spec: SourceSpec) -> SourceFiles:

@@ -38,7 +38,7 @@ from yxanul_ray.config import job_from_dict
 from yxanul_ray.cursors import SourceCursor, SourceStats
 from yxanul_ray.hub import resolve_files
 from yxanul_ray.local_data import holdout_rows
-from yxanul_ray.manifest import file_manifest, manifest_difference
+from yxanul_ray.manifest import file_manifest, manifest_differences
 from yxanul_ray.raycluster import actor_was_restarted
 from yxanul_ray.stage_data import StageData, build_stage_data, source_ids
 from yxanul_ray.stage_packers import StagePackers
@@ -108,8 +108,7 @@ class CurriculumCoordinator:
         the two agree, both being records of the same streams. A checkpoint whose sources' files
         are not the ones listed here (changed since: this actor, restarted, listed them again) is
         refused: its cursors would point at other documents."""
-        changed = [f"{s}: {d}" for s, then in saved.get("files", {}).items() if s in self.manifests
-                   and (d := manifest_difference(then, self.manifests[s]))]
+        changed = [f"{s}: {d}" for s, d in manifest_differences(saved.get("files", {}), self.manifests).items()]
         if changed:
             raise SourceFilesChanged("the sources' files differ from those of the checkpoint the workers restored, "
                                      "whose cursors index them: " + "; ".join(changed) + ". Put the run's files back, "

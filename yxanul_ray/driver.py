@@ -118,9 +118,9 @@ def pin_hub_revisions(job: JobSpec) -> JobSpec:
 
     sources = dict(job.sources)
     for name, spec in job.sources.items():
-        if spec.hf is None or spec.hf_mirror or _is_commit(spec.revision):
+        if _is_commit(spec.revision):
             continue
-        sha = pin_revision(spec)
+        sha = pin_revision(spec)  # None for local files and mirrors
         if sha:
             print(f"source {name}: hf://datasets/{spec.hf} at commit {sha} ({spec.revision or 'the default branch'} "
                   "now; pinned for this run and its resumes)", flush=True)

@@ -23,8 +23,7 @@ def file_manifest(spec: SourceSpec, files: SourceFiles) -> dict:
     root = hub_root(spec) if files.kind == "hf" else _common_dir(files.paths)
     prefix = root.rstrip("/") + "/"
     names = [p[len(prefix):] if p.startswith(prefix) else p for p in files.paths]
-    sizes = list(files.sizes) if files.sizes else [-1] * len(names)
-    return {"root": root, "files": [[n, s] for n, s in zip(names, sizes)]}
+    return {"root": root, "files": [[n, s] for n, s in zip(names, files.sizes, strict=True)]}
 
 
 def _common_dir(paths: tuple[str, ...]) -> str:
@@ -52,6 +51,12 @@ def manifest_difference(saved: dict, now: dict) -> str | None:
         if size_then != size_now:
             return f"{name_then!r} was {size_then:,} bytes, is {size_now:,} ({where})"
     return None  # unreachable: the lists differ in some entry
+
+
+def manifest_differences(saved: dict[str, dict], now: dict[str, dict]) -> dict[str, str]:
+    """Per source in both (source -> manifest), what differs; sources whose files agree are left out."""
+    diffs = {name: manifest_difference(saved[name], now[name]) for name in saved if name in now}
+    return {name: d for name, d in diffs.items() if d}
 
 
 def _few(names: list[str], shown: int = 3) -> str:

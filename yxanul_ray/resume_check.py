@@ -10,8 +10,10 @@ may change, and the changes that alter the run's course from here are named (not
 not yet begun (and with them the target, over which the LR decays), the optimizer, and the number
 of workers at a stage boundary. Logging, storage, failures and the like pass silently.
 
-Not compared: a source's `path` or `hf_mirror` (a corpus may move; its files must be the same,
-and nothing here can check that without reading them).
+A source's `path`, `hf_mirror` or `revision` may change (a corpus may move), but its files must
+be the ones the run read: the cursors index its file list. A checkpoint records that list (names
+and sizes, see manifest.py), and the files found now are compared with it; their contents are
+not read.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from yxanul_ray.config import JobSpec, stage_stride
-from yxanul_ray.manifest import manifest_difference
+from yxanul_ray.manifest import manifest_differences
 
 if TYPE_CHECKING:  # checkpoint imports torch; this module is pure
     from yxanul_ray.checkpoint import TrainState
@@ -91,14 +93,12 @@ def review_resume(saved: JobSpec, job: JobSpec, state: TrainState,
         notes.append("sources: the checkpoint does not record its sources' files (an earlier version wrote it); "
                      "they are not compared, and must be the ones the run read")
     elif files_now is not None:
-        for name in [n for n in files_then if n in files_now]:
-            diff = manifest_difference(files_then[name], files_now[name])
-            if diff:
-                was = saved.sources[name].revision if name in saved.sources else None
-                hint = (f"; the run read commit {was}, set sources.{name}.revision to it"
-                        if was and job.sources[name].hf else "")
-                conflicts.append(f"sources.{name} (files): {diff} (the cursors index the run's file list; point the "
-                                 f"source at the files the run read{hint})")
+        for name, diff in manifest_differences(files_then, files_now).items():
+            was = saved.sources[name].revision if name in saved.sources else None
+            hint = f"; the run read commit {was}, set sources.{name}.revision to it" if was and job.sources[name].hf \
+                else ""
+            conflicts.append(f"sources.{name} (files): {diff} (the cursors index the run's file list; point the "
+                             f"source at the files the run read{hint})")
 
     # Stages already trained, and the current one if it has begun, are fixed: their budgets make
     # the token count, and their seq_len, batch, mix and stride decide which rows were taken.

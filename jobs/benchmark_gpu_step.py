@@ -3,16 +3,17 @@ grad clipping) at every curriculum stage's seq_len and batch, on random tokens, 
 compiled, FP8 where Transformer Engine exists (a benchmark, not a test).
 
 Run it beside ../shared/bench/reference_gpt_step.py in the same device call and compare the
-printed tok/s per seq_len (ratios; cards and clocks differ between calls):
+printed tok/s per seq_len (ratios; cards and clocks differ between calls).
+jobs/gpu_step_vs_reference.sh runs both at the same shape, compiled and eager:
 
-    TAG=ref SEQS=8,128,2048 MODES=compiled TOKENS_PER_STEP=131072 python3 .bench-ref/reference_gpt_step.py
-    python3 jobs/benchmark_gpu_step.py --shape reference --seqs 8,128,2048 --modes compiled \\
-        --tokens-per-step 131072 --reference-json $OUT/ref.json
+    REF=.bench-ref/reference_gpt_step.py bash jobs/gpu_step_vs_reference.sh
 
 `--shape reference` is the reference's model (d1024 L20 H16 KV4 FFN2816, vocab 32768, tied);
 `--config` takes the stage table (seq_len and batch) from a curriculum config instead.
 `--reference-json` reads the reference's JSON from the same call and adds the ratio per seq_len.
-Each compiled run first checks its loss against the eager model's on the same batch.
+One model per mode runs every seq_len in turn, as training runs its stages (compiled once with the
+sequence length dynamic; the table's `graphs` column counts the compiles so far). Each seq_len's
+first compiled step checks its loss against the eager model's on the same batch.
 Writes $OUT/<tag>.json and prints a table last. `--device cpu --shape tiny` dry-runs the script.
 """
 
@@ -56,44 +57,63 @@ def matmul_ceiling_tflops(device: str) -> float:
     return 2 * n**3 * 10 / (time.perf_counter() - t0) / 1e12
 
 
-def bench(shape, backend, compiled, fp8, seq_len, batch, steps, opt_spec, device) -> dict:
-    torch.manual_seed(0)
-    model = build_model(shape, backend, device)
-    runner = compile_model(model) if compiled else model
-    optimizer = make_optimizer(model, opt_spec, device)
-    amp = device == "cuda"
-    recipe = None
-    if fp8:
-        from yxanul_ray.precision import make_recipe
+class Variant:
+    """One model, optimizer and (maybe) compiled runner, kept across every seq_len of a run as
+    training keeps them across stages: one compile with the sequence length dynamic, and the
+    recompiles that the stage shapes cause are the ones training pays."""
 
-        recipe = make_recipe()
-    target = 10**9
+    def __init__(self, shape, backend, compiled, fp8, opt_spec, device):
+        torch.manual_seed(0)
+        self.shape, self.compiled, self.device, self.opt_spec = shape, compiled, device, opt_spec
+        self.model = build_model(shape, backend, device)
+        self.runner = compile_model(self.model) if compiled else self.model
+        self.optimizer = make_optimizer(self.model, opt_spec, device)
+        self.recipe = None
+        if fp8:
+            from yxanul_ray.precision import make_recipe
 
-    def one(i, tokens=None):
-        if tokens is None:
-            tokens = torch.randint(0, shape.vocab_size, (batch, seq_len + 1), device=device)
-        lr = lr_at(opt_spec, target, i * batch * seq_len)
-        return train_step(runner, model, optimizer, tokens, lr=lr, global_valid=batch * seq_len, rank=0, world=1,
-                          micro_batch=None, grad_clip=1.0, amp=amp, fp8_recipe=recipe, dynamic_seq=compiled)
+            self.recipe = make_recipe()
 
-    t_start = time.perf_counter()
-    first = torch.randint(0, shape.vocab_size, (batch, seq_len + 1), device=device)
-    with torch.no_grad():
-        eager_loss = float(summed_loss(model, model, first[:, :-1], first[:, 1:], amp=amp, fp8_recipe=recipe))
-    # The first step's loss is the forward before any update: the same weights as the eager check.
-    step_loss = float(one(0, first))
-    for i in range(1, 3):
-        one(i)
-    synchronize(device)
-    warm_s = time.perf_counter() - t_start
-    t0 = time.perf_counter()
-    for i in range(steps):
-        loss = one(i)
-    synchronize(device)
-    dt = time.perf_counter() - t0
-    return {"tok_s": batch * seq_len * steps / dt, "loss": float(loss) / (batch * seq_len),
-            "first_loss_rel_diff_vs_eager": abs(step_loss - eager_loss) / abs(eager_loss), "warmup_s": warm_s,
-            "peak_gb": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0}
+    def bench(self, seq_len, batch, steps) -> dict:
+        shape, device = self.shape, self.device
+        amp = device == "cuda"
+        target = 10**9
+
+        def one(i, tokens=None):
+            if tokens is None:
+                tokens = torch.randint(0, shape.vocab_size, (batch, seq_len + 1), device=device)
+            lr = lr_at(self.opt_spec, target, i * batch * seq_len)
+            return train_step(self.runner, self.model, self.optimizer, tokens, lr=lr, global_valid=batch * seq_len,
+                              rank=0, world=1, micro_batch=None, grad_clip=1.0, amp=amp,
+                              fp8_recipe=self.recipe, dynamic_seq=self.compiled)
+
+        t_start = time.perf_counter()
+        first = torch.randint(0, shape.vocab_size, (batch, seq_len + 1), device=device)
+        with torch.no_grad():
+            eager_loss = float(summed_loss(self.model, self.model, first[:, :-1], first[:, 1:], amp=amp,
+                                           fp8_recipe=self.recipe))
+        # The first step's loss is the forward before its update: the same weights as the eager check.
+        step_loss = float(one(0, first))
+        for i in range(1, 3):
+            one(i)
+        synchronize(device)
+        warm_s = time.perf_counter() - t_start
+        t0 = time.perf_counter()
+        for i in range(steps):
+            loss = one(i)
+        synchronize(device)
+        dt = time.perf_counter() - t0
+        return {"tok_s": batch * seq_len * steps / dt, "loss": float(loss) / (batch * seq_len),
+                "first_loss_rel_diff_vs_eager": abs(step_loss - eager_loss) / abs(eager_loss), "warmup_s": warm_s,
+                "graphs_compiled": compiled_graph_count(),
+                "peak_gb": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0}
+
+
+def compiled_graph_count() -> int:
+    """Graphs dynamo has compiled in this process so far (recompiles included)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def main() -> None:
@@ -132,10 +152,11 @@ def main() -> None:
     rows = []
     opt_spec = OptimizerSpec()
     for compiled, fp8, backend in variants:
+        variant = Variant(shape, backend, compiled, fp8, opt_spec, device)
         for seq_len, batch in plan:
             label = f"{backend}{'-fp8' if fp8 else ''}{'-compiled' if compiled else ''}"
             try:
-                r = bench(shape, backend, compiled, fp8, seq_len, batch, args.steps, opt_spec, device)
+                r = variant.bench(seq_len, batch, args.steps)
                 r["mfu"] = r["tok_s"] * flops_per_token(shape, seq_len) / (peak * 1e12)
             except Exception as e:  # noqa: BLE001 - report and continue with the next shape
                 r = {"error": repr(e)[:300]}
@@ -145,6 +166,7 @@ def main() -> None:
             if device == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
+        del variant
     reference = reference_tok_s(args.reference_json)
     for r in rows:
         ref = reference.get((r["mode"].endswith("compiled"), r["seq"]))
@@ -155,13 +177,15 @@ def main() -> None:
         json.dump({"device": device_name, "torch": torch.__version__, "peak_tflops": peak,
                    "params_m": count_params(shape) / 1e6, "rows": rows}, f, indent=1)
     print(f"\n[{args.tag}] params {count_params(shape) / 1e6:.1f}M on {device_name}")
-    print(f"{'mode':22} {'seq':>5} {'batch':>6} {'tok/s':>10} {'MFU':>6} {'ref tok/s':>10} {'ratio':>6}")
+    print(f"{'mode':22} {'seq':>5} {'batch':>6} {'tok/s':>10} {'MFU':>6} {'ref tok/s':>10} {'ratio':>6} "
+          f"{'warm s':>7} {'graphs':>6}")
     for r in rows:
         if "error" in r:
             print(f"{r['mode']:22} {r['seq']:>5}  ERROR {r['error'][:80]}")
         else:
             ref = f"{r['reference_tok_s']:>10.0f} {r['ratio']:>5.3f}x" if "ratio" in r else f"{'-':>10} {'-':>6}"
-            print(f"{r['mode']:22} {r['seq']:>5} {r['batch']:>6} {r['tok_s']:>10.0f} {r['mfu']:>6.1%} {ref}")
+            print(f"{r['mode']:22} {r['seq']:>5} {r['batch']:>6} {r['tok_s']:>10.0f} {r['mfu']:>6.1%} {ref} "
+                  f"{r['warmup_s']:>7.1f} {r['graphs_compiled']:>6}")
 
 
 def reference_tok_s(path: str | None) -> dict[tuple[bool, int], float]:

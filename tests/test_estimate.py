@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -70,3 +71,13 @@ def test_bad_gpu_figures_fail_before_any_cluster_work(tmp_path, placeholder_sour
     assert main(["check", config, "--gpu-json", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"--gpu-json {path}" in err and field in err
+
+
+def test_the_committed_h200_figures_cover_every_stage_of_the_270m_curriculum():
+    # measurements/ holds what jobs/gpu_step_vs_reference.sh wrote on the device; the README points
+    # `check --estimate --gpu-json` at it, so it must stay readable and cover the curriculum.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    rates = load_gpu_rates(os.path.join(root, "measurements/h200-2026-11-27/project.json"))
+    job = load_job(os.path.join(root, "configs/yxanul_270m_progressive_curriculum.yaml"))
+    assert set(rates) == {stage.seq_len for stage in job.curriculum.stages}
+    assert all(150_000 < tok_s < 400_000 for tok_s in rates.values())

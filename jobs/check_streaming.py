@@ -10,19 +10,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from yxanul_ray.cli import add_check_args, cmd_check  # noqa: E402
-from yxanul_ray.config import ConfigError  # noqa: E402
+from yxanul_ray.cli import add_check_args, cmd_check, reporting_errors  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_check_args(ap, config_optional=True)
     args = ap.parse_args(argv)
-    try:
-        return cmd_check(args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return reporting_errors(lambda: cmd_check(args))
 
 
 if __name__ == "__main__":

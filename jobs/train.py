@@ -14,9 +14,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from yxanul_ray.config import ConfigError, load_job, scaled_budget_overrides  # noqa: E402
-from yxanul_ray.hub import SourceUnavailable  # noqa: E402
-from yxanul_ray.storage import StorageError, storage_join  # noqa: E402
+from yxanul_ray.cli import reporting_errors  # noqa: E402
+from yxanul_ray.config import load_job, scaled_budget_overrides  # noqa: E402
+from yxanul_ray.storage import storage_join  # noqa: E402
 
 DEFAULT_CONFIG = "configs/yxanul_270m_progressive_curriculum.yaml"
 MODEL_SIZES = {"270M": "270m", "270m": "270m", "yxanul-270M": "yxanul-270m", "yxanul-270m": "yxanul-270m",
@@ -38,24 +38,21 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides)
     if args.model_size:
         overrides.append(f"model.preset={MODEL_SIZES[args.model_size]}")
-    try:
-        from yxanul_ray.driver import prepare_demo_corpus, run_training
+    return reporting_errors(lambda: train(config, overrides, args.target_tokens, args.resume))
 
-        prepare_demo_corpus(config, overrides)
-        job = load_job(config, overrides)
-        if args.target_tokens:
-            scaled = scaled_budget_overrides(job, args.target_tokens)
-            if scaled:
-                print(f"--target-tokens {args.target_tokens:,}: stage budgets scaled by "
-                      f"{args.target_tokens / job.curriculum.target_tokens:.4g}", flush=True)
-                job = load_job(config, overrides + scaled)
-        return run_training(job, resume=args.resume)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (SourceUnavailable, StorageError) as e:  # the Hub (a commit to pin, a resume's files), a bucket
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+
+def train(config: str, overrides: list[str], target_tokens: int | None, resume: str | None) -> int:
+    from yxanul_ray.driver import prepare_demo_corpus, run_training
+
+    prepare_demo_corpus(config, overrides)
+    job = load_job(config, overrides)
+    if target_tokens:
+        scaled = scaled_budget_overrides(job, target_tokens)
+        if scaled:
+            print(f"--target-tokens {target_tokens:,}: stage budgets scaled by "
+                  f"{target_tokens / job.curriculum.target_tokens:.4g}", flush=True)
+            job = load_job(config, overrides + scaled)
+    return run_training(job, resume=resume)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from yxanul_ray.config import ConfigError, load_job
 from yxanul_ray.hub import SourceUnavailable
@@ -137,16 +138,23 @@ COMMANDS = {"plan": cmd_plan, "train": cmd_train, "check": cmd_check, "export": 
             "demo-data": cmd_demo_data}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def reporting_errors(command: Callable[[], int]) -> int:
+    """Run a command; an error the user can act on is one line on stderr, not a traceback.
+    Every entry point (this CLI, jobs/train.py, jobs/check_streaming.py) exits through here, so
+    one error gets one exit code: 2 bad input, 1 a source or storage that could not be read."""
     try:
-        return COMMANDS[args.command](args)
+        return command()
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (SourceUnavailable, StorageError) as e:  # the Hub (a commit to pin, a resume's files), a bucket
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return reporting_errors(lambda: COMMANDS[args.command](args))
 
 
 if __name__ == "__main__":

@@ -51,6 +51,13 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def offline_refusal(what: str, question: str) -> SourceUnavailable:
+    """The error for a Hub source under HF_HUB_OFFLINE, naming what would have been asked."""
+    return SourceUnavailable(
+        f"{what}: HF_HUB_OFFLINE is set, so the Hub is not {question}. Unset it to stream from the Hub, "
+        "or point the source at local files (sources.<name>.path) or a mirror (sources.<name>.hf_mirror).")
+
+
 def hf_token() -> str | None:
     """From the environment only; never logged, never written to a config or checkpoint."""
     return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
@@ -118,10 +125,7 @@ def resolve_files(spec: SourceSpec) -> SourceFiles:
                            sizes=tuple(os.path.getsize(p) for p in paths))
     what = f"source {spec.name} (hf://{hub_root(spec)})"
     if hub_offline() and not spec.hf_mirror:
-        raise SourceUnavailable(
-            f"{what}: HF_HUB_OFFLINE is set, so the Hub is not contacted. Unset it to stream from "
-            "the Hub, or point the source at local files (sources.<name>.path)."
-        )
+        raise offline_refusal(what, "asked for the source's files")
     fs = hf_filesystem(spec.hf_mirror, hf_token())
     patterns = with_retries(lambda: _data_file_patterns(fs, spec), what)
     found: dict[str, int] = {}
@@ -168,10 +172,7 @@ def pin_revision(spec: SourceSpec) -> str | None:
         return None
     what = f"source {spec.name} (hf://{hub_root(spec)})"
     if hub_offline():
-        raise SourceUnavailable(
-            f"{what}: HF_HUB_OFFLINE is set, so the Hub is not asked which commit to read. Unset it, or point "
-            "the source at local files (sources.<name>.path) or a mirror (sources.<name>.hf_mirror)."
-        )
+        raise offline_refusal(what, "asked which commit to read")
     from huggingface_hub import HfApi
 
     info = with_retries(lambda: HfApi(token=hf_token()).dataset_info(spec.hf, revision=spec.revision), what)

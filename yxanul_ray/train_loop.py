@@ -229,20 +229,25 @@ class Run:
 
     # ---- the step --------------------------------------------------------------------------------
 
-    def train_step(self, rows: np.ndarray, global_valid: int, lr: float, stage) -> float:
-        """One optimizer step on this rank's rows; returns the summed loss of its valid targets."""
-        tokens = torch.from_numpy(rows.astype(np.int64)).to(self.device, non_blocking=True)
-        loss_sum = train_step(self.model, self.raw_model, self.optimizer, tokens, lr=lr, global_valid=global_valid,
-                              rank=self.rank, world=self.world, micro_batch=stage.micro_batch_size,
-                              grad_clip=self.job.optimizer.grad_clip, amp=self.device.type == "cuda",
-                              fp8_recipe=self.fp8_recipe if stage.fp8 else None,
-                              dynamic_seq=self.job.model.compile)
-        return float(loss_sum)
+    def train_step(self, rows: np.ndarray, global_valid: int, lr: float, stage) -> torch.Tensor:
+        """One optimizer step on this rank's rows; returns the summed loss of its valid targets as
+        a device tensor. Nothing here waits for the GPU: the loss is read at the log interval
+        (`log`), so the host queues the next step while this one runs, as the GPU step benchmark
+        (jobs/benchmark_gpu_step.py) measured it. Rows go through pinned memory for the same
+        reason: a copy from pageable memory waits for the stream."""
+        tokens = torch.from_numpy(rows.astype(np.int64))
+        if self.device.type == "cuda":
+            tokens = tokens.pin_memory()
+        tokens = tokens.to(self.device, non_blocking=True)
+        return train_step(self.model, self.raw_model, self.optimizer, tokens, lr=lr, global_valid=global_valid,
+                          rank=self.rank, world=self.world, micro_batch=stage.micro_batch_size,
+                          grad_clip=self.job.optimizer.grad_clip, amp=self.device.type == "cuda",
+                          fp8_recipe=self.fp8_recipe if stage.fp8 else None, dynamic_seq=self.job.model.compile)
 
     # ---- accounting and logs -----------------------------------------------------------------
 
     def account(self, state: TrainState, counts: dict[str, int], global_valid: int, seq_len: int,
-                loss_sum: float) -> None:
+                loss_sum: torch.Tensor) -> None:
         state.step += 1
         state.tokens += global_valid
         by_source = step_tokens_by_source(counts, global_valid, self.world, seq_len)
@@ -253,7 +258,7 @@ class Run:
         stage_mix = state.stage_tokens_by_source[state.stage]
         for s, n in by_source.items():
             stage_mix[s] = stage_mix.get(s, 0) + n
-        self.interval["loss"] += loss_sum
+        self.interval["loss"] += loss_sum.double()  # on the device, in float64 as a Python sum was
         self.interval["tokens"] += global_valid
         self.interval["steps"] += 1
 
@@ -262,7 +267,8 @@ class Run:
         iv = self.interval
         if iv["steps"] == 0:
             return
-        loss = self.sum_over_ranks(torch.tensor([iv["loss"]], dtype=torch.float64)).item() / max(1, iv["tokens"])
+        interval_loss = float(iv["loss"])  # the interval's one wait for the GPU
+        loss = self.sum_over_ranks(torch.tensor([interval_loss], dtype=torch.float64)).item() / max(1, iv["tokens"])
         dt = time.perf_counter() - iv["t0"]
         rate = iv["tokens"] / max(dt, 1e-9)
         self.interval = {"loss": 0.0, "tokens": 0, "t0": time.perf_counter(), "steps": 0}

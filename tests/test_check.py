@@ -101,3 +101,16 @@ def test_unreachable_hub_source_fails_naming_source(tmp_path, placeholder_source
     assert main(["check", path]) == 1
     out = capsys.readouterr().out
     assert "FAIL  connectivity math: source math (hf://datasets/Yxanul/cc-math-finest)" in out
+
+
+def test_check_streaming_script_reports_bad_input_as_the_cli_does(tmp_path):
+    # jobs/check_streaming.py exits through cli.reporting_errors like `yxanul-ray check`: one
+    # line naming the file, exit 2, no traceback, before any cluster work.
+    import subprocess
+    import sys
+
+    missing = str(tmp_path / "nowhere.yaml")
+    proc = subprocess.run([sys.executable, "jobs/check_streaming.py", "--config", missing],
+                          cwd=os.path.dirname(CONFIGS), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == f"error: {missing}: no such config file"

@@ -38,7 +38,7 @@ pyarrow.__version__, torch.cuda.get_device_name())" || exit 1
 
 leg "${REF_S:-110}" ref env L=20 VOCAB=50304 TAG=ref SEQS=2048 MODES=compiled TOKENS_PER_STEP=131072 STEPS=10 python3 "$REF"
 leg "${STEP_S:-110}" step python3 jobs/benchmark_gpu_step.py --shape 270m --seqs 2048 --modes compiled \
-    --steps 10 --tokens-per-step 131072 --tag step_270m
+    --steps 10 --tokens-per-step 131072 --tag step_270m --reference-json "$OUT/ref.json"
 
 python3 - <<'EOF'
 import yaml

@@ -114,3 +114,19 @@ def test_check_streaming_script_reports_bad_input_as_the_cli_does(tmp_path):
                           cwd=os.path.dirname(CONFIGS), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == f"error: {missing}: no such config file"
+
+
+def test_check_script_reaches_ray_when_the_environment_names_no_auth_mode(demo_corpus):
+    # A user's shell has no RAY_AUTH_MODE (CI exports one, which hid this). `check` imported Ray
+    # (its packer actor) before init_ray set the mode, and Ray's core reads it once, at import:
+    # the process then sent no token, and the cluster it started or joined refused it
+    # (AuthenticationError, exit 1). Run as the README runs it, in a fresh process.
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    proc = subprocess.run([sys.executable, "jobs/check_streaming.py", "--config", DEMO,
+                           *demo_args(demo_corpus)[1:], "--stage", "1", "--steps", "1"],
+                          cwd=os.path.dirname(CONFIGS), env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "PASS  stage 1 mix" in proc.stdout and " 0 failed" in proc.stdout

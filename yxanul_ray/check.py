@@ -212,10 +212,10 @@ def run_check(job: JobSpec, *, test_all: bool = False, stage: int | None = None,
 
     from yxanul_ray.driver import absolute_paths
     from yxanul_ray.raycluster import init_ray, quiet_ray_data
-    from yxanul_ray.stage_packers import StagePackers
 
-    init_ray(num_cpus=4, dashboard=False)
+    init_ray(num_cpus=4, dashboard=False)  # first: it sets Ray's environment before Ray is imported
     quiet_ray_data()
+    from yxanul_ray.stage_packers import StagePackers  # a Ray actor: imports Ray
     sjob = sample_job(absolute_paths(job), steps)
     packers = StagePackers.remote()
     cursors: dict = {}

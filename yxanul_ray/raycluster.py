@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 WORKER_SOFT_LIMIT = 32
 
@@ -16,8 +17,13 @@ def local_ray_env() -> None:
     """Environment for a Ray started by this process (set before ray.init / ray start)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Ray 2.60 enables token authentication on new clusters (token in ~/.ray/auth_token); clients
-    # such as `ray job submit` only send it in token mode. Keep the protection, and say so.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # such as `ray job submit` only send it in token mode. Keep the protection, and say so. Only
+    # before Ray is imported: its core library reads the mode once, at import, so setting it
+    # later makes this process's Python half say "token" while its core sends no token, and the
+    # cluster it starts or joins refuses it (`check` did, before 'ray' moved after init_ray).
+    # Left unset, ray.init settles the mode itself, consistently.
+    if "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     # Keeps every Ray port on 127.0.0.1 (measured on Ray 2.60; see DESIGN.md).
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     # Ray keeps at most num_cpus idle worker processes and kills the rest after a second idle; the

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -106,9 +108,6 @@ def test_unreachable_hub_source_fails_naming_source(tmp_path, placeholder_source
 def test_check_streaming_script_reports_bad_input_as_the_cli_does(tmp_path):
     # jobs/check_streaming.py exits through cli.reporting_errors like `yxanul-ray check`: one
     # line naming the file, exit 2, no traceback, before any cluster work.
-    import subprocess
-    import sys
-
     missing = str(tmp_path / "nowhere.yaml")
     proc = subprocess.run([sys.executable, "jobs/check_streaming.py", "--config", missing],
                           cwd=os.path.dirname(CONFIGS), capture_output=True, text=True, timeout=120)
@@ -121,9 +120,6 @@ def test_check_script_reaches_ray_when_the_environment_names_no_auth_mode(demo_c
     # (its packer actor) before init_ray set the mode, and Ray's core reads it once, at import:
     # the process then sent no token, and the cluster it started or joined refused it
     # (AuthenticationError, exit 1). Run as the README runs it, in a fresh process.
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
     proc = subprocess.run([sys.executable, "jobs/check_streaming.py", "--config", DEMO,
                            *demo_args(demo_corpus)[1:], "--stage", "1", "--steps", "1"],

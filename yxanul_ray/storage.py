@@ -10,6 +10,7 @@ a local directory on the head is not reachable from the GPU nodes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 from collections.abc import Iterator
@@ -64,9 +65,12 @@ def read_text(path: str) -> str:
     raise FileNotFoundError(2, "No such file", path.partition("?")[0])
 
 
+@functools.lru_cache(maxsize=32)
 def fsspec_filesystem(uri: str):
     """(fsspec view of the pyarrow filesystem a URI names, the path in it): glob and open for a
-    source's files at a URI, as HfFileSystem gives them for the Hub."""
+    source's files at a URI, as HfFileSystem gives them for the Hub. Cached per process: a
+    source's reader opens every file through it, and opening an S3 filesystem without a region
+    asks the bucket for one (fsspec caches HfFileSystem the same way)."""
     from fsspec.implementations.arrow import ArrowFSWrapper
 
     fs, path = open_storage(uri)

@@ -267,8 +267,8 @@ class Run:
         iv = self.interval
         if iv["steps"] == 0:
             return
-        interval_loss = float(iv["loss"])  # the interval's one wait for the GPU
-        loss = self.sum_over_ranks(torch.tensor([interval_loss], dtype=torch.float64)).item() / max(1, iv["tokens"])
+        # The interval's one wait for the GPU: its summed loss, still on the device, all-reduced there.
+        loss = self.sum_over_ranks(iv["loss"].reshape(1)).item() / max(1, iv["tokens"])
         dt = time.perf_counter() - iv["t0"]
         rate = iv["tokens"] / max(dt, 1e-9)
         self.interval = {"loss": 0.0, "tokens": 0, "t0": time.perf_counter(), "steps": 0}

@@ -128,7 +128,7 @@ def resolve_files(spec: SourceSpec) -> SourceFiles:
         raise offline_refusal(what, "asked for the source's files")
     fs = hf_filesystem(spec.hf_mirror, hf_token())
     patterns = with_retries(lambda: _data_file_patterns(fs, spec), what)
-    found: dict[str, int] = {}
+    found: dict[str, dict] = {}  # path -> its listing entry (name, size, type)
     for pattern in patterns:
         found.update(with_retries(lambda p=pattern: fs.glob(p, detail=True), what))
     files = sorted(p for p in found if p.endswith(".parquet"))
@@ -137,8 +137,8 @@ def resolve_files(spec: SourceSpec) -> SourceFiles:
             f"{what}: no parquet files for config {spec.hf_config or 'default'!r}, split {spec.split!r} "
             f"(looked at {', '.join(patterns)})"
         )
-    sizes = tuple(int(found[p].get("size") or 0) for p in files)
-    return SourceFiles(spec.name, "hf", tuple(files), "parquet", mirror=spec.hf_mirror, sizes=sizes)
+    return SourceFiles(spec.name, "hf", tuple(files), "parquet", mirror=spec.hf_mirror,
+                       sizes=_listed_sizes(found, files))
 
 
 def _resolve_uri_files(spec: SourceSpec) -> SourceFiles:
@@ -152,8 +152,12 @@ def _resolve_uri_files(spec: SourceSpec) -> SourceFiles:
     paths = sorted(p for p, info in found.items() if info.get("type") == "file")
     if not paths:
         raise SourceUnavailable(f"source {spec.name}: path {spec.path!r} matches no file")
-    return SourceFiles(spec.name, "uri", tuple(paths), spec.format, uri=spec.path,
-                       sizes=tuple(int(found[p].get("size") or 0) for p in paths))
+    return SourceFiles(spec.name, "uri", tuple(paths), spec.format, uri=spec.path, sizes=_listed_sizes(found, paths))
+
+
+def _listed_sizes(found: dict[str, dict], paths: list[str]) -> tuple[int, ...]:
+    """Each path's size in bytes from an fsspec `glob(detail=True)` listing (0 where it gives none)."""
+    return tuple(int(found[p].get("size") or 0) for p in paths)
 
 
 def hub_root(spec: SourceSpec) -> str:

@@ -55,3 +55,22 @@ def demo_subset(path: str, first: int, last: int, scale: float = 1.0, **run: obj
     data["curriculum"]["target_tokens"] = sum(st["tokens"] for st in stages)
     data["run"].update(run)
     return write_yaml(path, data)
+
+
+TOKENIZER_TEXTS = [f"Document {i} counts {i * 7} apples and {i % 5} pears; the sum is {i * 7 + i % 5}."
+                   for i in range(60)]
+
+
+def train_tokenizer_json(path: str, special_tokens: tuple[str, ...] = ("<|endoftext|>",), vocab: int = 320) -> str:
+    """A small byte-level BPE trained on TOKENIZER_TEXTS with the `tokenizers` library, saved as a
+    tokenizer.json: a tokenizer other than GPT-2's, as a user's own would be."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=list(special_tokens),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(TOKENIZER_TEXTS, trainer)
+    tok.save(path)
+    return path

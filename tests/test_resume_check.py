@@ -11,13 +11,14 @@ import sys
 
 import pytest
 
-from tests.helpers import CONFIGS, REPO, demo_subset
+from tests.helpers import CONFIGS, REPO, demo_subset, train_tokenizer_json
 from yxanul_ray.checkpoint import TrainState, save_checkpoint
 from yxanul_ray.config import ConfigError, job_from_dict, load_job
 from yxanul_ray.driver import absolute_paths, check_resume, prepare_demo_corpus
 from yxanul_ray.hub import resolve_files
 from yxanul_ray.manifest import file_manifest
 from yxanul_ray.resume_check import review_resume
+from yxanul_ray.tokenizer import tokenizer_identity
 
 DEMO = os.path.join(CONFIGS, "demo.yaml")
 
@@ -179,3 +180,28 @@ def test_a_checkpoint_without_file_lists_resumes_with_a_note():
     review = review_resume(saved_demo_job(), load_job(DEMO), TrainState(stage=2), demo_files())
     assert review.conflicts == [] and fields_of(review.notes) == ["sources"]
     assert "does not record its sources' files" in review.notes[0]
+
+
+def test_a_moved_tokenizer_json_resumes_but_another_tokenizer_is_refused(tmp_path):
+    """The checkpoint records its tokenizer's identity (a tokenizer.json's content hash): the same
+    file elsewhere (as a job's uploaded working dir moves at each submission) resumes, with a
+    note; an edited one, or GPT-2 in its place, is refused."""
+    (tmp_path / "run1").mkdir()
+    first = train_tokenizer_json(str(tmp_path / "run1" / "tokenizer.json"))
+    saved = saved_demo_job(f"data.tokenizer={first}")
+    state = state_at(3, coordinator={"tokenizer": tokenizer_identity(first)})
+    (tmp_path / "run2").mkdir()
+    moved = shutil.copy(first, tmp_path / "run2" / "tokenizer.json")
+    now = load_job(DEMO, [f"data.tokenizer={moved}"])
+    review = review_resume(saved, now, state, tokenizer_now=tokenizer_identity(str(moved)))
+    assert review.conflicts == [] and fields_of(review.notes) == ["data.tokenizer"]
+    assert "the same file's content, moved" in review.notes[0]
+
+    edited = train_tokenizer_json(str(tmp_path / "run2" / "tokenizer.json"), vocab=300)
+    for other in (edited, "gpt2"):
+        review = review_resume(saved, load_job(DEMO, [f"data.tokenizer={other}"]), state,
+                               tokenizer_now=tokenizer_identity(other))
+        assert fields_of(review.conflicts) == ["data.tokenizer"] and "another tokenizer" in review.conflicts[0]
+    # A checkpoint of an earlier version (no identity recorded): the names must agree, as before.
+    old = review_resume(saved, now, state_at(3), tokenizer_now=tokenizer_identity(str(moved)))
+    assert fields_of(old.conflicts) == ["data.tokenizer"]

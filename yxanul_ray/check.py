@@ -203,6 +203,9 @@ def run_check(job: JobSpec, *, test_all: bool = False, stage: int | None = None,
               sample_rows: int = 0, do_estimate: bool = False, gpu_rates: dict[int, float] | None = None,
               steps: int = 2) -> tuple[list[Check], dict]:
     """All checks; returns (checks, machine-readable report)."""
+    from yxanul_ray.driver import absolute_paths, check_tokenizer
+
+    check_tokenizer(job)  # a ConfigError, as `train` gives it before any cluster work
     n = len(job.curriculum.stages)
     indices = list(range(n)) if transitions else stages_to_test(n, test_all, stage)
     checks, files = connectivity(job)
@@ -210,7 +213,6 @@ def run_check(job: JobSpec, *, test_all: bool = False, stage: int | None = None,
     if not all(c.ok for c in checks):
         return checks, report
 
-    from yxanul_ray.driver import absolute_paths
     from yxanul_ray.raycluster import init_ray, quiet_ray_data
 
     init_ray(num_cpus=4, dashboard=False)  # first: it sets Ray's environment before Ray is imported

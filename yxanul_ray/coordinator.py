@@ -42,7 +42,7 @@ from yxanul_ray.manifest import file_manifest, manifest_differences
 from yxanul_ray.raycluster import actor_was_restarted
 from yxanul_ray.stage_data import StageData, build_stage_data, source_ids
 from yxanul_ray.stage_packers import StagePackers
-from yxanul_ray.tokenizer import load_tokenizer
+from yxanul_ray.tokenizer import load_tokenizer, tokenizer_identity
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ class CurriculumCoordinator:
         # Checkpointed with the cursors, which index these lists (see manifest.py).
         self.manifests = {s: file_manifest(self.job.sources[s], f) for s, f in self.files.items()}
         self.eos_id = load_tokenizer(self.job.data.tokenizer).eos_id
+        # Checkpointed too: a resume compares it with the tokenizer it is given (resume_check).
+        self.tokenizer = tokenizer_identity(self.job.data.tokenizer)
         # Named after its coordinator where that has a name, so an operator (or a test) can find
         # the run's packing actor.
         name = ray.get_runtime_context().get_actor_name()
@@ -240,7 +242,7 @@ class CurriculumCoordinator:
                                    "workers reached it; no checkpoint is written without them") from None
         return {"stage_cursors": {str(k): v for k, v in self.stage_cursors.items()},
                 "stage_stats": {str(k): v for k, v in self.stage_stats.items()},
-                "files": self.manifests}
+                "files": self.manifests, "tokenizer": self.tokenizer}
 
     async def stage_report(self, stage: int) -> dict[str, dict]:
         """Per-source stats of a stage (rows, distinct tokens, documents, bad rows, wraps)."""

@@ -67,7 +67,36 @@ def absolute_paths(job: JobSpec) -> JobSpec:
         for name, src in job.sources.items()
     }
     run = dataclasses.replace(job.run, storage_path=resolve_storage(job.run.storage_path))
-    return dataclasses.replace(job, sources=sources, run=run)
+    tokenizer = job.data.tokenizer
+    if os.path.isfile(os.path.expanduser(tokenizer)):  # a tokenizer.json here, not `gpt2` or a Hub id
+        tokenizer = os.path.abspath(os.path.expanduser(tokenizer))
+    return dataclasses.replace(job, sources=sources, run=run, data=dataclasses.replace(job.data, tokenizer=tokenizer))
+
+
+def check_tokenizer(job: JobSpec) -> None:
+    """Load the job's tokenizer here, before any cluster work. One that does not load would fail
+    the coordinator (and every retry of the worker group); one with more ids than the model has
+    embedding rows would fail the first step that meets such an id (on a GPU, a device-side
+    assert that ends the process), possibly hours in. Both are ConfigErrors now, with the fix."""
+    from yxanul_ray.tokenizer import load_tokenizer
+
+    spec = job.data.tokenizer
+    if spec.endswith(".json") and not os.path.isfile(os.path.expanduser(spec)):
+        raise ConfigError(f"{job.path}: data.tokenizer: {spec!r}: no such file (relative paths are read from "
+                          f"{os.getcwd()}); fix: the path of a tokenizer.json, `gpt2`, or a Hub id")
+    try:
+        tokenizer = load_tokenizer(spec)
+    except Exception as e:  # noqa: BLE001 - the tokenizers library raises many kinds; all mean the same here
+        raise ConfigError(f"{job.path}: data.tokenizer: {spec!r} does not load ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); fix: `gpt2` (offline), a tokenizer.json on "
+                          "this machine, or a Hub id this machine can reach") from None
+    rows = job.model.shape.vocab_size
+    if tokenizer.vocab_size > rows:
+        fit = -(-tokenizer.vocab_size // 64) * 64
+        raise ConfigError(f"{job.path}: model: the model has {rows:,} embedding rows (model.overrides.vocab_size, or "
+                          f"preset {job.model.preset!r}), but data.tokenizer {spec!r} has {tokenizer.vocab_size:,} "
+                          f"ids; fix: set model.overrides.vocab_size to {fit:,} (the tokenizer's, padded to a "
+                          "multiple of 64) or more")
 
 
 HEALTH_CHECK_INTERVAL_S = 0.5
@@ -140,6 +169,7 @@ def check_resume(job: JobSpec, checkpoint: str) -> JobSpec:
     from yxanul_ray.hub import resolve_files
     from yxanul_ray.manifest import file_manifest
     from yxanul_ray.resume_check import review_resume, with_saved_revisions
+    from yxanul_ray.tokenizer import tokenizer_identity
 
     state, saved_raw = load_state(checkpoint)
     saved_path = storage_join(checkpoint, "job.json")
@@ -155,7 +185,7 @@ def check_resume(job: JobSpec, checkpoint: str) -> JobSpec:
     files_now = None
     if "files" in state.coordinator:  # recorded since the checkpoints of this version
         files_now = {name: file_manifest(spec, resolve_files(spec)) for name, spec in job.sources.items()}
-    review = review_resume(saved, job, state, files_now)
+    review = review_resume(saved, job, state, files_now, tokenizer_identity(job.data.tokenizer))
     if review.conflicts:
         raise ConfigError(
             f"{job.path}: cannot resume {checkpoint} (stage {state.stage + 1}, {state.step_in_stage} steps in): the "
@@ -204,6 +234,7 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
     except ValueError as e:
         raise ConfigError(f"{job.path}: curriculum.stages: {e} (run.workers={job.run.workers})") from None
     job = absolute_paths(job)
+    check_tokenizer(job)
     if is_uri(job.run.storage_path):
         try:
             open_storage(job.run.storage_path)

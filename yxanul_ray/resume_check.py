@@ -13,7 +13,7 @@ of workers at a stage boundary. Logging, storage, failures and the like pass sil
 A source's `path`, `hf_mirror` or `revision` may change (a corpus may move), but its files must
 be the ones the run read: the cursors index its file list. A checkpoint records that list (names
 and sizes, see manifest.py), and the files found now are compared with it; their contents are
-not read.
+not read. A tokenizer.json may move too: the checkpoint records its content's hash.
 """
 
 from __future__ import annotations
@@ -53,10 +53,11 @@ def with_saved_revisions(saved: JobSpec, job: JobSpec) -> JobSpec:
 
 
 def review_resume(saved: JobSpec, job: JobSpec, state: TrainState,
-                  files_now: dict[str, dict] | None = None) -> ResumeReview:
+                  files_now: dict[str, dict] | None = None, tokenizer_now: str | None = None) -> ResumeReview:
     """Compare the job that wrote the checkpoint (`saved`, its job.json) with `job`, for the
-    checkpoint's `state` (its stage, steps into it, and the coordinator's cursors and file
-    lists), and the file lists found now for `job`'s sources (`files_now`, manifest.py's)."""
+    checkpoint's `state` (its stage, steps into it, and the coordinator's cursors, file lists and
+    tokenizer), the file lists found now for `job`'s sources (`files_now`, manifest.py's) and the
+    identity of `job`'s tokenizer now (`tokenizer_now`, tokenizer.tokenizer_identity's)."""
     stage, step_in_stage = state.stage, state.step_in_stage
     conflicts: list[str] = []
     notes: list[str] = []
@@ -71,7 +72,18 @@ def review_resume(saved: JobSpec, job: JobSpec, state: TrainState,
             differ(f"model ({f.name})", getattr(saved.model.shape, f.name), getattr(job.model.shape, f.name),
                    weights, conflicts)
     stream = "the cursors are positions in the old document stream"
-    differ("data.tokenizer", saved.data.tokenizer, job.data.tokenizer, stream, conflicts)
+    tokenizer_then = state.coordinator.get("tokenizer")
+    if tokenizer_then is not None and tokenizer_now is not None:
+        # A tokenizer.json may move, as a corpus may (a job's uploaded working dir does, at every
+        # submission): the ids come from its content, not its path.
+        if tokenizer_then != tokenizer_now:
+            conflicts.append(f"data.tokenizer: checkpoint {saved.data.tokenizer!r}, now {job.data.tokenizer!r}, "
+                             f"another tokenizer ({stream})")
+        elif saved.data.tokenizer != job.data.tokenizer:
+            notes.append(f"data.tokenizer: checkpoint {saved.data.tokenizer!r}, now {job.data.tokenizer!r}: "
+                         "the same file's content, moved")
+    else:  # a checkpoint of an earlier version records no identity: the names must agree
+        differ("data.tokenizer", saved.data.tokenizer, job.data.tokenizer, stream, conflicts)
     differ("data.max_doc_chars", saved.data.max_doc_chars, job.data.max_doc_chars, stream, conflicts)
     # The seed orders a source's files in every pass after its first (and drew the initial
     # weights, which the checkpoint replaces): it matters once a cursor is past a first pass.

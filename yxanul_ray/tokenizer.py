@@ -8,6 +8,7 @@ tokenizer.json or a hub id, run by `tokenizers`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -78,7 +79,8 @@ class Gpt2Tokenizer:
 
 
 class HfTokenizer:
-    """A `tokenizers` tokenizer from a local tokenizer.json or a hub id (HF_TOKEN from the env)."""
+    """A `tokenizers` tokenizer from a local tokenizer.json or a hub id (the token from the env, as
+    for the sources: HF_TOKEN or HUGGING_FACE_HUB_TOKEN)."""
 
     def __init__(self, spec: str) -> None:
         from tokenizers import Tokenizer
@@ -86,7 +88,9 @@ class HfTokenizer:
         if os.path.exists(spec):
             self._tok = Tokenizer.from_file(spec)
         else:
-            self._tok = Tokenizer.from_pretrained(spec, token=os.environ.get("HF_TOKEN") or None)
+            from yxanul_ray.hub import hf_token  # the sources' token, HUGGING_FACE_HUB_TOKEN included
+
+            self._tok = Tokenizer.from_pretrained(spec, token=hf_token())
         self.name = spec
         vocab = self._tok.get_vocab(with_added_tokens=True)
         eos = next((vocab[t] for t in EOS_CANDIDATES if t in vocab), None)
@@ -105,6 +109,17 @@ class HfTokenizer:
         self._tok.save(os.path.join(out_dir, "tokenizer.json"))
         with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
             json.dump({"tokenizer_class": "PreTrainedTokenizerFast"}, f)
+
+
+def tokenizer_identity(spec: str) -> str:
+    """What decides a tokenizer's ids, for comparing a resumed run's with the checkpoint's: a
+    local tokenizer.json's content (its sha256), so that a file that moved compares equal and an
+    edited one does not; `gpt2` or a Hub id as named."""
+    path = os.path.expanduser(spec)
+    if not os.path.isfile(path):
+        return spec
+    with open(path, "rb") as f:
+        return "sha256:" + hashlib.sha256(f.read()).hexdigest()
 
 
 @lru_cache(maxsize=4)

@@ -1,0 +1,89 @@
+"""A tokenizer other than GPT-2 (a tokenizer.json): checked before any cluster work, and run
+through the real Ray Data pipeline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.helpers import CONFIGS, REPO, base_config, train_tokenizer_json
+from tests.helpers import TOKENIZER_TEXTS as TEXTS
+from tests.pipeline_helpers import run_stage, write_docs
+from yxanul_ray.config import ConfigError, job_from_dict
+from yxanul_ray.driver import absolute_paths, check_tokenizer
+from yxanul_ray.tokenizer import load_tokenizer
+
+
+def job_with(tmp_path, placeholder_sources: str, **data) -> object:
+    raw = base_config(placeholder_sources)
+    raw["data"].update(data)
+    return job_from_dict(raw, str(tmp_path / "job.yaml"))
+
+
+def test_a_model_with_fewer_embedding_rows_than_the_tokenizer_has_ids_is_refused(tmp_path, placeholder_sources):
+    raw = base_config(placeholder_sources)
+    raw["model"]["overrides"] = {"vocab_size": 1024}
+    with pytest.raises(ConfigError) as e:
+        check_tokenizer(job_from_dict(raw, str(tmp_path / "job.yaml")))
+    message = str(e.value)
+    assert "job.yaml: model:" in message and "1,024 embedding rows" in message and "50,257 ids" in message
+    assert "model.overrides.vocab_size to 50,304" in message  # GPT-2's 50,257, padded to a multiple of 64
+
+
+def test_a_missing_or_broken_tokenizer_json_is_refused_with_the_field(tmp_path, placeholder_sources):
+    with pytest.raises(ConfigError, match=r"data.tokenizer: 'nowhere/tokenizer.json': no such file"):
+        check_tokenizer(job_with(tmp_path, placeholder_sources, tokenizer="nowhere/tokenizer.json"))
+    no_eos = train_tokenizer_json(str(tmp_path / "no_eos.json"), special_tokens=("<pad>",))
+    with pytest.raises(ConfigError, match=r"data.tokenizer: .*no_eos.json' does not load \(ValueError: .*end-of-text"):
+        check_tokenizer(job_with(tmp_path, placeholder_sources, tokenizer=no_eos))
+
+
+def test_a_relative_tokenizer_path_reaches_the_workers_absolute(tmp_path, placeholder_sources, monkeypatch):
+    train_tokenizer_json(str(tmp_path / "tok.json"))
+    monkeypatch.chdir(tmp_path)
+    job = absolute_paths(job_with(tmp_path, placeholder_sources, tokenizer="tok.json"))
+    assert job.data.tokenizer == str(tmp_path / "tok.json")
+    check_tokenizer(job)  # fits the tiny model's GPT-2-sized embedding
+    assert absolute_paths(job_with(tmp_path, placeholder_sources)).data.tokenizer == "gpt2"  # a name stays a name
+
+
+def test_the_train_job_refuses_a_mismatched_vocabulary_before_starting_ray():
+    out = subprocess.run([sys.executable, "jobs/train.py", "--config", os.path.join(CONFIGS, "demo.yaml"),
+                          "--set", "model.overrides.vocab_size=1024"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "model.overrides.vocab_size to 50,304" in out.stdout + out.stderr
+    assert "Ray" not in out.stdout + out.stderr  # no cluster was started or joined
+
+
+@pytest.mark.ray
+def test_a_tokenizer_json_runs_through_the_ray_pipeline(ray_cluster, tmp_path, ray_packers):
+    path = train_tokenizer_json(str(tmp_path / "tokenizer.json"))
+    write_docs(str(tmp_path / "a" / "part-0.parquet"), TEXTS[:30])
+    write_docs(str(tmp_path / "a" / "part-1.parquet"), TEXTS[30:])
+    tok = load_tokenizer(path)
+    stream = np.concatenate([np.append(np.array(ids, dtype=np.int32), tok.eos_id) for ids in tok.encode_batch(TEXTS)])
+    seq_len = 8
+    usable = (len(stream) - 1) // seq_len * seq_len
+    job = job_from_dict({
+        "run": {"workers": 1, "seed": 1},
+        "data": {"tokenizer": path, "tokenize_tasks": 1},
+        "sources": {"a": {"path": str(tmp_path / "a" / "*.parquet"), "format": "parquet", "validation_docs": 0}},
+        "model": {"preset": "tiny"},
+        "curriculum": {"target_tokens": usable,
+                       "stages": [{"name": "s0", "seq_len": seq_len, "tokens": usable, "batch_size": 8,
+                                   "mix": {"a": 1.0}}]},
+    }, "<test>")
+    check_tokenizer(job)
+    _, per_rank, end = run_stage(job, 0, {}, 1, ray_packers)
+    targets = np.concatenate([b["tokens"] for rank in per_rank for b in rank])[:, 1:].ravel()
+    # The Ray Data tasks tokenized with this tokenizer, not GPT-2's: every document in order,
+    # this tokenizer's EOS after each, every id inside its small vocabulary.
+    assert (targets[:usable] == stream[1:1 + usable]).all()
+    assert targets.max() < tok.vocab_size < 1000
+    assert end["a"]["stats"]["documents"] == 60 and end["a"]["stats"]["eos"] == int((targets == tok.eos_id).sum())
+    assert tok.decode(stream[:40]).startswith("Document 0 counts 0 apples")

@@ -449,7 +449,7 @@ def test_a_restarted_coordinator_refuses_a_checkpoint_whose_files_changed(ray_cl
     """A checkpoint records its sources' file lists with the cursors that index them. A file
     added to a source while the run went on shifts the list a restarted coordinator makes: it
     refuses that checkpoint's worker group, naming the file, instead of reading other documents
-    at the saved cursors."""
+    at the saved cursors; so is a checkpoint tokenized otherwise."""
     import ray
 
     from yxanul_ray.coordinator import CurriculumCoordinator
@@ -465,6 +465,9 @@ def test_a_restarted_coordinator_refuses_a_checkpoint_whose_files_changed(ray_cl
         assert [name for name, _ in checkpoint["files"]["math"]["files"]] == [
             f"part-0000{i}.parquet" for i in range(4)]
         assert ray.get(coord.join.remote(checkpoint)) == first  # the same files: joined
+        assert checkpoint["tokenizer"] == "gpt2"
+        with pytest.raises(ray.exceptions.RayTaskError, match="data.tokenizer 'gpt2': not the content the run"):
+            ray.get(coord.join.remote({**checkpoint, "tokenizer": "sha256:" + "0" * 64}))
 
         shutil.copy(corpus / "math" / "part-00000.parquet", corpus / "math" / "part-00000a.parquet")
         ray.kill(coord, no_restart=False)  # restarted, it lists the sources again

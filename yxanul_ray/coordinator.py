@@ -108,13 +108,16 @@ class CurriculumCoordinator:
         the incarnation the group passes with its later calls. After Ray restarted this actor only
         that checkpoint knows where each stage started. What this actor already knows is kept:
         the two agree, both being records of the same streams. A checkpoint whose sources' files
-        are not the ones listed here (changed since: this actor, restarted, listed them again) is
-        refused: its cursors would point at other documents."""
+        are not the ones listed here (changed since: this actor, restarted, listed them again), or
+        whose tokenizer is not the one loaded here (a tokenizer.json rewritten meanwhile), is
+        refused: its cursors would point at other documents, or other tokens."""
         changed = [f"{s}: {d}" for s, d in manifest_differences(saved.get("files", {}), self.manifests).items()]
+        if saved.get("tokenizer", self.tokenizer) != self.tokenizer:
+            changed.append(f"data.tokenizer {self.job.data.tokenizer!r}: not the content the run tokenized with")
         if changed:
-            raise SourceFilesChanged("the sources' files differ from those of the checkpoint the workers restored, "
-                                     "whose cursors index them: " + "; ".join(changed) + ". Put the run's files back, "
-                                     "then resume from that checkpoint (--resume)")
+            raise SourceFilesChanged("the sources' files or tokenizer differ from those of the checkpoint the workers "
+                                     "restored, whose cursors index them: " + "; ".join(changed) + ". Put the run's "
+                                     "files back, then resume from that checkpoint (--resume)")
         for k, cursors in saved.get("stage_cursors", {}).items():
             if int(k) not in self.stage_cursors:
                 self.stage_cursors[int(k)] = cursors
@@ -289,7 +292,7 @@ class CoordinatorRestarted(RuntimeError):
 
 
 class SourceFilesChanged(RuntimeError):
-    """A source's files are no longer those a checkpoint's cursors index."""
+    """A source's files (or the tokenizer) are no longer those a checkpoint's cursors index."""
 
 
 def _start_packers(name: str | None):

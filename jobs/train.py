@@ -32,18 +32,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-size", choices=sorted(MODEL_SIZES))
     ap.add_argument("--target-tokens", type=int)
     args = ap.parse_args(argv)
-    # --resume without --config continues the run under its own settings (the checkpoint's
-    # job.json, which YAML reads), --set overrides applied as to any config.
-    config = args.config or (storage_join(args.resume, "job.json") if args.resume else DEFAULT_CONFIG)
     overrides = list(args.overrides)
     if args.model_size:
         overrides.append(f"model.preset={MODEL_SIZES[args.model_size]}")
-    return reporting_errors(lambda: train(config, overrides, args.target_tokens, args.resume))
+    return reporting_errors(lambda: train(args.config, overrides, args.target_tokens, args.resume))
 
 
-def train(config: str, overrides: list[str], target_tokens: int | None, resume: str | None) -> int:
-    from yxanul_ray.driver import prepare_demo_corpus, run_training
+def train(config: str | None, overrides: list[str], target_tokens: int | None, resume: str | None) -> int:
+    from yxanul_ray.driver import prepare_demo_corpus, resume_checkpoint, run_training
 
+    if resume:
+        resume = resume_checkpoint(resume)  # a run's directory given instead: the fix names its latest
+    # --resume without --config continues the run under its own settings (the checkpoint's
+    # job.json, which YAML reads), --set overrides applied as to any config.
+    config = config or (storage_join(resume, "job.json") if resume else DEFAULT_CONFIG)
     prepare_demo_corpus(config, overrides)
     job = load_job(config, overrides)
     if target_tokens:

@@ -14,7 +14,7 @@ import pytest
 from tests.helpers import CONFIGS, REPO, demo_subset, train_tokenizer_json
 from yxanul_ray.checkpoint import TrainState, save_checkpoint
 from yxanul_ray.config import ConfigError, job_from_dict, load_job
-from yxanul_ray.driver import absolute_paths, check_resume, prepare_demo_corpus
+from yxanul_ray.driver import absolute_paths, check_resume, prepare_demo_corpus, resume_checkpoint
 from yxanul_ray.hub import resolve_files
 from yxanul_ray.manifest import file_manifest
 from yxanul_ray.resume_check import review_resume
@@ -205,3 +205,22 @@ def test_a_moved_tokenizer_json_resumes_but_another_tokenizer_is_refused(tmp_pat
     # A checkpoint of an earlier version (no identity recorded): the names must agree, as before.
     old = review_resume(saved, now, state_at(3), tokenizer_now=tokenizer_identity(str(moved)))
     assert fields_of(old.conflicts) == ["data.tokenizer"]
+
+
+def test_resume_given_a_run_directory_names_its_latest_checkpoint(tmp_path):
+    """`--resume runs/demo-...` (the run's directory, not one of its checkpoints), with or without
+    --config: exit 2 before any cluster work, the fix naming the latest checkpoint. Without
+    --config it failed before on the run directory's missing job.json, as a config file."""
+    run = tmp_path / "demo-20261127-120000"
+    for name in ("checkpoint_2026-11-27_12-00-05.000001", "checkpoint_2026-11-27_12-00-09.000002"):
+        save_checkpoint(str(run / name), {}, {}, state_at(1), absolute_paths(load_job(DEMO)).to_dict())
+    latest = run / "checkpoint_2026-11-27_12-00-09.000002"
+    for config in ([], ["--config", DEMO]):
+        proc = subprocess.run([sys.executable, "jobs/train.py", *config, "--resume", str(run)], cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stderr.strip() == (f"error: --resume {run}: not a yxanul-ray checkpoint (it holds no state.json); "
+                                       f"fix: pass one of the 2 checkpoints in it, the latest: --resume {latest}")
+    with pytest.raises(ConfigError, match="no such directory"):
+        resume_checkpoint(str(tmp_path / "nowhere"))
+

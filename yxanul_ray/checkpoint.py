@@ -35,8 +35,9 @@ class TrainState:
     validation: list[dict] = field(default_factory=list)
     """Per stage boundary: {"stage", "tokens", "loss": {source: loss}}."""
     coordinator: dict = field(default_factory=dict)
-    """The coordinator's state: cursors at each stage's start, per-stage source stats, and each
-    source's file list (names and sizes), which the cursors index."""
+    """The coordinator's state: cursors at each stage's start, per-stage source stats, each
+    source's file list (names and sizes), which the cursors index, and the tokenizer's identity
+    (tokenizer.tokenizer_identity)."""
     resumes: int = 0
 
     def to_dict(self) -> dict:

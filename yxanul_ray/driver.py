@@ -161,6 +161,27 @@ def _is_commit(revision: str | None) -> bool:
     return revision is not None and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
 
 
+def resume_checkpoint(path: str) -> str:
+    """`--resume PATH` as given, if it is a checkpoint (it holds state.json); else a ConfigError
+    before any cluster work. A run's directory given instead names its latest checkpoint in the
+    fix (Ray Train names them checkpoint_<time>, so the last in order is the latest)."""
+    from yxanul_ray.storage import read_text, subdirectories
+
+    try:
+        read_text(storage_join(path, "state.json"))
+        return path
+    except FileNotFoundError:
+        pass
+    if not is_uri(path) and not os.path.exists(path):
+        raise ConfigError(f"--resume {path}: no such directory; fix: pass a checkpoint directory (a checkpoint_* "
+                          "directory in the run's storage; the run prints its final one)")
+    inside = [name for name in subdirectories(path) if name.startswith("checkpoint_")]
+    fix = (f"pass one of the {len(inside)} checkpoints in it, the latest: --resume {storage_join(path, inside[-1])}"
+           if inside else "pass a checkpoint directory (a checkpoint_* directory in the run's storage; the run "
+           "prints its final one)")
+    raise ConfigError(f"--resume {path}: not a yxanul-ray checkpoint (it holds no state.json); fix: {fix}")
+
+
 def check_resume(job: JobSpec, checkpoint: str) -> JobSpec:
     """The job to resume `checkpoint` with: `job`, reading the Hub commits the run read where it
     names none. Raise ConfigError if it cannot continue that run (see resume_check), its sources'
@@ -241,6 +262,7 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
         except StorageError as e:
             raise ConfigError(f"{job.path}: run.storage_path: {e}") from None
     if resume:
+        resume = resume_checkpoint(resume)
         job = check_resume(job, resume)  # not a checkpoint, or not this run's: a clear error before any cluster work
         resume = resolve_storage(resume)
     else:

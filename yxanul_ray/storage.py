@@ -91,6 +91,22 @@ def local_copy(path: str) -> Iterator[str]:
         yield tmp
 
 
+def subdirectories(path: str) -> list[str]:
+    """The names of the directories directly under `path` (a directory or a URI), sorted; [] if
+    `path` is not there."""
+    if not is_uri(path):
+        return sorted(e.name for e in os.scandir(path) if e.is_dir()) if os.path.isdir(path) else []
+    import pyarrow.fs
+
+    fs, fs_path = open_storage(path)
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(fs_path, allow_not_found=True))
+    except OSError as e:
+        raise StorageError(f"{path}: cannot be listed ({e}); check the bucket, its endpoint and this machine's "
+                           "credentials") from None
+    return sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory)
+
+
 def upload(local_path: str, uri: str) -> None:
     """Copy a local file or directory to `uri` (a directory's files keep their relative paths)."""
     import pyarrow.fs

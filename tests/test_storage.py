@@ -13,7 +13,7 @@ import torch
 from tests.helpers import CONFIGS, REPO
 from yxanul_ray.checkpoint import TrainState, load_state, save_checkpoint
 from yxanul_ray.config import ConfigError, load_job
-from yxanul_ray.driver import absolute_paths, prepare_demo_corpus, resume_checkpoint
+from yxanul_ray.driver import absolute_paths, check_storage, prepare_demo_corpus, resume_checkpoint
 from yxanul_ray.storage import StorageError, artifacts_dir, local_copy, resolve_storage, storage_join, upload
 
 DEMO = os.path.join(CONFIGS, "demo.yaml")
@@ -102,6 +102,18 @@ def test_node_local_paths_on_several_nodes_are_warned_of():
         assert [line.split()[1] for line in lines[first + 1:first + 4]] == [
             "sources.fineweb.path", "sources.math.path", "sources.code.path"]
         assert all(why in line for line in lines[first + 1:first + 4])
+
+
+def test_a_storage_directory_that_cannot_be_created_is_refused_before_any_cluster_work(tmp_path):
+    """It failed inside Ray Train's controller before, a traceback after the cluster and the
+    first stages' data had started (exit 1 after 16.7 s on the four-stage demo subset)."""
+    (tmp_path / "a_file").write_text("")
+    job = absolute_paths(load_job(DEMO, [f"run.storage_path={tmp_path}/a_file/runs"]))
+    with pytest.raises(ConfigError, match=rf"demo.yaml: run.storage_path: {tmp_path}/a_file/runs cannot be created "
+                                          r"\(Not a directory\); fix: a directory this user can create and write"):
+        check_storage(job)
+    check_storage(absolute_paths(load_job(DEMO, [f"run.storage_path={tmp_path}/new/runs"])))
+    assert (tmp_path / "new" / "runs").is_dir()
 
 
 def test_storage_that_cannot_be_opened_or_read_is_named_before_any_cluster_work(monkeypatch):

@@ -161,6 +161,27 @@ def _is_commit(revision: str | None) -> bool:
     return revision is not None and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
 
 
+def check_storage(job: JobSpec) -> None:
+    """The run's storage, before any cluster work: a URI pyarrow can open, or a directory this
+    user can create and write. Ray Train's controller would otherwise fail creating it, a
+    traceback after the cluster, the coordinator and the first stages' data had started."""
+    path = job.run.storage_path
+    fix = "fix: a directory this user can create and write, or a bucket (s3://bucket/prefix, gs://...)"
+    if is_uri(path):
+        try:
+            open_storage(path)
+        except StorageError as e:
+            raise ConfigError(f"{job.path}: run.storage_path: {e}") from None
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{job.path}: run.storage_path: {path} cannot be created ({e.strerror or e}); "
+                          f"{fix}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{job.path}: run.storage_path: {path} is not writable by this user; {fix}")
+
+
 def resume_checkpoint(path: str) -> str:
     """`--resume PATH` as given, if it is a checkpoint (it holds state.json); else a ConfigError
     before any cluster work. A run's directory given instead names its latest checkpoint in the
@@ -256,11 +277,7 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
         raise ConfigError(f"{job.path}: curriculum.stages: {e} (run.workers={job.run.workers})") from None
     job = absolute_paths(job)
     check_tokenizer(job)
-    if is_uri(job.run.storage_path):
-        try:
-            open_storage(job.run.storage_path)
-        except StorageError as e:
-            raise ConfigError(f"{job.path}: run.storage_path: {e}") from None
+    check_storage(job)
     if resume:
         resume = resume_checkpoint(resume)
         job = check_resume(job, resume)  # not a checkpoint, or not this run's: a clear error before any cluster work

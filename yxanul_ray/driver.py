@@ -239,6 +239,21 @@ def check_resume(job: JobSpec, checkpoint: str) -> JobSpec:
     return job
 
 
+def check_local_gpus(ray, job: JobSpec) -> None:
+    """GPU workers on a cluster started here need this machine's GPUs: Ray Train would otherwise
+    wait for GPU nodes that no autoscaler will add, retrying its worker group every 60 s (on this
+    CPU machine, 93 s without a line of progress before it was stopped). A joined cluster may add
+    them (cluster.yaml's autoscaler), so it is left to wait."""
+    from yxanul_ray.raycluster import started_here
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if job.run.use_gpu and started_here() and gpus < job.run.workers:
+        fix = f"--set run.workers={gpus}" if gpus else "--set run.use_gpu=false (CPU workers)"
+        raise ConfigError(f"{job.path}: run.use_gpu: {job.run.workers} GPU worker(s), but no Ray cluster was running "
+                          f"and the one started here, this machine alone, has {gpus} GPU(s); fix: {fix}, or start or "
+                          "join a cluster with GPU nodes (`ray start`, `ray job submit`)")
+
+
 def warn_of_node_local_paths(ray, job: JobSpec) -> None:
     """On a cluster of several nodes, every node must reach the run's storage (the train workers
     write checkpoints there) and its local sources (Ray Data's read tasks run on any node): a
@@ -286,6 +301,7 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
         job = pin_hub_revisions(job)
 
     ray = start_ray()
+    check_local_gpus(ray, job)
     from yxanul_ray.coordinator import CurriculumCoordinator
     from yxanul_ray.train_loop import train_loop_per_worker
 

@@ -12,6 +12,9 @@ import sys
 
 WORKER_SOFT_LIMIT = 32
 
+_started_here = False
+"""Whether init_ray started this process's cluster (a local one) rather than joining one."""
+
 
 def local_ray_env() -> None:
     """Environment for a Ray started by this process (set before ray.init / ray start)."""
@@ -59,13 +62,21 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     if running:
         ray.init(address=running, log_to_driver=True, **_loopback(running))
     else:
+        global _started_here
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
                  _node_ip_address="127.0.0.1", log_to_driver=True)
+        _started_here = True
         # A cluster started here is this one machine: there is no node to be preempted, so
         # Ray Train's preemption watcher (an actor process of its own, polling every 5 s) has
         # nothing to watch. Read when the trainer starts its controller.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     return ray
+
+
+def started_here() -> bool:
+    """Whether this process's Ray cluster was started by init_ray here: this machine alone, with
+    no autoscaler to add nodes (a joined cluster may have one)."""
+    return _started_here
 
 
 def _loopback(address: str) -> dict:

@@ -191,15 +191,14 @@ def resume_checkpoint(path: str) -> str:
     try:
         read_text(storage_join(path, "state.json"))
         return path
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         pass
-    if not is_uri(path) and not os.path.exists(path):
-        raise ConfigError(f"--resume {path}: no such directory; fix: pass a checkpoint directory (a checkpoint_* "
-                          "directory in the run's storage; the run prints its final one)")
+    fix = "pass a checkpoint directory (a checkpoint_* directory in the run's storage; the run prints its final one)"
+    if not is_uri(path) and not os.path.isdir(path):
+        raise ConfigError(f"--resume {path}: {'not a' if os.path.exists(path) else 'no such'} directory; fix: {fix}")
     inside = [name for name in subdirectories(path) if name.startswith("checkpoint_")]
-    fix = (f"pass one of the {len(inside)} checkpoints in it, the latest: --resume {storage_join(path, inside[-1])}"
-           if inside else "pass a checkpoint directory (a checkpoint_* directory in the run's storage; the run "
-           "prints its final one)")
+    if inside:
+        fix = f"pass one of the {len(inside)} checkpoints in it, the latest: --resume {storage_join(path, inside[-1])}"
     raise ConfigError(f"--resume {path}: not a yxanul-ray checkpoint (it holds no state.json); fix: {fix}")
 
 
@@ -246,8 +245,10 @@ def check_local_gpus(ray, job: JobSpec) -> None:
     them (cluster.yaml's autoscaler), so it is left to wait."""
     from yxanul_ray.raycluster import started_here
 
+    if not (job.run.use_gpu and started_here()):
+        return
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    if job.run.use_gpu and started_here() and gpus < job.run.workers:
+    if gpus < job.run.workers:
         fix = f"--set run.workers={gpus}" if gpus else "--set run.use_gpu=false (CPU workers)"
         raise ConfigError(f"{job.path}: run.use_gpu: {job.run.workers} GPU worker(s), but no Ray cluster was running "
                           f"and the one started here, this machine alone, has {gpus} GPU(s); fix: {fix}, or start or "

@@ -39,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(config: str | None, overrides: list[str], target_tokens: int | None, resume: str | None) -> int:
-    from yxanul_ray.driver import prepare_demo_corpus, resume_checkpoint, run_training
+    from yxanul_ray.driver import checkpoint_path, prepare_demo_corpus, run_training
 
     if resume:
-        resume = resume_checkpoint(resume)  # a run's directory given instead: the fix names its latest
+        resume = checkpoint_path(resume)  # a run's directory given instead: the fix names its latest
     # --resume without --config continues the run under its own settings (the checkpoint's
     # job.json, which YAML reads), --set overrides applied as to any config.
     config = config or (storage_join(resume, "job.json") if resume else DEFAULT_CONFIG)

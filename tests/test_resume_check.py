@@ -13,8 +13,9 @@ import pytest
 
 from tests.helpers import CONFIGS, REPO, demo_subset, train_tokenizer_json
 from yxanul_ray.checkpoint import TrainState, save_checkpoint
+from yxanul_ray.cli import main as cli_main
 from yxanul_ray.config import ConfigError, job_from_dict, load_job
-from yxanul_ray.driver import absolute_paths, check_resume, prepare_demo_corpus, resume_checkpoint
+from yxanul_ray.driver import absolute_paths, check_resume, checkpoint_path, prepare_demo_corpus
 from yxanul_ray.hub import resolve_files
 from yxanul_ray.manifest import file_manifest
 from yxanul_ray.resume_check import review_resume
@@ -207,7 +208,7 @@ def test_a_moved_tokenizer_json_resumes_but_another_tokenizer_is_refused(tmp_pat
     assert fields_of(old.conflicts) == ["data.tokenizer"]
 
 
-def test_resume_given_a_run_directory_names_its_latest_checkpoint(tmp_path):
+def test_resume_given_a_run_directory_names_its_latest_checkpoint(tmp_path, capsys):
     """`--resume runs/demo-...` (the run's directory, not one of its checkpoints), with or without
     --config: exit 2 before any cluster work, the fix naming the latest checkpoint. Without
     --config it failed before on the run directory's missing job.json, as a config file."""
@@ -222,5 +223,8 @@ def test_resume_given_a_run_directory_names_its_latest_checkpoint(tmp_path):
         assert proc.stderr.strip() == (f"error: --resume {run}: not a yxanul-ray checkpoint (it holds no state.json); "
                                        f"fix: pass one of the 2 checkpoints in it, the latest: --resume {latest}")
     with pytest.raises(ConfigError, match="no such directory"):
-        resume_checkpoint(str(tmp_path / "nowhere"))
+        checkpoint_path(str(tmp_path / "nowhere"))
+    # `yxanul-ray export` takes a checkpoint too, and says the same.
+    assert cli_main(["export", str(run), str(tmp_path / "hf")]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"the latest: yxanul-ray export {latest}")
 

@@ -13,7 +13,7 @@ import torch
 from tests.helpers import CONFIGS, REPO
 from yxanul_ray.checkpoint import TrainState, load_state, save_checkpoint
 from yxanul_ray.config import ConfigError, load_job
-from yxanul_ray.driver import absolute_paths, check_storage, prepare_demo_corpus, resume_checkpoint
+from yxanul_ray.driver import absolute_paths, check_storage, checkpoint_path, prepare_demo_corpus
 from yxanul_ray.storage import StorageError, artifacts_dir, local_copy, resolve_storage, storage_join, upload
 
 DEMO = os.path.join(CONFIGS, "demo.yaml")
@@ -47,8 +47,8 @@ def test_a_checkpoint_at_a_uri_is_read_and_resumed_from(tmp_path):
         load_state(f"file://{tmp_path}/bucket/run")
     # --resume given the run's directory at the URI: refused, naming its checkpoint (the latest).
     with pytest.raises(ConfigError, match=rf"fix: pass one of the 1 checkpoints in it, the latest: --resume {uri}$"):
-        resume_checkpoint(f"file://{tmp_path}/bucket/run")
-    assert resume_checkpoint(uri) == uri
+        checkpoint_path(f"file://{tmp_path}/bucket/run")
+    assert checkpoint_path(uri) == uri
     # --resume URI without --config: the checkpoint's own job.json, read from the URI; a
     # conflicting --set is refused before any cluster work, naming that file.
     proc = subprocess.run([sys.executable, "jobs/train.py", "--set", "model.overrides.d_model=96", "--resume", uri],

@@ -109,9 +109,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from yxanul_ray.checkpoint import load_state, load_tensors
     from yxanul_ray.config import job_from_dict
+    from yxanul_ray.driver import checkpoint_path
     from yxanul_ray.export import export_hf
     from yxanul_ray.storage import local_copy, storage_join
 
+    checkpoint_path(args.checkpoint, "yxanul-ray export")  # a run's directory given instead: the fix names its latest
     try:
         _, job_dict = load_state(args.checkpoint)
     except FileNotFoundError as e:

@@ -182,10 +182,11 @@ def check_storage(job: JobSpec) -> None:
         raise ConfigError(f"{job.path}: run.storage_path: {path} is not writable by this user; {fix}")
 
 
-def resume_checkpoint(path: str) -> str:
-    """`--resume PATH` as given, if it is a checkpoint (it holds state.json); else a ConfigError
-    before any cluster work. A run's directory given instead names its latest checkpoint in the
-    fix (Ray Train names them checkpoint_<time>, so the last in order is the latest)."""
+def checkpoint_path(path: str, given_as: str = "--resume") -> str:
+    """`path` as given, if it is a checkpoint (it holds state.json); else a ConfigError naming it
+    as the user gave it (`given_as`), before any cluster work. A run's directory given instead
+    names its latest checkpoint in the fix (Ray Train names them checkpoint_<time>, so the last
+    in order is the latest)."""
     from yxanul_ray.storage import read_text, subdirectories
 
     try:
@@ -195,11 +196,13 @@ def resume_checkpoint(path: str) -> str:
         pass
     fix = "pass a checkpoint directory (a checkpoint_* directory in the run's storage; the run prints its final one)"
     if not is_uri(path) and not os.path.isdir(path):
-        raise ConfigError(f"--resume {path}: {'not a' if os.path.exists(path) else 'no such'} directory; fix: {fix}")
+        raise ConfigError(f"{given_as} {path}: {'not a' if os.path.exists(path) else 'no such'} directory; fix: "
+                          f"{fix}")
     inside = [name for name in subdirectories(path) if name.startswith("checkpoint_")]
     if inside:
-        fix = f"pass one of the {len(inside)} checkpoints in it, the latest: --resume {storage_join(path, inside[-1])}"
-    raise ConfigError(f"--resume {path}: not a yxanul-ray checkpoint (it holds no state.json); fix: {fix}")
+        latest = storage_join(path, inside[-1])
+        fix = f"pass one of the {len(inside)} checkpoints in it, the latest: {given_as} {latest}"
+    raise ConfigError(f"{given_as} {path}: not a yxanul-ray checkpoint (it holds no state.json); fix: {fix}")
 
 
 def check_resume(job: JobSpec, checkpoint: str) -> JobSpec:
@@ -295,7 +298,7 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
     check_tokenizer(job)
     check_storage(job)
     if resume:
-        resume = resume_checkpoint(resume)
+        resume = checkpoint_path(resume)
         job = check_resume(job, resume)  # not a checkpoint, or not this run's: a clear error before any cluster work
         resume = resolve_storage(resume)
     else:

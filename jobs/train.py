@@ -41,11 +41,13 @@ def main(argv: list[str] | None = None) -> int:
 def train(config: str | None, overrides: list[str], target_tokens: int | None, resume: str | None) -> int:
     from yxanul_ray.driver import checkpoint_path, prepare_demo_corpus, run_training
 
-    if resume:
-        resume = checkpoint_path(resume)  # a run's directory given instead: the fix names its latest
-    # --resume without --config continues the run under its own settings (the checkpoint's
-    # job.json, which YAML reads), --set overrides applied as to any config.
-    config = config or (storage_join(resume, "job.json") if resume else DEFAULT_CONFIG)
+    if resume and not config:
+        # --resume without --config continues the run under its own settings (the checkpoint's
+        # job.json, which YAML reads), --set overrides applied as to any config. Checked first, so
+        # a run's directory given instead is named as such (its latest checkpoint in the fix),
+        # not as a missing config file; with --config, run_training's resume check says the same.
+        config = storage_join(checkpoint_path(resume), "job.json")
+    config = config or DEFAULT_CONFIG
     prepare_demo_corpus(config, overrides)
     job = load_job(config, overrides)
     if target_tokens:

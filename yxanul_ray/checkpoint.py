@@ -60,17 +60,24 @@ def save_checkpoint(path: str, model_state: dict, optimizer_state: dict, state: 
         json.dump(job, f, indent=1, default=list)
 
 
+class NotACheckpoint(FileNotFoundError):
+    """`path` lacks a checkpoint's `missing` file (or is not a directory at all)."""
+
+    def __init__(self, path: str, missing: str):
+        super().__init__(f"{path} is not a yxanul-ray checkpoint (missing {missing})")
+        self.path, self.missing = path, missing
+
+
 def load_state(path: str) -> tuple[TrainState, dict]:
     """TrainState and the job dict, without touching the tensors (cheap, for the driver); `path`
-    a directory or a storage URI."""
+    a directory or a storage URI. NotACheckpoint if either file is not there."""
     from yxanul_ray.storage import read_text, storage_join
 
     try:
         state = TrainState.from_dict(json.loads(read_text(storage_join(path, "state.json"))))
         job = json.loads(read_text(storage_join(path, "job.json")))
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{path} is not a yxanul-ray checkpoint (missing {os.path.basename(e.filename)})") \
-            from None
+    except (FileNotFoundError, NotADirectoryError) as e:
+        raise NotACheckpoint(path, os.path.basename(e.filename or "state.json")) from None
     return state, job
 
 

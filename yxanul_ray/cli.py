@@ -107,18 +107,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from yxanul_ray.checkpoint import load_state, load_tensors
+    from yxanul_ray.checkpoint import NotACheckpoint, load_state, load_tensors
     from yxanul_ray.config import job_from_dict
-    from yxanul_ray.driver import checkpoint_path
+    from yxanul_ray.driver import not_a_checkpoint
     from yxanul_ray.export import export_hf
     from yxanul_ray.storage import local_copy, storage_join
 
-    checkpoint_path(args.checkpoint, "yxanul-ray export")  # a run's directory given instead: the fix names its latest
     try:
         _, job_dict = load_state(args.checkpoint)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except NotACheckpoint as e:  # a run's directory, say: the fix names its latest checkpoint
+        raise not_a_checkpoint(args.checkpoint, e.missing, "yxanul-ray export") from None
     job = job_from_dict(job_dict, storage_join(args.checkpoint, "job.json"))
     with local_copy(args.checkpoint) as path:  # a URI's checkpoint downloaded first
         model_state, _ = load_tensors(path)

@@ -81,11 +81,11 @@ def check_tokenizer(job: JobSpec) -> None:
     from yxanul_ray.tokenizer import load_tokenizer
 
     spec = job.data.tokenizer
-    if spec.endswith(".json") and not os.path.isfile(os.path.expanduser(spec)):
-        raise ConfigError(f"{job.path}: data.tokenizer: {spec!r}: no such file (relative paths are read from "
-                          f"{os.getcwd()}); fix: the path of a tokenizer.json, `gpt2`, or a Hub id")
     try:
         tokenizer = load_tokenizer(spec)
+    except FileNotFoundError:  # a tokenizer.json that is not there (HfTokenizer)
+        raise ConfigError(f"{job.path}: data.tokenizer: {spec!r}: no such file (relative paths are read from "
+                          f"{os.getcwd()}); fix: the path of a tokenizer.json, `gpt2`, or a Hub id") from None
     except Exception as e:  # noqa: BLE001 - the tokenizers library raises many kinds; all mean the same here
         raise ConfigError(f"{job.path}: data.tokenizer: {spec!r} does not load ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}); fix: `gpt2` (offline), a tokenizer.json on "
@@ -183,39 +183,49 @@ def check_storage(job: JobSpec) -> None:
 
 
 def checkpoint_path(path: str, given_as: str = "--resume") -> str:
-    """`path` as given, if it is a checkpoint (it holds state.json); else a ConfigError naming it
-    as the user gave it (`given_as`), before any cluster work. A run's directory given instead
-    names its latest checkpoint in the fix (Ray Train names them checkpoint_<time>, so the last
-    in order is the latest)."""
-    from yxanul_ray.storage import read_text, subdirectories
+    """`path` as given, if it is a checkpoint (it holds state.json); else not_a_checkpoint's
+    ConfigError, before any cluster work. Only for a caller that needs the path checked before it
+    reads the checkpoint; load_state's callers map its NotACheckpoint instead (one read)."""
+    from yxanul_ray.storage import read_text
 
     try:
         read_text(storage_join(path, "state.json"))
-        return path
     except (FileNotFoundError, NotADirectoryError):
-        pass
+        raise not_a_checkpoint(path, "state.json", given_as) from None
+    return path
+
+
+def not_a_checkpoint(path: str, missing: str, given_as: str = "--resume") -> ConfigError:
+    """The error for a checkpoint path (`given_as`: how the user gave it) that lacks `missing`. A
+    run's directory given instead names its latest checkpoint in the fix (Ray Train names them
+    checkpoint_<time>, so the last in order is the latest)."""
+    from yxanul_ray.storage import subdirectories
+
     fix = "pass a checkpoint directory (a checkpoint_* directory in the run's storage; the run prints its final one)"
     if not is_uri(path) and not os.path.isdir(path):
-        raise ConfigError(f"{given_as} {path}: {'not a' if os.path.exists(path) else 'no such'} directory; fix: "
-                          f"{fix}")
+        return ConfigError(f"{given_as} {path}: {'not a' if os.path.exists(path) else 'no such'} directory; fix: "
+                           f"{fix}")
     inside = [name for name in subdirectories(path) if name.startswith("checkpoint_")]
     if inside:
         latest = storage_join(path, inside[-1])
         fix = f"pass one of the {len(inside)} checkpoints in it, the latest: {given_as} {latest}"
-    raise ConfigError(f"{given_as} {path}: not a yxanul-ray checkpoint (it holds no state.json); fix: {fix}")
+    return ConfigError(f"{given_as} {path}: not a yxanul-ray checkpoint (it holds no {missing}); fix: {fix}")
 
 
 def check_resume(job: JobSpec, checkpoint: str) -> JobSpec:
     """The job to resume `checkpoint` with: `job`, reading the Hub commits the run read where it
     names none. Raise ConfigError if it cannot continue that run (see resume_check), its sources'
     files included; print the changes it will follow."""
-    from yxanul_ray.checkpoint import load_state
+    from yxanul_ray.checkpoint import NotACheckpoint, load_state
     from yxanul_ray.hub import resolve_files
     from yxanul_ray.manifest import file_manifest
     from yxanul_ray.resume_check import review_resume, with_saved_revisions
     from yxanul_ray.tokenizer import tokenizer_identity
 
-    state, saved_raw = load_state(checkpoint)
+    try:
+        state, saved_raw = load_state(checkpoint)
+    except NotACheckpoint as e:  # a run's directory, say: the fix names its latest checkpoint
+        raise not_a_checkpoint(checkpoint, e.missing) from None
     saved_path = storage_join(checkpoint, "job.json")
     try:
         saved = job_from_dict(saved_raw, saved_path)
@@ -298,7 +308,6 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
     check_tokenizer(job)
     check_storage(job)
     if resume:
-        resume = checkpoint_path(resume)
         job = check_resume(job, resume)  # not a checkpoint, or not this run's: a clear error before any cluster work
         resume = resolve_storage(resume)
     else:

@@ -87,6 +87,8 @@ class HfTokenizer:
 
         if os.path.exists(spec):
             self._tok = Tokenizer.from_file(spec)
+        elif spec.endswith(".json"):  # a file, not a Hub id: asking the Hub for it would retry for ~23 s
+            raise FileNotFoundError(2, "no such tokenizer file", spec)
         else:
             from yxanul_ray.hub import hf_token  # the sources' token, HUGGING_FACE_HUB_TOKEN included
 

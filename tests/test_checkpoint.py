@@ -8,7 +8,8 @@ import random
 import numpy as np
 import torch
 
-from yxanul_ray.checkpoint import TrainState, load_state, load_tensors, restore_rng, save_checkpoint
+from yxanul_ray.checkpoint import TrainState, latest_checkpoint, load_state, load_tensors, restore_rng, save_checkpoint
+from yxanul_ray.stopping import resume_hint
 
 
 def draws() -> tuple:
@@ -44,3 +45,26 @@ def test_checkpoint_without_generators_leaves_them_alone(tmp_path):
     before = torch.get_rng_state()
     assert not restore_rng(str(tmp_path))
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_latest_whole_checkpoint_and_where_a_stopped_run_goes_on_from(tmp_path):
+    """A run stopped while Ray Train copied a checkpoint into storage leaves one without all its
+    files: the newest whole one is named, and the command that resumes it."""
+    run = tmp_path / "demo-20261127-120000"
+    assert latest_checkpoint(str(run)) is None
+    assert resume_hint(str(run), 4, 68_000) == (f"no checkpoint was written under {run}; a new run starts from the "
+                                                "beginning")
+    whole = run / "checkpoint_2026-11-27_12-00-05.000001"
+    save_checkpoint(str(whole), {}, {}, TrainState(step=9, tokens=18_000, stage=1, step_in_stage=3), {"run": {}})
+    partial = run / "checkpoint_2026-11-27_12-00-09.000002"
+    save_checkpoint(str(partial), {}, {}, TrainState(step=12, tokens=24_000, stage=1, step_in_stage=6), {"run": {}})
+    os.remove(partial / "optimizer.pt")  # the copy stopped before it
+    (run / "tensorboard").mkdir()
+    assert latest_checkpoint(str(run)) == latest_checkpoint(f"file://{run}").removeprefix("file://") == str(whole)
+    assert resume_hint(str(run), 4, 68_000) == (
+        f"the latest checkpoint is {whole} (stage 2/4, 3 steps in, 18,000/68,000 tokens); go on from it with: "
+        f"python jobs/train.py --resume {whole}")
+    final = run / "checkpoint_2026-11-27_12-00-30.000003"
+    save_checkpoint(str(final), {}, {}, TrainState(step=40, tokens=68_000, stage=4), {"run": {}})
+    assert resume_hint(str(run), 4, 68_000) == (f"the run had trained its target: the final checkpoint is {final} "
+                                                "(68,000 tokens)")

@@ -1,5 +1,6 @@
 """The whole job on a real Ray cluster: `ray job submit` of the demo curriculum, a worker, the
-packing actor and the coordinator killed mid-run, and `--resume` from a mid-stage checkpoint. Two
+packing actor and the coordinator killed mid-run, and `--resume` from a mid-stage checkpoint; a
+run stopped (Ctrl-C, `ray job stop`) or failed for good names the checkpoint to go on from. Two
 CPU workers with DDP on 2 cores."""
 
 from __future__ import annotations
@@ -130,19 +131,32 @@ def job_address(tmp_path_factory):
         subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True)
 
 
-def submit(address: str, *args: str, timeout_s: int = 1500) -> str:
+JOB_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
+
+
+def submit_command(address: str, submission_id: str, *args: str, wait: bool = True) -> list[str]:
     # The documented command: the repo's runtime_env (working_dir ".", excludes), from its root.
+    return ["ray", "job", "submit", "--address", address, "--submission-id", submission_id,
+            *([] if wait else ["--no-wait"]), "--runtime-env", "configs/runtime_env.yaml", "--", "python",
+            "jobs/train.py", *args]
+
+
+def ray_job(address: str, verb: str, submission_id: str, timeout_s: int = 120) -> str:
+    """`ray job VERB` (logs, stop, status) of one submission; its output."""
+    proc = subprocess.run(["ray", "job", verb, "--address", address, submission_id], capture_output=True,
+                          text=True, env=JOB_ENV, timeout=timeout_s)
+    return proc.stdout + proc.stderr
+
+
+def submit(address: str, *args: str, timeout_s: int = 1500) -> str:
     submission_id = f"yxanul-test-{uuid.uuid4().hex[:8]}"
-    cmd = ["ray", "job", "submit", "--address", address, "--submission-id", submission_id,
-           "--runtime-env", "configs/runtime_env.yaml", "--", "python", "jobs/train.py", *args]
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=REPO, env=env)
+        proc = subprocess.run(submit_command(address, submission_id, *args), capture_output=True, text=True,
+                              timeout=timeout_s, cwd=REPO, env=JOB_ENV)
     finally:
         # Ending the client does not end the job: stop it, or it would hold the cluster's CPUs
         # under the tests that follow (a no-op for a job that has finished).
-        subprocess.run(["ray", "job", "stop", "--address", address, submission_id], capture_output=True,
-                       env=env, timeout=120)
+        ray_job(address, "stop", submission_id)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     return out
@@ -195,6 +209,97 @@ def _ray_process_pids(title: bytes) -> list[int]:
 
 
 VALIDATION = re.compile(r"validation \(seq_len \d+\): (.*)")
+STOPPED = re.compile(r"(run stopped \(\w+\)|training failed); the latest checkpoint is (\S+) \(stage (\d+)/2, "
+                     r"(\d+) steps in, ([\d,]+)/([\d,]+) tokens\); go on from it with: "
+                     r"python jobs/train.py --resume (\S+)")
+
+
+def two_stage_config(tmp_path) -> str:
+    """The demo's stages 4 and 5 at half their budgets (8,000 tokens, then 15,000), a checkpoint
+    every 2,000 tokens: the first after the first step, some 30 s after the start on 2 cores,
+    and 15 s of training after it."""
+    load_demo()
+    return demo_subset(str(tmp_path / "two_stages.yaml"), 3, 5, scale=0.5, checkpoint_every_tokens=2000)
+
+
+def assert_names_latest_checkpoint(out: str, storage: str, how: str) -> None:
+    """The stopped run's last word names its latest checkpoint and the command that resumes it."""
+    m = STOPPED.search(ANSI.sub("", out))
+    assert m, out[-3000:]
+    assert m.group(1) == how
+    latest = m.group(2)
+    assert m.group(7) == latest
+    (run_dir,) = glob.glob(os.path.join(storage, "*"))
+    # One the run wrote whole. (Under `ray job stop` the workers may write one more in the
+    # seconds between the driver's last word and their end.)
+    assert latest in {os.path.dirname(p) for p in glob.glob(os.path.join(run_dir, "checkpoint_*", "model.pt"))}
+    state = json.load(open(os.path.join(latest, "state.json")))
+    assert (state["stage"] + 1, state["step_in_stage"], state["tokens"]) == (
+        int(m.group(3)), int(m.group(4)), _int(m.group(5)))
+    assert state["tokens"] < _int(m.group(6)) == 23_000  # stopped before its target
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("ending", ["ctrl-c", "failure"])
+def test_stopped_or_failed_run_names_the_checkpoint_to_go_on_from(tmp_path, ending):
+    """Once a checkpoint is written, Ctrl-C (SIGINT to the driver: Ray Train aborts the run, exit
+    130), or a train worker killed with no restarts left (run.max_failures=0: Ray Train's
+    TrainingFailedError, exit 1): the driver's last word names the run's latest checkpoint and
+    the command that resumes it."""
+    storage = str(tmp_path / "runs")
+    proc = _train_proc("--config", two_stage_config(tmp_path), "--set", f"run.storage_path={storage}",
+                       "--set", "run.max_failures=0")
+    lines, stopped = [], False
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if not stopped and "Checkpoint successfully created" in line:
+                # Processes this test started, by PID: the driver, or a train worker of its run.
+                pid, sig = (proc.pid, signal.SIGINT) if ending == "ctrl-c" else (_train_worker_pids()[-1],
+                                                                                 signal.SIGKILL)
+                os.kill(pid, sig)
+                stopped = True
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = "".join(lines)
+    assert stopped, out[-3000:]
+    if ending == "ctrl-c":
+        assert proc.returncode == 130, out[-3000:]
+        assert_names_latest_checkpoint(out, storage, "run stopped (interrupted)")
+    else:
+        assert proc.returncode == 1, out[-3000:]
+        assert "Training failed due to worker errors" in out
+        assert_names_latest_checkpoint(out, storage, "training failed")
+
+
+@pytest.mark.timeout(600)
+def test_ray_job_stop_stops_the_run_and_names_the_checkpoint_to_go_on_from(job_address, tmp_path):
+    """`ray job stop` (SIGTERM to the driver, SIGKILL 3 s later) once a checkpoint is written:
+    the job's log ends naming the run's latest checkpoint and the command that resumes it."""
+    storage = str(tmp_path / "runs")
+    submission_id = f"yxanul-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run(submit_command(job_address, submission_id, "--config", two_stage_config(tmp_path), "--set",
+                                  f"run.storage_path={storage}", wait=False),
+                   check=True, capture_output=True, cwd=REPO, env=JOB_ENV, timeout=120)
+    follow = subprocess.Popen(["ray", "job", "logs", "--follow", "--address", job_address, submission_id],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=JOB_ENV)
+    lines, stopped = [], None
+    try:
+        for line in follow.stdout:  # to the job's end
+            lines.append(line)
+            if stopped is None and "Checkpoint successfully created" in line:
+                stopped = ray_job(job_address, "stop", submission_id)
+        follow.wait(timeout=120)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+        ray_job(job_address, "stop", submission_id)  # a no-op for a job that has ended
+    out = "".join(lines)
+    assert stopped is not None, out[-3000:]
+    assert "was stopped" in ray_job(job_address, "status", submission_id), stopped
+    assert_names_latest_checkpoint(out, storage, "run stopped (SIGTERM)")
 
 
 USER_TARGET_TOKENS = 18_000  # the three stages' 24,000 scaled by 0.75: budgets 3,000 / 6,000 / 9,000

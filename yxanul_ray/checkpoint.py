@@ -60,6 +60,31 @@ def save_checkpoint(path: str, model_state: dict, optimizer_state: dict, state: 
         json.dump(job, f, indent=1, default=list)
 
 
+REQUIRED_FILES = ("model.pt", "optimizer.pt", "state.json", "job.json")
+"""What a resume reads (rng.pt too where it is there: checkpoints of earlier versions lack it)."""
+
+
+def checkpoints_in(run_dir: str) -> list[str]:
+    """The names of the checkpoint directories in a run's directory (a directory or a URI),
+    oldest first: Ray Train names them checkpoint_<time>."""
+    from yxanul_ray.storage import subdirectories
+
+    return [name for name in subdirectories(run_dir) if name.startswith("checkpoint_")]
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    """The path of the newest whole checkpoint in a run's directory, or None. Ray Train copies a
+    checkpoint into storage in the background, so a run stopped during the copy leaves one that
+    lacks files: it is passed over, for the one before it."""
+    from yxanul_ray.storage import files_under, storage_join
+
+    for name in reversed(checkpoints_in(run_dir)):
+        path = storage_join(run_dir, name)
+        if set(REQUIRED_FILES) <= set(files_under(path)):
+            return path
+    return None
+
+
 class NotACheckpoint(FileNotFoundError):
     """`path` lacks a checkpoint's `missing` file (or is not a directory at all)."""
 

@@ -7,10 +7,12 @@ Works the same under `ray job submit` (it joins the job's cluster), after `ray s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 
 from yxanul_ray.config import ConfigError, JobSpec, job_from_dict, read_yaml
+from yxanul_ray.stopping import EXIT_INTERRUPTED, EXIT_TERMINATED, resume_hint, sigterm_interrupts
 from yxanul_ray.storage import StorageError, is_uri, open_storage, resolve_storage, storage_join
 
 
@@ -197,17 +199,15 @@ def checkpoint_path(path: str, given_as: str = "--resume") -> str:
 
 def not_a_checkpoint(path: str, missing: str, given_as: str = "--resume") -> ConfigError:
     """The error for a checkpoint path (`given_as`: how the user gave it) that lacks `missing`. A
-    run's directory given instead names its latest checkpoint in the fix (Ray Train names them
-    checkpoint_<time>, so the last in order is the latest)."""
-    from yxanul_ray.storage import subdirectories
+    run's directory given instead names its latest whole checkpoint in the fix."""
+    from yxanul_ray.checkpoint import checkpoints_in, latest_checkpoint
 
     fix = "pass a checkpoint directory (a checkpoint_* directory in the run's storage; the run prints its final one)"
     if not is_uri(path) and not os.path.isdir(path):
         return ConfigError(f"{given_as} {path}: {'not a' if os.path.exists(path) else 'no such'} directory; fix: "
                            f"{fix}")
-    inside = [name for name in subdirectories(path) if name.startswith("checkpoint_")]
-    if inside:
-        latest = storage_join(path, inside[-1])
+    inside, latest = checkpoints_in(path), latest_checkpoint(path)
+    if latest:
         fix = f"pass one of the {len(inside)} checkpoints in it, the latest: {given_as} {latest}"
     return ConfigError(f"{given_as} {path}: not a yxanul-ray checkpoint (it holds no {missing}); fix: {fix}")
 
@@ -315,6 +315,8 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
 
     ray = start_ray()
     check_local_gpus(ray, job)
+    from ray.train import TrainingFailedError
+
     from yxanul_ray.coordinator import CurriculumCoordinator
     from yxanul_ray.train_loop import train_loop_per_worker
 
@@ -341,9 +343,17 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
         "job": job.to_dict(), "coordinator": coordinator, "run_dir": run_dir, "resume_from": resume,
         "started_at": started_at})
     print(f"run {run_name}: {job.run.workers} worker(s), storage {run_dir}", flush=True)
-    result = trainer.fit()
-    if result.error:
-        print(f"training failed: {result.error}", flush=True)
+    where_to_go_on = functools.partial(resume_hint, run_dir, len(cur.stages), cur.target_tokens)
+    try:
+        with sigterm_interrupts() as received:
+            result = trainer.fit()
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C ends fit() in SystemExit (stopping.py), SIGTERM here
+        how = received.get("signal", "interrupted")
+        print(f"run stopped ({how}); {where_to_go_on()}", flush=True)
+        return EXIT_TERMINATED if how == "SIGTERM" else EXIT_INTERRUPTED
+    except TrainingFailedError as e:  # run.max_failures restarts spent, or a controller error
+        print(e, flush=True)  # each failed rank's error
+        print(f"training failed; {where_to_go_on()}", flush=True)
         return 1
     print(f"run finished: checkpoints under {run_dir}", flush=True)
     if result.checkpoint is not None:

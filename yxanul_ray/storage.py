@@ -94,8 +94,20 @@ def local_copy(path: str) -> Iterator[str]:
 def subdirectories(path: str) -> list[str]:
     """The names of the directories directly under `path` (a directory or a URI), sorted; [] if
     `path` is not there."""
+    return _names_under(path, directories=True)
+
+
+def files_under(path: str) -> list[str]:
+    """The names of the files directly under `path` (a directory or a URI), sorted; [] if `path`
+    is not there."""
+    return _names_under(path, directories=False)
+
+
+def _names_under(path: str, directories: bool) -> list[str]:
     if not is_uri(path):
-        return sorted(e.name for e in os.scandir(path) if e.is_dir()) if os.path.isdir(path) else []
+        if not os.path.isdir(path):
+            return []
+        return sorted(e.name for e in os.scandir(path) if (e.is_dir() if directories else e.is_file()))
     import pyarrow.fs
 
     fs, fs_path = open_storage(path)
@@ -104,7 +116,8 @@ def subdirectories(path: str) -> list[str]:
     except OSError as e:
         raise StorageError(f"{path}: cannot be listed ({e}); check the bucket, its endpoint and this machine's "
                            "credentials") from None
-    return sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory)
+    wanted = pyarrow.fs.FileType.Directory if directories else pyarrow.fs.FileType.File
+    return sorted(i.base_name for i in infos if i.type == wanted)
 
 
 def upload(local_path: str, uri: str) -> None:

@@ -1,0 +1,58 @@
+"""A run that ends before its target: stopped by the user or failed for good. The driver then
+says where the run can go on from (its latest whole checkpoint) and the command that does it,
+instead of leaving the user to search the storage for checkpoint_<time> directories.
+
+Ctrl-C reaches the driver as SIGINT: Ray Train's handler aborts the run's controller and
+`fit()` exits (SystemExit). `ray job stop` and schedulers send SIGTERM, which would end Python
+at once, with nothing said; while the run trains it raises KeyboardInterrupt instead
+(`sigterm_interrupts`), so the driver can say the same in the seconds before a SIGKILL follows
+(`ray job stop` waits 3 s). The train workers and the coordinator go with the driver that
+owns them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[dict]:
+    """Within the block, SIGTERM raises KeyboardInterrupt in the main thread (Ray's blocking
+    calls pass it on) and the yielded dict records {"signal": "SIGTERM"}. A no-op off the main
+    thread, where Python cannot set handlers."""
+    received: dict = {}
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def on_sigterm(signum, frame):
+        received["signal"] = "SIGTERM"
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def resume_hint(run_dir: str, stages: int, target_tokens: int) -> str:
+    """Where the run can go on from: its latest whole checkpoint (stage and tokens) and the
+    command, or that it wrote none."""
+    from yxanul_ray.checkpoint import latest_checkpoint, load_state
+
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return f"no checkpoint was written under {run_dir}; a new run starts from the beginning"
+    state, _ = load_state(latest)
+    if state.stage >= stages:  # stopped while it wrote its last artifacts
+        return f"the run had trained its target: the final checkpoint is {latest} ({state.tokens:,} tokens)"
+    return (f"the latest checkpoint is {latest} (stage {state.stage + 1}/{stages}, {state.step_in_stage} steps in, "
+            f"{state.tokens:,}/{target_tokens:,} tokens); go on from it with: "
+            f"python jobs/train.py --resume {latest}")

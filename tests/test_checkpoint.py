@@ -68,3 +68,6 @@ def test_latest_whole_checkpoint_and_where_a_stopped_run_goes_on_from(tmp_path):
     save_checkpoint(str(final), {}, {}, TrainState(step=40, tokens=68_000, stage=4), {"run": {}})
     assert resume_hint(str(run), 4, 68_000) == (f"the run had trained its target: the final checkpoint is {final} "
                                                 "(68,000 tokens)")
+    # Storage that cannot be read now: the run's last word still names where its checkpoints are.
+    assert resume_hint("nosuchscheme://bucket/run", 4, 68_000).startswith(
+        "its checkpoints are under nosuchscheme://bucket/run (not read now: ")

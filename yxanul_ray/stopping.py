@@ -44,13 +44,17 @@ def sigterm_interrupts() -> Iterator[dict]:
 
 def resume_hint(run_dir: str, stages: int, target_tokens: int) -> str:
     """Where the run can go on from: its latest whole checkpoint (stage and tokens) and the
-    command, or that it wrote none."""
+    command, or that it wrote none. Never raises: it is the run's last word."""
     from yxanul_ray.checkpoint import latest_checkpoint, load_state
 
-    latest = latest_checkpoint(run_dir)
+    try:
+        latest = latest_checkpoint(run_dir)
+        state = load_state(latest)[0] if latest else None
+    except (OSError, ValueError, RuntimeError) as e:  # storage that cannot be listed or read now (StorageError)
+        return (f"its checkpoints are under {run_dir} (not read now: {e}); go on from the latest checkpoint_* in it "
+                "with: python jobs/train.py --resume")
     if latest is None:
         return f"no checkpoint was written under {run_dir}; a new run starts from the beginning"
-    state, _ = load_state(latest)
     if state.stage >= stages:  # stopped while it wrote its last artifacts
         return f"the run had trained its target: the final checkpoint is {latest} ({state.tokens:,} tokens)"
     return (f"the latest checkpoint is {latest} (stage {state.stage + 1}/{stages}, {state.step_in_stage} steps in, "

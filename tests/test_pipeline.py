@@ -9,13 +9,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from tests.pipeline_helpers import demo_job, next_cursors, run_stage, write_docs
 from yxanul_ray.config import ConfigError, job_from_dict, load_job
 from yxanul_ray.cursors import SourceCursor
 from yxanul_ray.hub import SourceUnavailable, resolve_files
-from yxanul_ray.local_data import local_stage
+from yxanul_ray.local_data import holdout_rows, local_stage
 from yxanul_ray.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.ray
@@ -102,11 +103,21 @@ def piece_tokens(text: str, max_chars: int) -> np.ndarray:
 
 
 def test_every_bad_row_kind_is_counted(ray_cluster, tmp_path, ray_packers):
-    good = [f"A good document {i} with several words in it." for i in range(8)]
+    good = [f"A good document {i} with several words in it." for i in range(12)]
     long_doc = "word " * 500  # 2,500 characters: split into three 1,000-character pieces
     write_docs(str(tmp_path / "p" / "part-0.parquet"), [good[0], None, "", "   ", good[1], long_doc, good[2]])
     write_docs(str(tmp_path / "p" / "part-1.parquet"), [good[3].encode(), b"\xff\xfe broken", good[4].encode()],
                binary=True)
+    # Between them in file order: a shard cut short (no parquet footer), and one whose second row
+    # group's data is overwritten (its first row group, good[8] to good[11], reads; the rest cannot).
+    (tmp_path / "p" / "part-0a.parquet").write_bytes((tmp_path / "p" / "part-0.parquet").read_bytes()[:300])
+    half_bad = str(tmp_path / "p" / "part-0b.parquet")
+    write_docs(half_bad, good[8:12] + ["lost " * 30] * 4, row_group_size=4)
+    chunk = pq.ParquetFile(half_bad).metadata.row_group(1).column(0)
+    chunk_end = (chunk.dictionary_page_offset or chunk.data_page_offset) + chunk.total_compressed_size
+    with open(half_bad, "r+b") as f:  # the data page's body, past its header
+        f.seek(chunk.data_page_offset + 16)
+        f.write(b"\xa5" * (chunk_end - chunk.data_page_offset - 20))
     lines = [json.dumps({"text": good[5]}).encode(), b"{not json", json.dumps({"text": 42}).encode(),
              json.dumps({"body": "no text field"}).encode(), json.dumps({"text": None}).encode(),
              b'{"text": "bad \xff utf8"}', json.dumps({"text": good[6]}).encode(),
@@ -123,12 +134,26 @@ def test_every_bad_row_kind_is_counted(ray_cluster, tmp_path, ray_packers):
         assert end["a"]["stats"]["wraps"] == 0
         return end["a"]["stats"]
 
-    stats = run(str(tmp_path / "p" / "*.parquet"), "parquet", [good[0], good[1], long_doc, *good[2:5]])
-    assert stats["bad"] == {"null": 1, "empty": 2, "split_long_doc": 1, "invalid_utf8": 1}
-    assert stats["documents"] == 6
+    stats = run(str(tmp_path / "p" / "*.parquet"), "parquet", [good[0], good[1], long_doc, good[2], *good[8:12],
+                                                                good[3], good[4]])
+    assert stats["bad"] == {"null": 1, "empty": 2, "split_long_doc": 1, "invalid_utf8": 1, "unreadable_file": 2}
+    assert stats["documents"] == 10
     stats = run(str(tmp_path / "j" / "*.jsonl"), "jsonl", good[5:8])
     assert stats["bad"] == {"malformed_json": 1, "non_string": 1, "missing_field": 1, "null": 1,
                             "invalid_utf8": 1}
+
+
+def test_a_corrupt_last_file_is_named_where_validation_reads_it(tmp_path):
+    """Training skips a corrupt shard; validation cannot, as its documents are the last file's:
+    the error names the source, the file and the fix (a traceback from pyarrow did not)."""
+    write_docs(str(tmp_path / "a" / "part-0.parquet"), ["one document", "another"])
+    (tmp_path / "a" / "part-1.parquet").write_bytes(b"PAR1 cut short")
+    job = one_source_job(str(tmp_path / "a" / "*.parquet"), holdout=2)
+    files = {"a": resolve_files(job.sources["a"])}
+    with pytest.raises(ValueError, match=r"source a: its held-out validation documents are the last 2 of its last "
+                                         r"file, .*part-1\.parquet, which cannot be read as parquet \(.*\); fix: "
+                                         r"replace that file, or set sources\.a\.validation_docs to 0"):
+        holdout_rows(job, files, TOK.eos_id, 16, 8)
 
 
 def test_identical_output_for_identical_seeds(ray_cluster, demo_corpus, ray_packers):

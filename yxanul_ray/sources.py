@@ -36,6 +36,7 @@ from yxanul_ray.tokenizer import load_tokenizer
 log = logging.getLogger(__name__)
 
 END_OF_DATA = "end_of_data"  # marker row after the last wrap epoch: the source is exhausted
+UNREADABLE_FILE = "unreadable_file"  # one row for a parquet file, or its rest, that cannot be decoded
 MAX_WRAP_EPOCHS = 64
 BLOCK_BYTES = 2 << 20
 
@@ -145,7 +146,7 @@ def read_file_docs(spec: ReadSpec, token: _Redacted, epoch: int, file_pos: int, 
     batch = _DocBatch(epoch, file_pos, spec.max_doc_chars)
     with _open(files, path, token) as f:
         if files.format == "parquet":
-            rows = _parquet_rows(f, path, spec, first_row, holdout, files.source)
+            rows = _parquet_rows(f, path, spec, first_row, holdout, files.source, local=files.kind == "local")
         else:
             rows = _jsonl_rows(f, spec, first_row, holdout)
         for row, value, bad in rows:
@@ -162,15 +163,23 @@ def read_file_docs(spec: ReadSpec, token: _Redacted, epoch: int, file_pos: int, 
         yield table
 
 
-def _parquet_rows(f, path: str, spec: ReadSpec, first_row: int, holdout: int, source: str):
+def _parquet_rows(f, path: str, spec: ReadSpec, first_row: int, holdout: int, source: str, local: bool):
+    """(row, text, defect) of a parquet file from `first_row`. A file that is not parquet, or
+    whose data cannot be decoded, yields one UNREADABLE_FILE row where reading stopped, and the
+    run goes on to the next file (a logged warning names it): a corrupt shard must not end a
+    run, and skipping it is the same on every read, so cursors and resumes stay exact. Decoding
+    errors are plain OSErrors in pyarrow, as network errors are, so only a local file's count
+    as unreadable; a remote file's fail the read as before (Ray Data retries I/O errors)."""
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(f)
-    if spec.text_field not in pf.schema_arrow.names:
-        raise KeyError(
-            f"source {source}: {path} has no column {spec.text_field!r} (columns: "
-            f"{', '.join(pf.schema_arrow.names)}); set sources.{source}.text_field"
-        )
+    corrupt = (pa.ArrowInvalid, OSError) if local else (pa.ArrowInvalid,)
+    try:
+        pf = pq.ParquetFile(f)
+    except corrupt as e:
+        log.warning("source %s: skipped %s from row %d: not a readable parquet file (%s)", source, path, first_row, e)
+        yield first_row, None, UNREADABLE_FILE
+        return
+    _check_text_field(pf, spec.text_field, source, path)
     total = pf.metadata.num_rows
     stop = max(0, total - holdout)
     offset = 0
@@ -181,13 +190,26 @@ def _parquet_rows(f, path: str, spec: ReadSpec, first_row: int, holdout: int, so
             continue
         if offset >= stop:
             break
-        column = pf.read_row_group(g, columns=[spec.text_field]).column(0)
-        values = column.to_pylist()
+        try:
+            values = pf.read_row_group(g, columns=[spec.text_field]).column(0).to_pylist()
+        except corrupt as e:
+            skipped_from = max(offset, first_row)
+            log.warning("source %s: skipped rows %d-%d of %s: row group %d cannot be decoded (%s)", source,
+                        skipped_from, stop - 1, path, g, e)
+            yield skipped_from, None, UNREADABLE_FILE
+            return
         for i, value in enumerate(values):
             row = offset + i
             if first_row <= row < stop:
                 yield row, value, ""
         offset += n
+
+
+def _check_text_field(pf, text_field: str, source: str, path: str) -> None:
+    """A file without the configured text column is a config error, not a corrupt file."""
+    if text_field not in pf.schema_arrow.names:
+        raise KeyError(f"source {source}: {path} has no column {text_field!r} (columns: "
+                       f"{', '.join(pf.schema_arrow.names)}); set sources.{source}.text_field")
 
 
 def _jsonl_rows(f, spec: ReadSpec, first_row: int, holdout: int):
@@ -224,10 +246,17 @@ def read_holdout_docs(spec: ReadSpec) -> list[str]:
         if files.format == "parquet":
             import pyarrow.parquet as pq
 
-            pf = pq.ParquetFile(f)
-            total = pf.metadata.num_rows
-            table = pf.read(columns=[spec.text_field])
-            values = table.column(0).to_pylist()[max(0, total - spec.holdout_docs):]
+            try:
+                pf = pq.ParquetFile(f)
+                _check_text_field(pf, spec.text_field, files.source, path)
+                table = pf.read(columns=[spec.text_field])
+            except (pa.ArrowInvalid, OSError) as e:
+                # Training skips such a file (_parquet_rows); validation has no other documents.
+                raise ValueError(
+                    f"source {files.source}: its held-out validation documents are the last {spec.holdout_docs} of "
+                    f"its last file, {path}, which cannot be read as parquet ({e}); fix: replace that file, or set "
+                    f"sources.{files.source}.validation_docs to 0") from None
+            values = table.column(0).to_pylist()[max(0, pf.metadata.num_rows - spec.holdout_docs):]
         else:
             lines = [ln for ln in io.BufferedReader(f).read().split(b"\n") if ln.strip()]
             values = []

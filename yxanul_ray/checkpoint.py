@@ -72,13 +72,14 @@ def checkpoints_in(run_dir: str) -> list[str]:
     return [name for name in subdirectories(run_dir) if name.startswith("checkpoint_")]
 
 
-def latest_checkpoint(run_dir: str) -> str | None:
-    """The path of the newest whole checkpoint in a run's directory, or None. Ray Train copies a
-    checkpoint into storage in the background, so a run stopped during the copy leaves one that
-    lacks files: it is passed over, for the one before it."""
+def latest_checkpoint(run_dir: str, names: list[str] | None = None) -> str | None:
+    """The path of the newest whole checkpoint in a run's directory (of `names`, checkpoints_in's
+    listing where the caller has it already), or None. Ray Train copies a checkpoint into storage
+    in the background, so a run stopped during the copy leaves one that lacks files: it is passed
+    over, for the one before it."""
     from yxanul_ray.storage import files_under, storage_join
 
-    for name in reversed(checkpoints_in(run_dir)):
+    for name in reversed(checkpoints_in(run_dir) if names is None else names):
         path = storage_join(run_dir, name)
         if set(REQUIRED_FILES) <= set(files_under(path)):
             return path

@@ -206,7 +206,8 @@ def not_a_checkpoint(path: str, missing: str, given_as: str = "--resume") -> Con
     if not is_uri(path) and not os.path.isdir(path):
         return ConfigError(f"{given_as} {path}: {'not a' if os.path.exists(path) else 'no such'} directory; fix: "
                            f"{fix}")
-    inside, latest = checkpoints_in(path), latest_checkpoint(path)
+    inside = checkpoints_in(path)
+    latest = latest_checkpoint(path, inside)
     if latest:
         fix = f"pass one of the {len(inside)} checkpoints in it, the latest: {given_as} {latest}"
     return ConfigError(f"{given_as} {path}: not a yxanul-ray checkpoint (it holds no {missing}); fix: {fix}")

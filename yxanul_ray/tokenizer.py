@@ -85,8 +85,8 @@ class HfTokenizer:
     def __init__(self, spec: str) -> None:
         from tokenizers import Tokenizer
 
-        if os.path.exists(spec):
-            self._tok = Tokenizer.from_file(spec)
+        if os.path.exists(os.path.expanduser(spec)):  # as absolute_paths and tokenizer_identity read it
+            self._tok = Tokenizer.from_file(os.path.expanduser(spec))
         elif spec.endswith(".json"):  # a file, not a Hub id: asking the Hub for it would retry for ~23 s
             raise FileNotFoundError(2, "no such tokenizer file", spec)
         else:

@@ -72,9 +72,13 @@ def main() -> None:
     # The plain loop runs before and after the Ray path: on a shared machine its time moved by
     # a quarter between runs, and two runs bracketing the Ray path show how much it moved here.
     plain_before = run_reference(job, threads)
+    # Each run's time as it ends: a run cut short by a time limit still leaves these.
+    print(f"plain loop, before: {plain_totals_s(plain_before, plain_before)[0]:.1f} s", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         ray_run = run_timed("jobs/train.py", config, [*overrides, f"run.storage_path={tmp}"], args.address)
+    print(f"Ray path: {ray_run.wall_s:.1f} s", flush=True)
     floor = run_timed("jobs/ray_train_floor.py", config, overrides, args.address)
+    print(f"floor: {floor.wall_s:.1f} s", flush=True)
     plain_after = run_reference(job, threads)
     report(job, config, threads, ray_run, plain_before, plain_after)
     report_floor(floor.wall_s, ray_run.wall_s, plain_before, plain_after, ray_run.start_word)

@@ -6,9 +6,19 @@ import os
 import random
 
 import numpy as np
+import pytest
 import torch
 
-from yxanul_ray.checkpoint import TrainState, latest_checkpoint, load_state, load_tensors, restore_rng, save_checkpoint
+from yxanul_ray.checkpoint import (
+    CheckpointSnapshot,
+    HostStaging,
+    TrainState,
+    latest_checkpoint,
+    load_state,
+    load_tensors,
+    restore_rng,
+    save_checkpoint,
+)
 from yxanul_ray.stopping import resume_hint
 
 
@@ -37,6 +47,50 @@ def test_resume_continues_every_random_number_generator(tmp_path):
     assert (loaded_state.step, loaded_state.tokens, loaded_state.step_in_stage) == (5, 640, 2)
     weights, _ = load_tensors(str(tmp_path))
     assert torch.equal(weights["weight"], model.weight)
+
+
+@pytest.mark.parametrize("staging", [None, HostStaging()], ids=["new-buffers", "kept-buffers"])
+def test_a_snapshot_written_later_holds_the_state_it_was_taken_at(tmp_path, staging):
+    """Rank 0 takes the checkpoint at a boundary and writes it on Ray Train's upload thread while
+    training goes on: the optimizer's in-place updates, the generators' draws and the trainer
+    state's changes after the snapshot must not reach the files. With kept buffers, the next
+    snapshot (taken after this one is written) holds the next state."""
+    torch.manual_seed(5)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+
+    def step():
+        optimizer.zero_grad()
+        model(torch.randn(8, 4)).square().sum().backward()
+        optimizer.step()
+
+    step()  # AdamW's moments exist, as at any checkpoint after the first step
+    state = TrainState(step=1, tokens=64, stage=0, step_in_stage=1, tokens_by_source={"fineweb": 64})
+    weights_then = model.weight.detach().clone()
+    moment_then = optimizer.state[model.weight]["exp_avg"].clone()
+    snapshot = CheckpointSnapshot.take(model.state_dict(), optimizer.state_dict(), state, {"run": {}}, staging)
+    expected_draw = torch.rand(3)  # what the generators give next, from the snapshot's moment
+
+    step()  # training goes on before the write: weights and moments change in place
+    state.step, state.tokens_by_source["fineweb"] = 2, 128
+    assert not torch.equal(model.weight, weights_then)
+    snapshot.write(str(tmp_path))
+
+    weights, optim = load_tensors(str(tmp_path))
+    assert torch.equal(weights["weight"], weights_then)
+    assert torch.equal(optim["state"][0]["exp_avg"], moment_then)
+    loaded_state, _ = load_state(str(tmp_path))
+    assert (loaded_state.step, loaded_state.tokens_by_source) == (1, {"fineweb": 64})
+    assert restore_rng(str(tmp_path))
+    assert torch.equal(torch.rand(3), expected_draw)
+
+    weights_later = model.weight.detach().clone()
+    later = CheckpointSnapshot.take(model.state_dict(), optimizer.state_dict(), state, {"run": {}}, staging)
+    step()
+    later.write(str(tmp_path / "later"))
+    assert torch.equal(load_tensors(str(tmp_path / "later"))[0]["weight"], weights_later)
+    assert torch.equal(load_tensors(str(tmp_path))[0]["weight"], weights_then)  # written before, unchanged
+    assert load_state(str(tmp_path / "later"))[0].step == 2
 
 
 def test_checkpoint_without_generators_leaves_them_alone(tmp_path):

@@ -49,13 +49,86 @@ class TrainState:
 
 
 def save_checkpoint(path: str, model_state: dict, optimizer_state: dict, state: TrainState, job: dict) -> None:
-    """Write a checkpoint directory, with this process's random number generators."""
+    """Write a checkpoint directory now, with this process's random number generators."""
+    _write(path, model_state, optimizer_state, rng_state(), state.to_dict(), job)
+
+
+@dataclass
+class CheckpointSnapshot:
+    """Everything a checkpoint holds, copied to host memory at one moment. Written later, on
+    another thread while training goes on, it is still that moment's state: the optimizer
+    updates its tensors in place and the generators move on, so nothing here refers to them.
+    The copy is the part training waits for; the write is not (writing the 270m preset's 3.3 GB
+    of weights and AdamW state held up a stage switch on an H200 node for 3.56 s)."""
+
+    model_state: dict
+    optimizer_state: dict
+    rng: dict
+    state: dict
+    job: dict
+
+    @classmethod
+    def take(cls, model_state: dict, optimizer_state: dict, state: TrainState, job: dict,
+             staging: HostStaging | None = None) -> CheckpointSnapshot:
+        """With `staging`, the tensors go into its buffers (which this snapshot then holds until
+        it is written); without, into new ones."""
+        copy = staging.copy if staging is not None else host_copy
+        snapshot = cls(copy(model_state, ("model",)), copy(optimizer_state, ("optimizer",)), rng_state(),
+                       state.to_dict(), json.loads(json.dumps(job, default=list)))
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # the device-to-host copies are asynchronous into pinned buffers
+        return snapshot
+
+    def write(self, path: str) -> None:
+        _write(path, self.model_state, self.optimizer_state, self.rng, self.state, self.job)
+
+
+def host_copy(obj, _path: tuple = ()):
+    """`obj` (a state_dict: tensors in dicts, lists and tuples) with every tensor copied to new
+    host memory, and every container new, so later in-place updates of the originals do not
+    reach it."""
+    return _map_tensors(obj, _path, lambda t, _: t.detach().to("cpu", copy=True))
+
+
+class HostStaging:
+    """Host buffers for snapshots' tensors, kept from one checkpoint to the next (one snapshot
+    at a time: the next is taken after the last is written). Copying into memory already
+    mapped is what makes the snapshot cheap: on 2 CPU cores 3.2 GB took 0.22-0.25 s into kept
+    buffers and 0.2-6.5 s into new ones (the first time the pages come from the system). On a
+    GPU node the buffers are pinned, so the device-to-host copies run at full speed."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def copy(self, obj, path: tuple = ()):
+        return _map_tensors(obj, path, self._copy_tensor)
+
+    def _copy_tensor(self, t: torch.Tensor, path: tuple) -> torch.Tensor:
+        buf = self._buffers.get(path)
+        if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+            buf = self._buffers[path] = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=t.is_cuda)
+        return buf.copy_(t.detach(), non_blocking=t.is_cuda)
+
+
+def _map_tensors(obj, path: tuple, fn):
+    if isinstance(obj, torch.Tensor):
+        return fn(obj, path)
+    if isinstance(obj, dict):
+        return {k: _map_tensors(v, (*path, k), fn) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_map_tensors(v, (*path, i), fn) for i, v in enumerate(obj)]
+    if type(obj) is tuple:
+        return tuple(_map_tensors(v, (*path, i), fn) for i, v in enumerate(obj))
+    return obj  # numbers, strings, None: immutable
+
+
+def _write(path: str, model_state: dict, optimizer_state: dict, rng: dict, state: dict, job: dict) -> None:
     os.makedirs(path, exist_ok=True)
     torch.save(model_state, os.path.join(path, "model.pt"))
     torch.save(optimizer_state, os.path.join(path, "optimizer.pt"))
-    torch.save(rng_state(), os.path.join(path, "rng.pt"))
+    torch.save(rng, os.path.join(path, "rng.pt"))
     with open(os.path.join(path, "state.json"), "w") as f:
-        json.dump(state.to_dict(), f)
+        json.dump(state, f)
     with open(os.path.join(path, "job.json"), "w") as f:
         json.dump(job, f, indent=1, default=list)
 

@@ -15,7 +15,7 @@ import ray.train.collective
 import torch
 
 from yxanul_ray.accounting import progress_line, step_tokens_by_source
-from yxanul_ray.checkpoint import TrainState, load_state, load_tensors, restore_rng, save_checkpoint
+from yxanul_ray.checkpoint import CheckpointSnapshot, HostStaging, TrainState, load_state, load_tensors, restore_rng
 from yxanul_ray.config import JobSpec, job_from_dict
 from yxanul_ray.curriculum import lr_at, plan_curriculum
 from yxanul_ray.model import build_model, compile_model
@@ -125,6 +125,10 @@ def worker_model(job: JobSpec, world: int, device):
     return raw_model, model, make_optimizer(raw_model, job.optimizer, device), fp8_recipe
 
 
+CHECKPOINT_WRITE_WAIT_S = 600
+"""How long a checkpoint waits for the one before it to be written (see Run.report)."""
+
+
 class Run:
     """One worker's model, optimizer, clocks and logs."""
 
@@ -137,6 +141,11 @@ class Run:
         self.raw_model, self.model, self.optimizer, self.fp8_recipe = worker_model(job, world, self.device)
         self.interval = {"loss": 0.0, "tokens": 0, "t0": time.perf_counter(), "steps": 0}
         self.last_ckpt_tokens = 0
+        self.checkpoint_written = threading.Event()
+        """Set when rank 0's last checkpoint is written and copied (set while none is pending)."""
+        self.checkpoint_written.set()
+        self.staging = HostStaging()
+        """Rank 0's host buffers for checkpoint snapshots (allocated at the first checkpoint)."""
         self.writer = None
         self.incarnation: str | None = None
         """The coordinator's, from `restore` on (see coordinator.py's docstring)."""
@@ -207,13 +216,36 @@ class Run:
             ray.train.report(metrics)
             return
         state.coordinator = ray.get(self.coord.state.remote(state.stage, self.incarnation))
-        # Written here, copied to storage on Ray Train's upload thread (which deletes this
-        # directory after): training goes on during the copy, and the run's end waits for it.
+        # One snapshot in host memory at a time: a checkpoint due before the last one is written
+        # waits for it here rather than holding a second copy of the weights and AdamW state.
+        if not self.checkpoint_written.wait(timeout=CHECKPOINT_WRITE_WAIT_S):
+            # Ray Train skips a report whose barrier was reset by a failing worker, and then never
+            # calls the write below: a bounded wait keeps that from stopping this rank for good.
+            print(f"warning: the previous checkpoint was not written within {CHECKPOINT_WRITE_WAIT_S} s; "
+                  "taking the next one anyway", flush=True)
+        self.checkpoint_written.clear()
+        snapshot = CheckpointSnapshot.take(self.raw_model.portable_state_dict(), self.optimizer.state_dict(),
+                                           state, self.job.to_dict(), self.staging)
+        storage = ray.train.get_context().get_storage()
+        written = self.checkpoint_written
+
+        def write_then_upload(checkpoint, dir_name: str):
+            # On Ray Train's upload thread, one checkpoint at a time in report order: written
+            # into the local directory, then copied to storage (Ray deletes the directory after).
+            # Training goes on meanwhile; the run's end waits for it.
+            nonlocal snapshot
+            try:
+                if snapshot is not None:
+                    snapshot.write(checkpoint.path)
+                    snapshot = None  # the host copy is freed once written
+                return storage.persist_current_checkpoint(checkpoint, dir_name)
+            finally:
+                written.set()
+
         tmp = tempfile.mkdtemp(prefix="yxanul-ckpt-")
-        save_checkpoint(tmp, self.raw_model.portable_state_dict(), self.optimizer.state_dict(), state,
-                        self.job.to_dict())
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
+                         checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+                         checkpoint_upload_fn=write_then_upload)
         self.publish_artifacts()
 
     def publish_artifacts(self) -> None:

@@ -108,6 +108,11 @@ def test_latest_whole_checkpoint_and_where_a_stopped_run_goes_on_from(tmp_path):
     assert latest_checkpoint(str(run)) is None
     assert resume_hint(str(run), 4, 68_000) == (f"no checkpoint was written under {run}; a new run starts from the "
                                                 "beginning")
+    # A resumed run stopped before its first checkpoint goes on from the one it resumed with.
+    resumed = "/runs/demo-20261127-110000/checkpoint_2026-11-27_11-00-05.000001"
+    assert resume_hint(str(run), 4, 68_000, resumed) == (
+        f"no checkpoint was written under {run}; go on again from the one this run resumed with: "
+        f"python jobs/train.py --resume {resumed}")
     whole = run / "checkpoint_2026-11-27_12-00-05.000001"
     save_checkpoint(str(whole), {}, {}, TrainState(step=9, tokens=18_000, stage=1, step_in_stage=3), {"run": {}})
     partial = run / "checkpoint_2026-11-27_12-00-09.000002"
@@ -115,7 +120,7 @@ def test_latest_whole_checkpoint_and_where_a_stopped_run_goes_on_from(tmp_path):
     os.remove(partial / "optimizer.pt")  # the copy stopped before it
     (run / "tensorboard").mkdir()
     assert latest_checkpoint(str(run)) == latest_checkpoint(f"file://{run}").removeprefix("file://") == str(whole)
-    assert resume_hint(str(run), 4, 68_000) == (
+    assert resume_hint(str(run), 4, 68_000) == resume_hint(str(run), 4, 68_000, resumed) == (
         f"the latest checkpoint is {whole} (stage 2/4, 3 steps in, 18,000/68,000 tokens); go on from it with: "
         f"python jobs/train.py --resume {whole}")
     final = run / "checkpoint_2026-11-27_12-00-30.000003"

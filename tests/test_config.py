@@ -274,3 +274,13 @@ def test_cli_exit_code_2_before_torch_or_ray(tmp_path, placeholder_sources):
 def test_cli_missing_file(capsys):
     assert main(["plan", "/nonexistent/job.yaml"]) == 2
     assert "no such config file" in capsys.readouterr().err
+
+
+def test_ctrl_c_before_a_run_begins_is_one_line_and_exit_130():
+    """Ctrl-C while a command reads its config or data (before any run could name a checkpoint):
+    the user's own stop, so one line and the shell's code for it, not a traceback."""
+    code = ("import os, signal, sys; from yxanul_ray.cli import reporting_errors; "
+            "sys.exit(reporting_errors(lambda: os.kill(os.getpid(), signal.SIGINT) or 0))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "stopped (interrupted)\n"

@@ -413,8 +413,8 @@ def test_killed_worker_restores_and_finishes_with_same_totals(fault_config, faul
     assert source_summary(out) == undisturbed_source_summary(job)
 
 
-@pytest.mark.timeout(1200)
-def test_resume_from_mid_stage_checkpoint(fault_config, fault_run_dir, tmp_path):
+def mid_stage_checkpoint(fault_config, fault_run_dir) -> tuple[int, str, dict]:
+    """The fault run's earliest checkpoint inside its third or fourth stage: (tokens, path, state)."""
     if not glob.glob(os.path.join(fault_run_dir, "*", "checkpoint_*")):  # run on its own: take checkpoints
         proc = subprocess.run([sys.executable, "jobs/train.py", "--config", fault_config,
                                "--set", f"run.storage_path={fault_run_dir}"],
@@ -426,7 +426,12 @@ def test_resume_from_mid_stage_checkpoint(fault_config, fault_run_dir, tmp_path)
         if state["step_in_stage"] > 0 and state["stage"] >= 2:  # in the third or fourth stage
             mid.append((state["tokens"], os.path.dirname(path), state))
     assert mid, "no mid-stage checkpoint was written"
-    tokens, ckpt, state = sorted(mid)[0]
+    return sorted(mid)[0]
+
+
+@pytest.mark.timeout(1200)
+def test_resume_from_mid_stage_checkpoint(fault_config, fault_run_dir, tmp_path):
+    tokens, ckpt, state = mid_stage_checkpoint(fault_config, fault_run_dir)
     assert os.path.exists(os.path.join(ckpt, "rng.pt"))  # the generators are resumed too
     assert set(state["coordinator"]["files"]) == {"fineweb", "math", "code"}  # compared before the resume
     # Storage as a URI (a bucket's code path, on local disk): the checkpoint is read from one,
@@ -450,3 +455,34 @@ def test_resume_from_mid_stage_checkpoint(fault_config, fault_run_dir, tmp_path)
     # rebuild (which re-makes the skipped rows), the later ones' from their runs.
     assert source_summary(out) == undisturbed_source_summary(load_job(fault_config))
     shutil.rmtree(out_dir, ignore_errors=True)
+
+
+@pytest.mark.timeout(600)
+def test_a_resumed_run_stopped_before_its_first_checkpoint_names_the_one_it_resumed(fault_config, fault_run_dir,
+                                                                                   tmp_path):
+    """SIGTERM as soon as Ray is up, before training begins: the driver's last word sends the user
+    back to the checkpoint the run resumed with (its own run directory holds none), exit 143."""
+    _, ckpt, _ = mid_stage_checkpoint(fault_config, fault_run_dir)
+    storage = str(tmp_path / "runs")
+    proc = _train_proc("--config", fault_config, "--set", f"run.storage_path={storage}", "--resume", ckpt)
+    lines, stopped = [], False
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            ray_up = ("Started a local Ray instance", "Connected to Ray cluster", "worker(s), storage ")
+            if not stopped and any(text in line for text in ray_up):
+                os.kill(proc.pid, signal.SIGTERM)  # the driver this test started
+                stopped = True
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = ANSI.sub("", "".join(lines))
+    assert stopped, out[-3000:]
+    assert proc.returncode == 143, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    m = re.search(r"run stopped \(SIGTERM\); no checkpoint was written under (\S+); go on again from the one this "
+                  r"run resumed with: python jobs/train.py --resume (\S+)", out)
+    assert m, out[-3000:]
+    assert os.path.dirname(m.group(1)) == storage and m.group(2) == ckpt
+    assert not glob.glob(os.path.join(storage, "*", "checkpoint_*"))

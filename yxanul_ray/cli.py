@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from yxanul_ray.config import ConfigError, load_job
 from yxanul_ray.hub import SourceUnavailable
+from yxanul_ray.stopping import EXIT_INTERRUPTED
 from yxanul_ray.storage import StorageError
 
 
@@ -150,6 +151,9 @@ def reporting_errors(command: Callable[[], int]) -> int:
     except (SourceUnavailable, StorageError) as e:  # the Hub (a commit to pin, a resume's files), a bucket
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before a run began (a run's own says where to go on from)
+        print("stopped (interrupted)", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,10 +9,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import sys
 import time
 
 from yxanul_ray.config import ConfigError, JobSpec, job_from_dict, read_yaml
-from yxanul_ray.stopping import EXIT_INTERRUPTED, EXIT_TERMINATED, resume_hint, sigterm_interrupts
+from yxanul_ray.stopping import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    reclaim_sigterm,
+    resume_hint,
+    sigterm_interrupts,
+    stop_signal,
+)
 from yxanul_ray.storage import StorageError, is_uri, open_storage, resolve_storage, storage_join
 
 
@@ -314,15 +322,41 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
     else:
         job = pin_hub_revisions(job)
 
-    ray = start_ray()
-    check_local_gpus(ray, job)
-    from ray.train import TrainingFailedError
+    cur = job.curriculum
+    run_name = f"{job.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = storage_join(job.run.storage_path, run_name)
+    where_to_go_on = functools.partial(resume_hint, run_dir, len(cur.stages), cur.target_tokens, resume)
+    # From Ray's start on, a stop says where to go on from, also before training begins.
+    try:
+        with sigterm_interrupts() as received:
+            result = start_and_fit(job, resume, run_name, run_dir, started_at, train_loop)
+    except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C ends fit() in SystemExit (stopping.py), SIGTERM here
+        how = stop_signal(received, stop)
+        print(f"run stopped ({how}); {where_to_go_on()}", flush=True)
+        return EXIT_TERMINATED if how == "SIGTERM" else EXIT_INTERRUPTED
+    except Exception as e:
+        # Ray Train's, imported once Ray is up (never before: see raycluster.local_ray_env).
+        train_module = sys.modules.get("ray.train")
+        if train_module is None or not isinstance(e, train_module.TrainingFailedError):
+            raise
+        # run.max_failures restarts spent, or a controller error
+        print(e, flush=True)  # each failed rank's error
+        print(f"training failed; {where_to_go_on()}", flush=True)
+        return 1
+    print(f"run finished: checkpoints under {run_dir}", flush=True)
+    if result.checkpoint is not None:
+        print(f"final checkpoint: {storage_join(run_dir, os.path.basename(result.checkpoint.path))}", flush=True)
+    return 0
 
+
+def start_and_fit(job: JobSpec, resume: str | None, run_name: str, run_dir: str, started_at: float, train_loop):
+    """Ray's start, the coordinator and the trainer, and the run: Ray Train's result."""
+    ray = start_ray()
+    reclaim_sigterm()  # ray.init put its own SIGTERM handler in place of run_training's
+    check_local_gpus(ray, job)
     from yxanul_ray.coordinator import CurriculumCoordinator
     from yxanul_ray.train_loop import train_loop_per_worker
 
-    run_name = f"{job.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = storage_join(job.run.storage_path, run_name)
     warn_of_node_local_paths(ray, job)
     # Restartable as the workers are: a crash of its process costs a restart from the last
     # checkpoint, as a worker's does, instead of the run (see coordinator.py).
@@ -344,20 +378,4 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
         "job": job.to_dict(), "coordinator": coordinator, "run_dir": run_dir, "resume_from": resume,
         "started_at": started_at})
     print(f"run {run_name}: {job.run.workers} worker(s), storage {run_dir}", flush=True)
-    where_to_go_on = functools.partial(resume_hint, run_dir, len(cur.stages), cur.target_tokens)
-    try:
-        with sigterm_interrupts() as received:
-            result = trainer.fit()
-    except (KeyboardInterrupt, SystemExit):  # Ctrl-C ends fit() in SystemExit (stopping.py), SIGTERM here
-        how = received.get("signal", "interrupted")
-        print(f"run stopped ({how}); {where_to_go_on()}", flush=True)
-        return EXIT_TERMINATED if how == "SIGTERM" else EXIT_INTERRUPTED
-    except TrainingFailedError as e:  # run.max_failures restarts spent, or a controller error
-        print(e, flush=True)  # each failed rank's error
-        print(f"training failed; {where_to_go_on()}", flush=True)
-        return 1
-    print(f"run finished: checkpoints under {run_dir}", flush=True)
-    if result.checkpoint is not None:
-        print(f"final checkpoint: {storage_join(run_dir, os.path.basename(result.checkpoint.path))}", flush=True)
-    del ray
-    return 0
+    return trainer.fit()

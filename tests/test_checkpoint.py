@@ -49,31 +49,40 @@ def test_resume_continues_every_random_number_generator(tmp_path):
     assert torch.equal(weights["weight"], model.weight)
 
 
-@pytest.mark.parametrize("staging", [None, HostStaging()], ids=["new-buffers", "kept-buffers"])
-def test_a_snapshot_written_later_holds_the_state_it_was_taken_at(tmp_path, staging):
+CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                          reason="needs a CUDA GPU")])
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+@pytest.mark.parametrize("kept", [False, True], ids=["new-buffers", "kept-buffers"])
+def test_a_snapshot_written_later_holds_the_state_it_was_taken_at(tmp_path, kept, device):
     """Rank 0 takes the checkpoint at a boundary and writes it on Ray Train's upload thread while
     training goes on: the optimizer's in-place updates, the generators' draws and the trainer
     state's changes after the snapshot must not reach the files. With kept buffers, the next
-    snapshot (taken after this one is written) holds the next state."""
+    snapshot (taken after this one is written) holds the next state. On a GPU, as training
+    runs there: fused AdamW, and the kept buffers pinned (asynchronous copies, then one sync)."""
     torch.manual_seed(5)
-    model = torch.nn.Linear(4, 2)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    staging = HostStaging() if kept else None
+    model = torch.nn.Linear(4, 2).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=device == "cuda")
 
     def step():
         optimizer.zero_grad()
-        model(torch.randn(8, 4)).square().sum().backward()
+        model(torch.randn(8, 4, device=device)).square().sum().backward()
         optimizer.step()
 
     step()  # AdamW's moments exist, as at any checkpoint after the first step
     state = TrainState(step=1, tokens=64, stage=0, step_in_stage=1, tokens_by_source={"fineweb": 64})
-    weights_then = model.weight.detach().clone()
-    moment_then = optimizer.state[model.weight]["exp_avg"].clone()
+    weights_then = model.weight.detach().cpu().clone()
+    moment_then = optimizer.state[model.weight]["exp_avg"].cpu().clone()
     snapshot = CheckpointSnapshot.take(model.state_dict(), optimizer.state_dict(), state, {"run": {}}, staging)
+    if kept and device == "cuda":
+        assert snapshot.model_state["weight"].is_pinned()
     expected_draw = torch.rand(3)  # what the generators give next, from the snapshot's moment
 
     step()  # training goes on before the write: weights and moments change in place
     state.step, state.tokens_by_source["fineweb"] = 2, 128
-    assert not torch.equal(model.weight, weights_then)
+    assert not torch.equal(model.weight.cpu(), weights_then)
     snapshot.write(str(tmp_path))
 
     weights, optim = load_tensors(str(tmp_path))
@@ -84,7 +93,7 @@ def test_a_snapshot_written_later_holds_the_state_it_was_taken_at(tmp_path, stag
     assert restore_rng(str(tmp_path))
     assert torch.equal(torch.rand(3), expected_draw)
 
-    weights_later = model.weight.detach().clone()
+    weights_later = model.weight.detach().cpu().clone()
     later = CheckpointSnapshot.take(model.state_dict(), optimizer.state_dict(), state, {"run": {}}, staging)
     step()
     later.write(str(tmp_path / "later"))

@@ -11,12 +11,15 @@ weights_only=True; the rest is JSON.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -99,6 +102,8 @@ class HostStaging:
 
     def __init__(self) -> None:
         self._buffers: dict[tuple, torch.Tensor] = {}
+        self.pinned = True
+        """False once pinning failed (a host that limits page-locked memory): pageable from then on."""
 
     def copy(self, obj, path: tuple = ()):
         return _map_tensors(obj, path, self._copy_tensor)
@@ -106,8 +111,17 @@ class HostStaging:
     def _copy_tensor(self, t: torch.Tensor, path: tuple) -> torch.Tensor:
         buf = self._buffers.get(path)
         if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
-            buf = self._buffers[path] = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=t.is_cuda)
-        return buf.copy_(t.detach(), non_blocking=t.is_cuda)
+            buf = self._buffers[path] = self._empty(t)
+        return buf.copy_(t.detach(), non_blocking=buf.is_pinned())
+
+    def _empty(self, t: torch.Tensor) -> torch.Tensor:
+        if t.is_cuda and self.pinned:
+            try:
+                return torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+            except RuntimeError as e:  # slower copies, not a failed checkpoint
+                log.warning("checkpoint snapshots use pageable host memory: pinning failed (%s)", e)
+                self.pinned = False
+        return torch.empty(t.shape, dtype=t.dtype, device="cpu")
 
 
 def _map_tensors(obj, path: tuple, fn):

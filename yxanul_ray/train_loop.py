@@ -142,7 +142,7 @@ class Run:
         self.interval = {"loss": 0.0, "tokens": 0, "t0": time.perf_counter(), "steps": 0}
         self.last_ckpt_tokens = 0
         self.checkpoint_written = threading.Event()
-        """Set when rank 0's last checkpoint is written and copied (set while none is pending)."""
+        """Set when rank 0's latest checkpoint is written and copied (set while none is pending)."""
         self.checkpoint_written.set()
         self.staging = HostStaging()
         """Rank 0's host buffers for checkpoint snapshots (allocated at the first checkpoint)."""
@@ -221,13 +221,14 @@ class Run:
         if not self.checkpoint_written.wait(timeout=CHECKPOINT_WRITE_WAIT_S):
             # Ray Train skips a report whose barrier was reset by a failing worker, and then never
             # calls the write below: a bounded wait keeps that from stopping this rank for good.
+            # New buffers: a write that is only slow still reads the kept ones.
             print(f"warning: the previous checkpoint was not written within {CHECKPOINT_WRITE_WAIT_S} s; "
-                  "taking the next one anyway", flush=True)
-        self.checkpoint_written.clear()
+                  "taking the next one anyway, into new host buffers", flush=True)
+            self.staging = HostStaging()
+        written = self.checkpoint_written = threading.Event()  # this checkpoint's own
         snapshot = CheckpointSnapshot.take(self.raw_model.portable_state_dict(), self.optimizer.state_dict(),
                                            state, self.job.to_dict(), self.staging)
         storage = ray.train.get_context().get_storage()
-        written = self.checkpoint_written
 
         def write_then_upload(checkpoint, dir_name: str):
             # On Ray Train's upload thread, one checkpoint at a time in report order: written
@@ -237,7 +238,7 @@ class Run:
             try:
                 if snapshot is not None:
                     snapshot.write(checkpoint.path)
-                    snapshot = None  # the host copy is freed once written
+                    snapshot = None  # written: its buffers are free for the next snapshot
                 return storage.persist_current_checkpoint(checkpoint, dir_name)
             finally:
                 written.set()

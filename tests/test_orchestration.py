@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 
 import pytest
@@ -460,21 +461,26 @@ def test_resume_from_mid_stage_checkpoint(fault_config, fault_run_dir, tmp_path)
 @pytest.mark.timeout(600)
 def test_a_resumed_run_stopped_before_its_first_checkpoint_names_the_one_it_resumed(fault_config, fault_run_dir,
                                                                                    tmp_path):
-    """SIGTERM as soon as Ray is up, before training begins: the driver's last word sends the user
-    back to the checkpoint the run resumed with (its own run directory holds none), exit 143."""
+    """SIGTERM once Ray is up and the trainer built, before training begins: the driver's last word
+    sends the user back to the checkpoint the run resumed with (its own run directory holds none),
+    exit 143."""
     _, ckpt, _ = mid_stage_checkpoint(fault_config, fault_run_dir)
     storage = str(tmp_path / "runs")
     proc = _train_proc("--config", fault_config, "--set", f"run.storage_path={storage}", "--resume", ckpt)
+    # A driver that hangs (before the line below, or after the signal) ends the test with its
+    # output, not with pytest's timeout.
+    deadline = threading.Timer(300, os.killpg, (proc.pid, signal.SIGKILL))
+    deadline.start()
     lines, stopped = [], False
     try:
         for line in proc.stdout:
             lines.append(line)
-            ray_up = ("Started a local Ray instance", "Connected to Ray cluster", "worker(s), storage ")
-            if not stopped and any(text in line for text in ray_up):
+            if not stopped and "worker(s), storage " in line:  # Ray is up; the trainer is about to start
                 os.kill(proc.pid, signal.SIGTERM)  # the driver this test started
                 stopped = True
         proc.wait(timeout=120)
     finally:
+        deadline.cancel()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     out = ANSI.sub("", "".join(lines))

@@ -76,11 +76,8 @@ class CheckpointSnapshot:
         """With `staging`, the tensors go into its buffers (which this snapshot then holds until
         it is written); without, into new ones."""
         copy = staging.copy if staging is not None else host_copy
-        snapshot = cls(copy(model_state, ("model",)), copy(optimizer_state, ("optimizer",)), rng_state(),
-                       state.to_dict(), json.loads(json.dumps(job, default=list)))
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()  # the device-to-host copies are asynchronous into pinned buffers
-        return snapshot
+        return cls(copy(model_state, ("model",)), copy(optimizer_state, ("optimizer",)), rng_state(),
+                   state.to_dict(), json.loads(json.dumps(job, default=list)))
 
     def write(self, path: str) -> None:
         _write(path, self.model_state, self.optimizer_state, self.rng, self.state, self.job)
@@ -106,13 +103,21 @@ class HostStaging:
         """False once pinning failed (a host that limits page-locked memory): pageable from then on."""
 
     def copy(self, obj, path: tuple = ()):
-        return _map_tensors(obj, path, self._copy_tensor)
+        self._in_flight = False
+        copied = _map_tensors(obj, path, self._copy_tensor)
+        if self._in_flight:
+            # Device-to-host copies into pinned buffers are asynchronous. Synchronized only when
+            # some ran: a CPU worker on a GPU node would otherwise make a CUDA context for nothing.
+            torch.cuda.synchronize()
+        return copied
 
     def _copy_tensor(self, t: torch.Tensor, path: tuple) -> torch.Tensor:
         buf = self._buffers.get(path)
         if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
             buf = self._buffers[path] = self._empty(t)
-        return buf.copy_(t.detach(), non_blocking=buf.is_pinned())
+        non_blocking = t.is_cuda and buf.is_pinned()
+        self._in_flight |= non_blocking
+        return buf.copy_(t.detach(), non_blocking=non_blocking)
 
     def _empty(self, t: torch.Tensor) -> torch.Tensor:
         if t.is_cuda and self.pinned:

@@ -8,8 +8,12 @@
 #      TorchTrainer, compile) on the demo's last two stages, 64 rows a step: its progress lines'
 #      Tokens/sec at seq 2048 against leg 1's plain step is the Ray path's cost on a GPU;
 #   3. the demo curriculum, all ten stages, on the GPU (one worker): must reach its target.
-# The first three legs' limits add up to 430 s; the last takes what is left of 585 s (CALL_BUDGET_S),
-# under the device's 600 s per call; each leg's log is in $OUT.
+# One more leg, "checkpoint", runs the checkpoint snapshot's GPU test (pinned buffers, fused AdamW)
+# and jobs/benchmark_checkpoint.py on the GPU.
+# LEGS picks the legs (default "ref step ray_270m demo"; e.g. LEGS="ref checkpoint ray_270m" for a
+# call that measures the checkpoint path). The first three legs' limits add up to 430 s; the demo
+# takes what is left of 585 s (CALL_BUDGET_S), under the device's 600 s per call; each leg's log is
+# in $OUT.
 #
 # Before the call, here (PyPI reachable):  bash jobs/build_gpu_site.sh   (-> .gpu-site/site.tar.xz)
 # and copy ../shared/bench/reference_gpt_step.py into .bench-ref/. Device command:
@@ -24,9 +28,11 @@ tar -xJf "$SITE_TAR" -C /tmp/site || exit 1
 # The repo on the path too: Ray's workers import yxanul_ray, and nothing is pip-installed there.
 export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-leg() {  # leg LIMIT_S NAME COMMAND...: one leg, its output in $OUT/NAME.log
+LEGS=" ${LEGS:-ref step ray_270m demo} "
+leg() {  # leg LIMIT_S NAME COMMAND...: one leg, its output in $OUT/NAME.log; skipped unless in LEGS
     local limit_s=$1 name=$2
     shift 2
+    [[ $LEGS == *" $name "* ]] || return 0
     timeout "$limit_s" "$@" > "$OUT/$name.log" 2>&1
     local rc=$?
     tail -n 25 "$OUT/$name.log"
@@ -40,6 +46,8 @@ pyarrow.__version__, torch.cuda.get_device_name())" || exit 1
 leg "${REF_S:-110}" ref env L=20 VOCAB=50304 TAG=ref SEQS=2048 MODES=compiled TOKENS_PER_STEP=131072 STEPS=10 python3 "$REF"
 leg "${STEP_S:-110}" step python3 jobs/benchmark_gpu_step.py --shape 270m --seqs 2048 --modes compiled \
     --steps 10 --tokens-per-step 131072 --tag step_270m --reference-json "$OUT/ref.json"
+leg "${CHECKPOINT_S:-90}" checkpoint bash -c "python3 -m pytest -m gpu -p no:cacheprovider tests/test_checkpoint.py; \
+    python3 jobs/benchmark_checkpoint.py --preset 270m --repeats 3"
 
 python3 - <<'EOF'
 import yaml
@@ -53,7 +61,10 @@ for st, steps in zip(stages, (10, 30)):
 job["curriculum"].update(stages=stages, target_tokens=sum(st["tokens"] for st in stages))
 job["model"].update(preset="270m", compile=True, backend="auto")
 job["optimizer"].update(peak_lr=6e-4, warmup_tokens=5 * 64 * 1536)
-job["run"].update(use_gpu=True, workers=1, cpus_per_worker=2, storage_path="/tmp/runs", log_every_steps=5)
+# A checkpoint every 10 steps of the last stage as well as at the boundary: the progress lines show
+# whether a checkpoint written beside training slows the steps it overlaps.
+job["run"].update(use_gpu=True, workers=1, cpus_per_worker=2, storage_path="/tmp/runs", log_every_steps=5,
+                  checkpoint_every_tokens=10 * 64 * 2048)
 with open("/tmp/gpu_270m.yaml", "w") as f:
     yaml.safe_dump(job, f, sort_keys=False)
 EOF
@@ -63,6 +74,9 @@ leg "${DEMO_S:-$(( ${CALL_BUDGET_S:-585} - SECONDS ))}" demo python3 jobs/train.
     --set run.workers=1 --set run.cpus_per_worker=2 --set run.storage_path=/tmp/runs
 
 echo "== summary"
-grep -h "compiled *2048" "$OUT/ref.log" "$OUT/step.log"
-grep -h "REACHED TARGET\|final validation" "$OUT/demo.log" "$OUT/ray_270m.log"
-grep -h "Tokens/sec" "$OUT/ray_270m.log" | tail -n 4
+cd "$OUT" || exit 1
+grep -hs "compiled *2048" ref.log step.log
+grep -hs "passed\|failed\|training waits" checkpoint.log
+grep -hs "REACHED TARGET\|final validation" demo.log ray_270m.log
+grep -hs "stage switch" ray_270m.log
+grep -hs "Tokens/sec" ray_270m.log | tail -n 6

@@ -54,15 +54,17 @@ CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch
 
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
-@pytest.mark.parametrize("kept", [False, True], ids=["new-buffers", "kept-buffers"])
-def test_a_snapshot_written_later_holds_the_state_it_was_taken_at(tmp_path, kept, device):
+@pytest.mark.parametrize("buffers", ["new", "kept", "reserved"])
+def test_a_snapshot_written_later_holds_the_state_it_was_taken_at(tmp_path, buffers, device):
     """Rank 0 takes the checkpoint at a boundary and writes it on Ray Train's upload thread while
     training goes on: the optimizer's in-place updates, the generators' draws and the trainer
     state's changes after the snapshot must not reach the files. With kept buffers, the next
-    snapshot (taken after this one is written) holds the next state. On a GPU, as training
-    runs there: fused AdamW, and the kept buffers pinned (asynchronous copies, then one sync)."""
+    snapshot (taken after this one is written) holds the next state. Reserved: the buffers were
+    made on a thread while training went on (as rank 0 does after its first step), and the
+    snapshot copies into those. On a GPU, as training runs there: fused AdamW, and the kept
+    buffers pinned (asynchronous copies, then one sync)."""
     torch.manual_seed(5)
-    staging = HostStaging() if kept else None
+    staging = None if buffers == "new" else HostStaging()
     model = torch.nn.Linear(4, 2).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=device == "cuda")
 
@@ -72,12 +74,23 @@ def test_a_snapshot_written_later_holds_the_state_it_was_taken_at(tmp_path, kept
         optimizer.step()
 
     step()  # AdamW's moments exist, as at any checkpoint after the first step
+    if buffers == "reserved":
+        CheckpointSnapshot.reserve(model.state_dict(), optimizer.state_dict(), staging)
+        step()  # beside the thread making the buffers
+        staging.wait_reserved()
+        reserved = {path: buf.data_ptr() for path, buf in staging._buffers.items()}
+        assert ("model", "weight") in reserved and ("optimizer", "state", 0, "exp_avg_sq") in reserved
     state = TrainState(step=1, tokens=64, stage=0, step_in_stage=1, tokens_by_source={"fineweb": 64})
     weights_then = model.weight.detach().cpu().clone()
     moment_then = optimizer.state[model.weight]["exp_avg"].cpu().clone()
     snapshot = CheckpointSnapshot.take(model.state_dict(), optimizer.state_dict(), state, {"run": {}}, staging)
-    if kept and device == "cuda":
+    if staging is not None and device == "cuda":
         assert snapshot.model_state["weight"].is_pinned()
+    if buffers == "reserved":  # copied into the reserved buffers, none made now
+        assert {path: buf.data_ptr() for path, buf in staging._buffers.items()} == reserved
+        assert snapshot.model_state["weight"].data_ptr() == reserved[("model", "weight")]
+        assert snapshot.optimizer_state["state"][0]["exp_avg"].data_ptr() == reserved[("optimizer", "state", 0,
+                                                                                         "exp_avg")]
     expected_draw = torch.rand(3)  # what the generators give next, from the snapshot's moment
 
     step()  # training goes on before the write: weights and moments change in place

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import threading
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -76,11 +77,22 @@ class CheckpointSnapshot:
         """With `staging`, the tensors go into its buffers (which this snapshot then holds until
         it is written); without, into new ones."""
         copy = staging.copy if staging is not None else host_copy
-        return cls(copy(model_state, ("model",)), copy(optimizer_state, ("optimizer",)), rng_state(),
+        return cls(copy(model_state, MODEL_PATH), copy(optimizer_state, OPTIMIZER_PATH), rng_state(),
                    state.to_dict(), json.loads(json.dumps(job, default=list)))
+
+    @staticmethod
+    def reserve(model_state: dict, optimizer_state: dict, staging: HostStaging) -> None:
+        """Has `staging` make the buffers `take` will copy these states into, on a thread of its
+        own. The first snapshot otherwise makes them while training waits: pinning the 270m
+        preset's 3.3 GB took 2.7 s of an H200 node's first stage switch, and later snapshots 0.06 s."""
+        staging.reserve_async([(model_state, MODEL_PATH), (optimizer_state, OPTIMIZER_PATH)])
 
     def write(self, path: str) -> None:
         _write(path, self.model_state, self.optimizer_state, self.rng, self.state, self.job)
+
+
+MODEL_PATH, OPTIMIZER_PATH = ("model",), ("optimizer",)
+"""Where a snapshot's two state_dicts' buffers are kept in HostStaging."""
 
 
 def host_copy(obj, _path: tuple = ()):
@@ -101,8 +113,42 @@ class HostStaging:
         self._buffers: dict[tuple, torch.Tensor] = {}
         self.pinned = True
         """False once pinning failed (a host that limits page-locked memory): pageable from then on."""
+        self._reserving: threading.Thread | None = None
+
+    def reserve_async(self, states: list[tuple[object, tuple]]) -> None:
+        """Makes, on a daemon thread, the buffers that `copy(obj, path)` will need for each
+        (obj, path) in `states`; a `copy` waits for it. Only the tensors' shapes, dtypes and
+        devices are read here, before the thread starts: training may update the values meanwhile."""
+        specs: list[tuple[tuple, torch.Size, torch.dtype, bool]] = []
+        for obj, path in states:
+            _map_tensors(obj, path, lambda t, p: specs.append((p, t.shape, t.dtype, t.is_cuda)))
+
+        def make_buffers() -> None:
+            try:
+                for path, shape, dtype, is_cuda in specs:
+                    buf = self._buffers.get(path)
+                    if buf is None or buf.shape != shape or buf.dtype != dtype:
+                        buf = self._buffers[path] = self._empty(shape, dtype, is_cuda)
+                        if not buf.is_pinned():
+                            buf.zero_()  # its pages now, not in the first copy (pinned ones already are)
+            except Exception as e:  # the first copy makes whatever is missing
+                log.warning("checkpoint host buffers were not made ahead (%s); the first snapshot makes them", e)
+
+        self.wait_reserved()
+        self._reserving = threading.Thread(target=make_buffers, name="checkpoint-host-buffers", daemon=True)
+        self._reserving.start()
+
+    def reserving(self) -> bool:
+        """Whether the thread `reserve_async` started is still making buffers."""
+        return self._reserving is not None and self._reserving.is_alive()
+
+    def wait_reserved(self) -> None:
+        if self._reserving is not None:
+            self._reserving.join()
+            self._reserving = None
 
     def copy(self, obj, path: tuple = ()):
+        self.wait_reserved()
         self._in_flight = False
         copied = _map_tensors(obj, path, self._copy_tensor)
         if self._in_flight:
@@ -114,19 +160,19 @@ class HostStaging:
     def _copy_tensor(self, t: torch.Tensor, path: tuple) -> torch.Tensor:
         buf = self._buffers.get(path)
         if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
-            buf = self._buffers[path] = self._empty(t)
+            buf = self._buffers[path] = self._empty(t.shape, t.dtype, t.is_cuda)
         non_blocking = t.is_cuda and buf.is_pinned()
         self._in_flight |= non_blocking
         return buf.copy_(t.detach(), non_blocking=non_blocking)
 
-    def _empty(self, t: torch.Tensor) -> torch.Tensor:
-        if t.is_cuda and self.pinned:
+    def _empty(self, shape: torch.Size, dtype: torch.dtype, for_cuda: bool) -> torch.Tensor:
+        if for_cuda and self.pinned:
             try:
-                return torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+                return torch.empty(shape, dtype=dtype, device="cpu", pin_memory=True)
             except RuntimeError as e:  # slower copies, not a failed checkpoint
                 log.warning("checkpoint snapshots use pageable host memory: pinning failed (%s)", e)
                 self.pinned = False
-        return torch.empty(t.shape, dtype=t.dtype, device="cpu")
+        return torch.empty(shape, dtype=dtype, device="cpu")
 
 
 def _map_tensors(obj, path: tuple, fn):

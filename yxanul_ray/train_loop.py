@@ -55,6 +55,7 @@ def train_loop_per_worker(config: dict) -> None:
             global_valid = plan.step_tokens(step_in_stage)
             lr = lr_at(job.optimizer, job.curriculum.target_tokens, state.tokens, stage.lr_scale)
             loss_sum = run.train_step(batch["tokens"], global_valid, lr, stage)
+            run.reserve_checkpoint_buffers()
             # --- accounting/logging ---
             counts = _counts_of(batch, batches)
             run.account(state, counts, global_valid, stage.seq_len, loss_sum)
@@ -145,7 +146,11 @@ class Run:
         """Set when rank 0's latest checkpoint is written and copied (set while none is pending)."""
         self.checkpoint_written.set()
         self.staging = HostStaging()
-        """Rank 0's host buffers for checkpoint snapshots (allocated at the first checkpoint)."""
+        """Rank 0's host buffers for checkpoint snapshots (on a GPU made after this worker's first
+        step, else at the first checkpoint)."""
+        # On a CPU worker, making them ahead only moves the work into training's own cores: on 2
+        # cores the 270m preset's steps ran 1.61x as long meanwhile (jobs/benchmark_checkpoint.py).
+        self._buffers_reserved = rank != 0 or self.device.type != "cuda"
         self.writer = None
         self.incarnation: str | None = None
         """The coordinator's, from `restore` on (see coordinator.py's docstring)."""
@@ -248,6 +253,15 @@ class Run:
                          checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
                          checkpoint_upload_fn=write_then_upload)
         self.publish_artifacts()
+
+    def reserve_checkpoint_buffers(self) -> None:
+        """Once, after this worker's first step has made AdamW's state: rank 0 on a GPU starts
+        making its pinned snapshot buffers beside training, so the first checkpoint copies into
+        ready memory."""
+        if not self._buffers_reserved:
+            self._buffers_reserved = True
+            CheckpointSnapshot.reserve(self.raw_model.portable_state_dict(), self.optimizer.state_dict(),
+                                       self.staging)
 
     def publish_artifacts(self) -> None:
         """Rank 0's TensorBoard log and loss plot, copied to the run's storage URI (a directory

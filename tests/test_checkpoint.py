@@ -19,6 +19,7 @@ from yxanul_ray.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from yxanul_ray.step import adamw_state_like
 from yxanul_ray.stopping import resume_hint
 
 
@@ -60,8 +61,8 @@ def test_a_snapshot_written_later_holds_the_state_it_was_taken_at(tmp_path, buff
     training goes on: the optimizer's in-place updates, the generators' draws and the trainer
     state's changes after the snapshot must not reach the files. With kept buffers, the next
     snapshot (taken after this one is written) holds the next state. Reserved: the buffers were
-    made on a thread while training went on (as rank 0 does after its first step), and the
-    snapshot copies into those. On a GPU, as training runs there: fused AdamW, and the kept
+    made on a thread before the first step, from AdamW's state as it would be (as rank 0 on a GPU
+    does), and the snapshot copies into those. On a GPU, as training runs there: fused AdamW, and the kept
     buffers pinned (asynchronous copies, then one sync)."""
     torch.manual_seed(5)
     staging = None if buffers == "new" else HostStaging()
@@ -73,21 +74,22 @@ def test_a_snapshot_written_later_holds_the_state_it_was_taken_at(tmp_path, buff
         model(torch.randn(8, 4, device=device)).square().sum().backward()
         optimizer.step()
 
-    step()  # AdamW's moments exist, as at any checkpoint after the first step
     if buffers == "reserved":
-        CheckpointSnapshot.reserve(model.state_dict(), optimizer.state_dict(), staging)
-        step()  # beside the thread making the buffers
+        CheckpointSnapshot.reserve(model.state_dict(), adamw_state_like(optimizer), staging)
         staging.wait_reserved()
         reserved = {path: buf.data_ptr() for path, buf in staging._buffers.items()}
         assert ("model", "weight") in reserved and ("optimizer", "state", 0, "exp_avg_sq") in reserved
+    step()  # AdamW's moments exist, as at any checkpoint after the first step
     state = TrainState(step=1, tokens=64, stage=0, step_in_stage=1, tokens_by_source={"fineweb": 64})
     weights_then = model.weight.detach().cpu().clone()
     moment_then = optimizer.state[model.weight]["exp_avg"].cpu().clone()
     snapshot = CheckpointSnapshot.take(model.state_dict(), optimizer.state_dict(), state, {"run": {}}, staging)
     if staging is not None and device == "cuda":
         assert snapshot.model_state["weight"].is_pinned()
-    if buffers == "reserved":  # copied into the reserved buffers, none made now
-        assert {path: buf.data_ptr() for path, buf in staging._buffers.items()} == reserved
+    if buffers == "reserved":  # copied into the reserved buffers; only AdamW's step counters made now
+        now = {path: buf.data_ptr() for path, buf in staging._buffers.items()}
+        assert {path: now[path] for path in reserved} == reserved
+        assert {path[-1] for path in now.keys() - reserved.keys()} == {"step"}
         assert snapshot.model_state["weight"].data_ptr() == reserved[("model", "weight")]
         assert snapshot.optimizer_state["state"][0]["exp_avg"].data_ptr() == reserved[("optimizer", "state", 0,
                                                                                          "exp_avg")]

@@ -82,9 +82,11 @@ class CheckpointSnapshot:
 
     @staticmethod
     def reserve(model_state: dict, optimizer_state: dict, staging: HostStaging) -> None:
-        """Has `staging` make the buffers `take` will copy these states into, on a thread of its
-        own. The first snapshot otherwise makes them while training waits: pinning the 270m
-        preset's 3.3 GB took 2.7 s of an H200 node's first stage switch, and later snapshots 0.06 s."""
+        """Has `staging` make the buffers `take` will copy these states (or ones shaped like
+        them) into, on a thread of its own. The first snapshot otherwise makes them while training
+        waits: pinning the 270m preset's 3.3 GB took 2.7 s of an H200 node's first stage switch,
+        and later snapshots 0.06 s. Not beside training steps either: CUDA calls wait while pages
+        are pinned (one step of the 270m preset took 2.32 s beside it on an H200, 0.11 s alone)."""
         staging.reserve_async([(model_state, MODEL_PATH), (optimizer_state, OPTIMIZER_PATH)])
 
     def write(self, path: str) -> None:

@@ -69,6 +69,17 @@ def held_out_loss(model, tokens: torch.Tensor, *, amp: bool, chunk_rows: int = 1
     return loss_sum, targets
 
 
+def adamw_state_like(optimizer: torch.optim.AdamW) -> dict:
+    """`optimizer.state_dict()` as it will be once AdamW has stepped, for its shapes: each
+    parameter's two moments (tensors like it), numbered as state_dict numbers them. Rank 0 makes
+    its checkpoint buffers from this before the first step (the small `step` counters are made at
+    the first checkpoint). Once it has stepped, or loaded a checkpoint, the real one."""
+    if optimizer.state:
+        return optimizer.state_dict()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return {"state": {i: {"exp_avg": p, "exp_avg_sq": p} for i, p in enumerate(params)}}
+
+
 def make_optimizer(model, opt_spec, device) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only (not norms), fused on CUDA."""
     decay = [p for p in model.parameters() if p.dim() >= 2]

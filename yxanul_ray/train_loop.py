@@ -23,7 +23,7 @@ from yxanul_ray.precision import make_recipe
 from yxanul_ray.presets import flops_per_token
 from yxanul_ray.raycluster import quiet_ray_train
 from yxanul_ray.stage_data import STAGES_AHEAD, StageBatches
-from yxanul_ray.step import held_out_loss, make_optimizer, train_step
+from yxanul_ray.step import adamw_state_like, held_out_loss, make_optimizer, train_step
 from yxanul_ray.storage import StorageError, artifacts_dir, storage_join, upload
 
 
@@ -38,6 +38,7 @@ def train_loop_per_worker(config: dict) -> None:
     plans = plan_curriculum(job.curriculum, world)
     group = worker_group_id()
     ahead = {state.stage: Prefetch(run, group, state.stage, state.step_in_stage)}
+    run.reserve_checkpoint_buffers()  # while the first batch is on its way
 
     while state.stage < len(plans):
         # --- stage setup ---
@@ -55,7 +56,6 @@ def train_loop_per_worker(config: dict) -> None:
             global_valid = plan.step_tokens(step_in_stage)
             lr = lr_at(job.optimizer, job.curriculum.target_tokens, state.tokens, stage.lr_scale)
             loss_sum = run.train_step(batch["tokens"], global_valid, lr, stage)
-            run.reserve_checkpoint_buffers()
             # --- accounting/logging ---
             counts = _counts_of(batch, batches)
             run.account(state, counts, global_valid, stage.seq_len, loss_sum)
@@ -146,11 +146,8 @@ class Run:
         """Set when rank 0's latest checkpoint is written and copied (set while none is pending)."""
         self.checkpoint_written.set()
         self.staging = HostStaging()
-        """Rank 0's host buffers for checkpoint snapshots (on a GPU made after this worker's first
-        step, else at the first checkpoint)."""
-        # On a CPU worker, making them ahead only moves the work into training's own cores: on 2
-        # cores the 270m preset's steps ran 1.61x as long meanwhile (jobs/benchmark_checkpoint.py).
-        self._buffers_reserved = rank != 0 or self.device.type != "cuda"
+        """Rank 0's host buffers for checkpoint snapshots (on a GPU made before the first step,
+        else at the first checkpoint)."""
         self.writer = None
         self.incarnation: str | None = None
         """The coordinator's, from `restore` on (see coordinator.py's docstring)."""
@@ -255,12 +252,12 @@ class Run:
         self.publish_artifacts()
 
     def reserve_checkpoint_buffers(self) -> None:
-        """Once, after this worker's first step has made AdamW's state: rank 0 on a GPU starts
-        making its pinned snapshot buffers beside training, so the first checkpoint copies into
-        ready memory."""
-        if not self._buffers_reserved:
-            self._buffers_reserved = True
-            CheckpointSnapshot.reserve(self.raw_model.portable_state_dict(), self.optimizer.state_dict(),
+        """Rank 0 on a GPU starts making its pinned snapshot buffers before the first step, while
+        the worker waits for its first batch, so the first checkpoint copies into ready memory.
+        Not on a CPU worker: making them ahead there only moves the work into training's own
+        cores (on 2 cores the 270m preset's steps ran 1.61x as long meanwhile)."""
+        if self.rank == 0 and self.device.type == "cuda":
+            CheckpointSnapshot.reserve(self.raw_model.portable_state_dict(), adamw_state_like(self.optimizer),
                                        self.staging)
 
     def publish_artifacts(self) -> None:

@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import random
+import shutil
+import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
 
@@ -198,6 +200,47 @@ def _write(path: str, model_state: dict, optimizer_state: dict, rng: dict, state
         json.dump(state, f)
     with open(os.path.join(path, "job.json"), "w") as f:
         json.dump(job, f, indent=1, default=list)
+
+
+STAGING_PREFIX = "yxanul-ckpt-"
+
+
+def staging_dir() -> str:
+    """A new local directory for one checkpoint's files, which Ray Train copies to storage and
+    then deletes. Named for this process: one stopped mid-write is left behind (3.3 GB for the
+    270m preset), and `remove_stale_staging_dirs` can tell it from a running process's."""
+    return tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-")
+
+
+def remove_stale_staging_dirs(root: str | None = None) -> list[str]:
+    """Removes the checkpoint staging directories under `root` (the temp directory) whose process
+    is no longer running, and returns them. A directory of a running process, of another user's,
+    or named otherwise is left alone."""
+    root = root or tempfile.gettempdir()
+    removed = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    for entry in entries:
+        pid = entry.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if not (entry.name.startswith(STAGING_PREFIX) and pid.isdigit() and entry.is_dir(follow_symlinks=False)):
+            continue
+        if _process_running(int(pid)) or entry.stat(follow_symlinks=False).st_uid != os.getuid():
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(entry.path)
+    return removed
+
+
+def _process_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # running, as another user
+        return True
+    return True
 
 
 REQUIRED_FILES = ("model.pt", "optimizer.pt", "state.json", "job.json")

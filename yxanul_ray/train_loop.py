@@ -15,7 +15,17 @@ import ray.train.collective
 import torch
 
 from yxanul_ray.accounting import progress_line, step_tokens_by_source
-from yxanul_ray.checkpoint import CheckpointSnapshot, HostStaging, TrainState, load_state, load_tensors, restore_rng
+from yxanul_ray.checkpoint import (
+    STAGING_PREFIX,
+    CheckpointSnapshot,
+    HostStaging,
+    TrainState,
+    load_state,
+    load_tensors,
+    remove_stale_staging_dirs,
+    restore_rng,
+    staging_dir,
+)
 from yxanul_ray.config import JobSpec, job_from_dict
 from yxanul_ray.curriculum import lr_at, plan_curriculum
 from yxanul_ray.model import build_model, compile_model
@@ -163,6 +173,10 @@ class Run:
 
             self.writer = SummaryWriter(os.path.join(self.artifacts, "tensorboard"))
             print(f"rank 0 of {world}: {self.device}, {torch.get_num_threads()} torch thread(s)", flush=True)
+            stale = remove_stale_staging_dirs()
+            if stale:
+                print(f"removed {len(stale)} checkpoint staging director{'y' if len(stale) == 1 else 'ies'} that "
+                      f"stopped runs left on this node ({os.path.dirname(stale[0])}/{STAGING_PREFIX}*)", flush=True)
 
     # ---- restore / report ----------------------------------------------------------------------
 
@@ -208,8 +222,6 @@ class Run:
 
     def report(self, state: TrainState, checkpoint: bool) -> None:
         """Every rank reports (Ray Train requires it); rank 0 attaches the checkpoint."""
-        import tempfile
-
         metrics = {"step": state.step, "tokens": state.tokens, "stage": min(state.stage + 1, len(
             self.job.curriculum.stages)), "step_in_stage": state.step_in_stage}
         if checkpoint:  # on every rank, so all ranks agree when the next one is due
@@ -245,8 +257,7 @@ class Run:
             finally:
                 written.set()
 
-        tmp = tempfile.mkdtemp(prefix="yxanul-ckpt-")
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staging_dir()),
                          checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
                          checkpoint_upload_fn=write_then_upload)
         self.publish_artifacts()

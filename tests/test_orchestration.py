@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 
 import pytest
@@ -122,14 +123,29 @@ def job_address(tmp_path_factory):
         return
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "token", "RAY_num_workers_soft_limit": str(worker_soft_limit())}
-    port = "8275"
-    subprocess.run(["ray", "start", "--head", "--num-cpus=4", "--port=6390", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={port}", "--disable-usage-stats", "--node-ip-address=127.0.0.1"],
-                   check=True, env=env, capture_output=True)
+    address = "http://127.0.0.1:8275"
+    # In the foreground of its own process (--block): ending that process ends this cluster and no
+    # other (`ray stop` would end every Ray cluster on the machine); at once, without draining
+    # (which waited its whole 30 s for idle workers).
+    env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
+    log = tmp_path_factory.mktemp("ray-head") / "head.log"
+    with open(log, "w") as out:
+        head = subprocess.Popen(["ray", "start", "--head", "--num-cpus=4", "--port=6390", "--dashboard-host=127.0.0.1",
+                                 "--dashboard-port=8275", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
+                                 "--block"], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        yield f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while subprocess.run(["ray", "job", "list", "--address", address], env=env, capture_output=True).returncode:
+            assert head.poll() is None and time.monotonic() < deadline, f"the Ray head did not start: {log.read_text()}"
+            time.sleep(1)
+        yield address
     finally:
-        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True)
+        head.terminate()  # SIGTERM: the node drains and ends the processes it started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
 
 
 JOB_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}

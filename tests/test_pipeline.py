@@ -15,7 +15,7 @@ import pytest
 from tests.pipeline_helpers import demo_job, next_cursors, run_stage, write_docs
 from yxanul_ray.config import ConfigError, job_from_dict, load_job
 from yxanul_ray.cursors import SourceCursor
-from yxanul_ray.hub import SourceUnavailable, resolve_files
+from yxanul_ray.hub import SourceUnavailable, content_fingerprints, resolve_files
 from yxanul_ray.local_data import holdout_rows, local_stage
 from yxanul_ray.tokenizer import load_tokenizer
 
@@ -262,8 +262,10 @@ def test_a_source_at_a_storage_uri_reads_what_the_same_local_files_give(ray_clus
     uri_files = {s: resolve_files(spec) for s, spec in at_uri.sources.items()}
     for s in plain.sources:
         assert uri_files[s].kind == "uri" and plain_files[s].kind == "local"
-        assert file_manifest(at_uri.sources[s], uri_files[s])["files"] == \
-            file_manifest(plain.sources[s], plain_files[s])["files"]
+        assert file_manifest(at_uri.sources[s], uri_files[s], content_fingerprints(uri_files[s]))["files"] == \
+            file_manifest(plain.sources[s], plain_files[s], content_fingerprints(plain_files[s]))["files"]
+        assert all(len(f) == 3 for f in file_manifest(plain.sources[s], plain_files[s],
+                                                      content_fingerprints(plain_files[s]))["files"])
         assert read_holdout_docs(read_spec(at_uri, uri_files[s])) == read_holdout_docs(read_spec(plain, plain_files[s]))
     _, per_rank, _ = run_stage(at_uri, 0, {}, 1, ray_packers, uri_files)
     batches, _ = local_stage(plain, 0, {}, plain_files, TOK.eos_id)
@@ -298,6 +300,9 @@ def test_hub_code_path_on_a_local_mirror(ray_cluster, tmp_path, ray_packers):
                                                                                  "001_00000.parquet"]
     # The listing's sizes (which plan wrap-around reads and go into the checkpoints' file lists).
     assert files.sizes == tuple(os.path.getsize(repo / "sample" / "10BT" / os.path.basename(p)) for p in files.paths)
+    # Their content fingerprints (in the file lists too), read through the mirror, are the files' own.
+    direct = resolve_files(one_source_job(str(repo / "sample" / "10BT" / "*.parquet")).sources["a"])
+    assert all(content_fingerprints(files)) and content_fingerprints(files) == content_fingerprints(direct)
     _, per_rank, _ = run_stage(job, 0, {}, 1, ray_packers, {"a": files})
     assert (rows_of(per_rank)[:, 1:].ravel()[:64] == stream_tokens(texts)[1:65]).all()
 
@@ -487,7 +492,7 @@ def test_a_restarted_coordinator_refuses_a_checkpoint_whose_files_changed(ray_cl
     try:
         first = ray.get(coord.join.remote({}))
         checkpoint = ray.get(coord.state.remote(0, first))
-        assert [name for name, _ in checkpoint["files"]["math"]["files"]] == [
+        assert [name for name, _size, _fingerprint in checkpoint["files"]["math"]["files"]] == [
             f"part-0000{i}.parquet" for i in range(4)]
         assert ray.get(coord.join.remote(checkpoint)) == first  # the same files: joined
         assert checkpoint["tokenizer"] == "gpt2"

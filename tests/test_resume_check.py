@@ -16,8 +16,8 @@ from yxanul_ray.checkpoint import TrainState, save_checkpoint
 from yxanul_ray.cli import main as cli_main
 from yxanul_ray.config import ConfigError, job_from_dict, load_job
 from yxanul_ray.driver import absolute_paths, check_resume, checkpoint_path, prepare_demo_corpus
-from yxanul_ray.hub import resolve_files
-from yxanul_ray.manifest import file_manifest
+from yxanul_ray.hub import content_fingerprints, resolve_files
+from yxanul_ray.manifest import file_manifest, manifest_difference
 from yxanul_ray.resume_check import review_resume
 from yxanul_ray.tokenizer import tokenizer_identity
 
@@ -34,7 +34,8 @@ def demo_corpus_in_repo():
 def demo_files(job=None) -> dict[str, dict]:
     """The file lists a checkpoint of the demo records (the coordinator's `files`)."""
     job = job or load_job(DEMO)
-    return {name: file_manifest(spec, resolve_files(spec)) for name, spec in job.sources.items()}
+    listed = {name: resolve_files(spec) for name, spec in job.sources.items()}
+    return {name: file_manifest(job.sources[name], f, content_fingerprints(f)) for name, f in listed.items()}
 
 
 def state_at(stage: int, step_in_stage: int = 0, **fields) -> TrainState:
@@ -169,12 +170,30 @@ def test_a_moved_corpus_resumes_but_other_files_are_refused(tmp_path, capsys):
     shutil.copy(moved / "fineweb" / "part-00001.parquet", moved / "fineweb" / "part-00001b.parquet")
     with open(moved / "math" / "part-00002.parquet", "ab") as f:
         f.write(b"\0")
+    rewritten = moved / "code" / "part-00002.parquet"  # rewritten to the byte count it had
+    content = bytearray(rewritten.read_bytes())
+    content[-1000] ^= 0xFF
+    rewritten.write_bytes(bytes(content))
     with pytest.raises(ConfigError) as err:
         check_resume(absolute_paths(load_job(DEMO, elsewhere)), ckpt)
     msg = str(err.value)
     assert "sources.fineweb (files): 4 files then, 5 now; new: 'part-00001b.parquet'" in msg
     assert "sources.math (files): 'part-00002.parquet' was" in msg and "the cursors index the run's file list" in msg
-    assert "sources.code" not in msg
+    assert (f"sources.code (files): 'part-00002.parquet' has the size it had, {len(content):,} bytes, but other "
+            "content") in msg
+
+
+def test_file_lists_without_fingerprints_compare_by_name_and_size():
+    """Checkpoints written before the fingerprints were recorded list [name, size]: they still
+    resume where names and sizes agree, and a fingerprint counts only where both lists have one."""
+    old = {"root": "/corpus", "files": [["a.parquet", 5], ["b.parquet", 7]]}
+    new = {"root": "/moved", "files": [["a.parquet", 5, "0123abcd"], ["b.parquet", 7, "4567ef01"]]}
+    assert manifest_difference(old, new) is None and manifest_difference(new, new) is None
+    other = {"root": "/moved", "files": [["a.parquet", 5, "0123abcd"], ["b.parquet", 7, "ffffffff"]]}
+    assert manifest_difference(new, other) == ("'b.parquet' has the size it had, 7 bytes, but other content "
+                                               "(/moved then, /moved now)")
+    resized = {"root": "/moved", "files": [["a.parquet", 5], ["b.parquet", 8]]}
+    assert manifest_difference(old, resized) == "'b.parquet' was 7 bytes, is 8 (/corpus then, /moved now)"
 
 
 def test_a_checkpoint_without_file_lists_resumes_with_a_note():

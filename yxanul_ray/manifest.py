@@ -4,8 +4,9 @@ The cursors a checkpoint holds are positions in a source's sorted file list (a f
 then a row in it). Resumed over another list, they point at other documents: files added to a
 Hub dataset, or a local glob that now matches one more file, shift every index after them, and
 the run would skip or repeat documents with nothing saying so. So each checkpoint records the
-list (names and sizes), and a resume, or a restarted coordinator, compares it with the files it
-finds. Names are relative to the source's own root, so a corpus that moved compares equal.
+list (names, sizes and a fingerprint of each file's content: hub.content_fingerprints), and a
+resume, or a restarted coordinator, compares it with the files it finds. Names are relative to
+the source's own root, so a corpus that moved compares equal.
 """
 
 from __future__ import annotations
@@ -16,14 +17,17 @@ from yxanul_ray.config import SourceSpec
 from yxanul_ray.hub import SourceFiles, hub_root
 
 
-def file_manifest(spec: SourceSpec, files: SourceFiles) -> dict:
-    """{"root": where the files were (for messages), "files": [[name, size in bytes], ...]}, in
-    the source's sorted order, names relative to the dataset's root on the Hub (or in a mirror,
-    which lists the same names) or to the local files' common folder."""
+def file_manifest(spec: SourceSpec, files: SourceFiles, fingerprints: tuple[str, ...] = ()) -> dict:
+    """{"root": where the files were (for messages), "files": [[name, size in bytes, fingerprint],
+    ...]}, in the source's sorted order, names relative to the dataset's root on the Hub (or in a
+    mirror, which lists the same names) or to the local files' common folder. The fingerprint
+    (hub.content_fingerprints) is left out where there is none."""
     root = hub_root(spec) if files.kind == "hf" else _common_dir(files.paths)
     prefix = root.rstrip("/") + "/"
     names = [p[len(prefix):] if p.startswith(prefix) else p for p in files.paths]
-    return {"root": root, "files": [[n, s] for n, s in zip(names, files.sizes, strict=True)]}
+    fingerprints = fingerprints or ("",) * len(names)
+    return {"root": root, "files": [[n, s, *([fp] if fp else [])]
+                                    for n, s, fp in zip(names, files.sizes, fingerprints, strict=True)]}
 
 
 def _common_dir(paths: tuple[str, ...]) -> str:
@@ -31,9 +35,14 @@ def _common_dir(paths: tuple[str, ...]) -> str:
 
 
 def manifest_difference(saved: dict, now: dict) -> str | None:
-    """None if both list the same files with the same sizes; else what differs, briefly."""
-    was, new = [tuple(f) for f in saved["files"]], [tuple(f) for f in now["files"]]
+    """None if both list the same files with the same sizes and, where both record one, the
+    same fingerprints; else what differs, briefly."""
+    was, new = [tuple(f[:2]) for f in saved["files"]], [tuple(f[:2]) for f in now["files"]]
     if was == new:
+        for (name, size, *fp_then), (_, _, *fp_now) in zip(saved["files"], now["files"]):
+            if fp_then and fp_now and fp_then != fp_now:
+                return (f"{name!r} has the size it had, {size:,} bytes, but other content "
+                        f"({saved['root']} then, {now['root']} now)")
         return None
     where = f"{saved['root']} then, {now['root']} now"
     if len(was) != len(new):

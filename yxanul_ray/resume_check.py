@@ -11,9 +11,9 @@ not yet begun (and with them the target, over which the LR decays), the optimize
 of workers at a stage boundary. Logging, storage, failures and the like pass silently.
 
 A source's `path`, `hf_mirror` or `revision` may change (a corpus may move), but its files must
-be the ones the run read: the cursors index its file list. A checkpoint records that list (names
-and sizes, see manifest.py), and the files found now are compared with it; their contents are
-not read. A tokenizer.json may move too: the checkpoint records its content's hash.
+be the ones the run read: the cursors index its file list. A checkpoint records that list (names,
+sizes and a fingerprint of each file's first and last 64 KiB, see manifest.py), and the files
+found now are compared with it. A tokenizer.json may move too: the checkpoint records its content's hash.
 """
 
 from __future__ import annotations

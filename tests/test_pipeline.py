@@ -251,7 +251,7 @@ def test_a_source_at_a_storage_uri_reads_what_the_same_local_files_give(ray_clus
     and read through pyarrow.fs: file:// URIs run that code on the demo corpus. The Ray path's
     first stage from the URIs is the in-process stage from the plain paths, row for row; the
     file lists and the held-out documents are the same."""
-    from yxanul_ray.manifest import file_manifest
+    from yxanul_ray.manifest import manifest_now
     from yxanul_ray.sources import read_holdout_docs
     from yxanul_ray.stage_data import read_spec
 
@@ -262,10 +262,9 @@ def test_a_source_at_a_storage_uri_reads_what_the_same_local_files_give(ray_clus
     uri_files = {s: resolve_files(spec) for s, spec in at_uri.sources.items()}
     for s in plain.sources:
         assert uri_files[s].kind == "uri" and plain_files[s].kind == "local"
-        assert file_manifest(at_uri.sources[s], uri_files[s], content_fingerprints(uri_files[s]))["files"] == \
-            file_manifest(plain.sources[s], plain_files[s], content_fingerprints(plain_files[s]))["files"]
-        assert all(len(f) == 3 for f in file_manifest(plain.sources[s], plain_files[s],
-                                                      content_fingerprints(plain_files[s]))["files"])
+        plain_manifest = manifest_now(plain.sources[s], plain_files[s])
+        assert manifest_now(at_uri.sources[s], uri_files[s])["files"] == plain_manifest["files"]
+        assert all(len(f) == 3 for f in plain_manifest["files"])
         assert read_holdout_docs(read_spec(at_uri, uri_files[s])) == read_holdout_docs(read_spec(plain, plain_files[s]))
     _, per_rank, _ = run_stage(at_uri, 0, {}, 1, ray_packers, uri_files)
     batches, _ = local_stage(plain, 0, {}, plain_files, TOK.eos_id)

@@ -16,8 +16,8 @@ from yxanul_ray.checkpoint import TrainState, save_checkpoint
 from yxanul_ray.cli import main as cli_main
 from yxanul_ray.config import ConfigError, job_from_dict, load_job
 from yxanul_ray.driver import absolute_paths, check_resume, checkpoint_path, prepare_demo_corpus
-from yxanul_ray.hub import content_fingerprints, resolve_files
-from yxanul_ray.manifest import file_manifest, manifest_difference
+from yxanul_ray.hub import resolve_files
+from yxanul_ray.manifest import manifest_difference, manifest_now
 from yxanul_ray.resume_check import review_resume
 from yxanul_ray.tokenizer import tokenizer_identity
 
@@ -34,8 +34,7 @@ def demo_corpus_in_repo():
 def demo_files(job=None) -> dict[str, dict]:
     """The file lists a checkpoint of the demo records (the coordinator's `files`)."""
     job = job or load_job(DEMO)
-    listed = {name: resolve_files(spec) for name, spec in job.sources.items()}
-    return {name: file_manifest(job.sources[name], f, content_fingerprints(f)) for name, f in listed.items()}
+    return {name: manifest_now(spec, resolve_files(spec)) for name, spec in job.sources.items()}
 
 
 def state_at(stage: int, step_in_stage: int = 0, **fields) -> TrainState:

@@ -36,9 +36,9 @@ import ray
 
 from yxanul_ray.config import job_from_dict
 from yxanul_ray.cursors import SourceCursor, SourceStats
-from yxanul_ray.hub import content_fingerprints, resolve_files
+from yxanul_ray.hub import resolve_files
 from yxanul_ray.local_data import holdout_rows
-from yxanul_ray.manifest import file_manifest, manifest_differences
+from yxanul_ray.manifest import manifest_differences, manifest_now
 from yxanul_ray.raycluster import actor_was_restarted
 from yxanul_ray.stage_data import StageData, build_stage_data, source_ids
 from yxanul_ray.stage_packers import StagePackers
@@ -74,8 +74,7 @@ class CurriculumCoordinator:
         self.world = world_size
         self.files = {s: resolve_files(spec) for s, spec in self.job.sources.items()}
         # Checkpointed with the cursors, which index these lists (see manifest.py).
-        self.manifests = {s: file_manifest(self.job.sources[s], f, content_fingerprints(f))
-                          for s, f in self.files.items()}
+        self.manifests = {s: manifest_now(self.job.sources[s], f) for s, f in self.files.items()}
         self.eos_id = load_tokenizer(self.job.data.tokenizer).eos_id
         # Checkpointed too: a resume compares it with the tokenizer it is given (resume_check).
         self.tokenizer = tokenizer_identity(self.job.data.tokenizer)

@@ -226,8 +226,8 @@ def check_resume(job: JobSpec, checkpoint: str) -> JobSpec:
     names none. Raise ConfigError if it cannot continue that run (see resume_check), its sources'
     files included; print the changes it will follow."""
     from yxanul_ray.checkpoint import NotACheckpoint, load_state
-    from yxanul_ray.hub import content_fingerprints, resolve_files
-    from yxanul_ray.manifest import file_manifest
+    from yxanul_ray.hub import resolve_files
+    from yxanul_ray.manifest import manifest_now
     from yxanul_ray.resume_check import review_resume, with_saved_revisions
     from yxanul_ray.tokenizer import tokenizer_identity
 
@@ -247,9 +247,7 @@ def check_resume(job: JobSpec, checkpoint: str) -> JobSpec:
     job = pin_hub_revisions(with_saved_revisions(saved, job))
     files_now = None
     if "files" in state.coordinator:  # recorded since the checkpoints of this version
-        listed = {name: resolve_files(spec) for name, spec in job.sources.items()}
-        files_now = {name: file_manifest(job.sources[name], files, content_fingerprints(files))
-                     for name, files in listed.items()}
+        files_now = {name: manifest_now(spec, resolve_files(spec)) for name, spec in job.sources.items()}
     review = review_resume(saved, job, state, files_now, tokenizer_identity(job.data.tokenizer))
     if review.conflicts:
         raise ConfigError(

@@ -7,6 +7,7 @@ backoff on 429/5xx/timeouts; an unreachable Hub fails in seconds with a message 
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import os
@@ -168,13 +169,10 @@ def content_fingerprints(files: SourceFiles) -> tuple[str, ...]:
     if files.kind == "hf" and not files.mirror:
         return ("",) * len(files.paths)
     if files.kind == "local":
-        def opener(path: str):
-            return open(path, "rb")
+        opener = functools.partial(open, mode="rb")
     else:
         fs = hf_filesystem(files.mirror) if files.kind == "hf" else fsspec_filesystem(files.uri)[0]
-
-        def opener(path: str):
-            return fs.open(path, "rb")
+        opener = functools.partial(fs.open, mode="rb")
 
     def fingerprint(path: str) -> str:
         try:

@@ -1,4 +1,5 @@
-"""A source's file list as a run saw it, and how another listing differs (pure).
+"""A source's file list as a run saw it, and how another listing differs (pure, but for
+`manifest_now`, which reads the files' fingerprints).
 
 The cursors a checkpoint holds are positions in a source's sorted file list (a file's index,
 then a row in it). Resumed over another list, they point at other documents: files added to a
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 
 from yxanul_ray.config import SourceSpec
-from yxanul_ray.hub import SourceFiles, hub_root
+from yxanul_ray.hub import SourceFiles, content_fingerprints, hub_root
 
 
 def file_manifest(spec: SourceSpec, files: SourceFiles, fingerprints: tuple[str, ...] = ()) -> dict:
@@ -28,6 +29,12 @@ def file_manifest(spec: SourceSpec, files: SourceFiles, fingerprints: tuple[str,
     fingerprints = fingerprints or ("",) * len(names)
     return {"root": root, "files": [[n, s, *([fp] if fp else [])]
                                     for n, s, fp in zip(names, files.sizes, fingerprints, strict=True)]}
+
+
+def manifest_now(spec: SourceSpec, files: SourceFiles) -> dict:
+    """The source's file list with each file's fingerprint read now: what a checkpoint records
+    (the coordinator) and what a resume compares with it (the driver)."""
+    return file_manifest(spec, files, content_fingerprints(files))
 
 
 def _common_dir(paths: tuple[str, ...]) -> str:

@@ -378,19 +378,17 @@ class Run:
         interval starts here too, so its Tokens/sec is training's own rate (a line spanning the
         270m preset's first switch on an H200 read 88,722 against ~231k either side): the start
         and each switch have lines of their own."""
-        first_of_run = self.started_at is not None
+        first_of_run, boundary = self.started_at is not None, self.boundary_times
         if first_of_run and self.rank == 0:
             print(f"first batch in hand {time.time() - self.started_at:.1f} s after the job started", flush=True)
-        self.started_at = None
-        if self.boundary_times is None and not first_of_run:
+        self.started_at = self.boundary_times = None
+        if not (first_of_run or boundary):
             return
         now = time.perf_counter()
         if self.interval["steps"] == 0:  # `log` closed the last interval at the stage's end
             self.interval["t0"] = now
-        if self.boundary_times is None:
-            return
-        (ended, validated, done), self.boundary_times = self.boundary_times, None
-        if self.rank == 0:
+        if boundary is not None and self.rank == 0:
+            ended, validated, done = boundary
             print(f"  stage switch: first batch of stage {state.stage + 1} {now - ended:.2f} s after the last step "
                   f"of the previous stage ({validated - ended:.2f} s validation, {done - validated:.2f} s "
                   f"checkpoint, {now - done:.2f} s waiting for data)", flush=True)

@@ -1,6 +1,7 @@
 """The whole job on a real Ray cluster: `ray job submit` of the demo curriculum, a worker, the
 packing actor and the coordinator killed mid-run, and `--resume` from a mid-stage checkpoint; a
-run stopped (Ctrl-C, `ray job stop`) or failed for good names the checkpoint to go on from. Two
+run stopped (Ctrl-C, `ray job stop`), failed for good, or refused by a restarted coordinator
+(its files changed) names the checkpoint to go on from. Two
 CPU workers with DDP on 2 cores."""
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import time
 import uuid
 
 import pytest
+import yaml
 
-from tests.helpers import REPO, demo_subset
+from tests.helpers import REPO, demo_subset, write_yaml
 from yxanul_ray.checkpoint import TrainState
 from yxanul_ray.config import load_job
 from yxanul_ray.cursors import SourceCursor, SourceStats
@@ -289,6 +291,44 @@ def test_stopped_or_failed_run_names_the_checkpoint_to_go_on_from(tmp_path, endi
         assert proc.returncode == 1, out[-3000:]
         assert "Training failed due to worker errors" in out
         assert_names_latest_checkpoint(out, storage, "training failed")
+
+
+@pytest.mark.timeout(600)
+def test_files_changed_under_a_restarted_coordinator_end_the_run_without_retries(tmp_path):
+    """A file added to a source, then the coordinator's process killed: the restarted coordinator
+    lists the sources again and refuses the checkpoint the restarted workers restore (its cursors
+    index the old list). The run ends at the first refusal, though run.max_failures allows three
+    restarts (each would be refused alike), and its last word names the file and the checkpoint."""
+    config = yaml.safe_load(open(two_stage_config(tmp_path)))  # builds the repo's demo corpus if missing
+    corpus = tmp_path / "demo"  # a copy this test may change
+    shutil.copytree(os.path.join(REPO, "data", "demo"), corpus)
+    for name, source in config["sources"].items():
+        source["path"] = str(corpus / name / "*.parquet")
+    storage = str(tmp_path / "runs")
+    config["run"].update(storage_path=storage, max_failures=3)
+    config_path = write_yaml(str(tmp_path / "own_corpus.yaml"), config)
+    other_coordinators = set(_ray_process_pids(b"ray::CurriculumCoordinator"))
+    proc = _train_proc("--config", config_path)
+    lines, killed = [], None
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if killed is None and "Checkpoint successfully created" in line:
+                shutil.copy(corpus / "code" / "part-00000.parquet", corpus / "code" / "part-00009.parquet")
+                pids = set(_ray_process_pids(b"ray::CurriculumCoordinator")) - other_coordinators
+                assert len(pids) == 1, pids
+                killed = pids.pop()
+                os.kill(killed, signal.SIGKILL)  # a process this test started, by PID
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = ANSI.sub("", "".join(lines))
+    assert killed is not None, out[-3000:]
+    assert proc.returncode == 1, failure_lines(out)
+    assert re.search(r"training refused: .*code: 4 files then, 5 now; new: 'part-00009.parquet'", out), out[-3000:]
+    assert out.count("Resumed from") == 1  # one restart, refused; none after it
+    assert_names_latest_checkpoint(out, storage, "training failed")
 
 
 @pytest.mark.timeout(600)

@@ -110,7 +110,9 @@ class CurriculumCoordinator:
         the two agree, both being records of the same streams. A checkpoint whose sources' files
         are not the ones listed here (changed since: this actor, restarted, listed them again), or
         whose tokenizer is not the one loaded here (a tokenizer.json rewritten meanwhile), is
-        refused: its cursors would point at other documents, or other tokens."""
+        refused: its cursors would point at other documents, or other tokens. The run ends then,
+        without Ray Train's restarts: each would restore that checkpoint and be refused again
+        (train_loop_per_worker returns the refusal, and the driver prints it)."""
         changed = [f"{s}: {d}" for s, d in manifest_differences(saved.get("files", {}), self.manifests).items()]
         if saved.get("tokenizer", self.tokenizer) != self.tokenizer:
             changed.append(f"data.tokenizer {self.job.data.tokenizer!r}: not the content the run tokenized with")

@@ -27,6 +27,7 @@ from yxanul_ray.checkpoint import (
     staging_dir,
 )
 from yxanul_ray.config import JobSpec, job_from_dict
+from yxanul_ray.coordinator import SourceFilesChanged
 from yxanul_ray.curriculum import lr_at, plan_curriculum
 from yxanul_ray.model import build_model, compile_model
 from yxanul_ray.precision import make_recipe
@@ -37,14 +38,22 @@ from yxanul_ray.step import adamw_state_like, held_out_loss, make_optimizer, tra
 from yxanul_ray.storage import StorageError, artifacts_dir, storage_join, upload
 
 
-def train_loop_per_worker(config: dict) -> None:
+def train_loop_per_worker(config: dict) -> str | None:
+    """Trains to the target; returns None, or why the coordinator refused the checkpoint restored
+    (the driver ends the run with it: a restart would restore that checkpoint and be refused again)."""
     quiet_ray_train()
     job = job_from_dict(config["job"], config["job"].get("path", "<job>"))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     coord = config["coordinator"]
     run = Run(job, rank, world, coord, config["run_dir"], config.get("started_at"))
-    state = run.restore(ray.train.get_checkpoint(), config.get("resume_from"))
+    try:
+        state = run.restore(ray.train.get_checkpoint(), config.get("resume_from"))
+    except SourceFilesChanged as refused:
+        # Every rank is refused alike (one checkpoint, one coordinator), so every rank returns
+        # and no collective waits. Raised instead, it would cost run.max_failures restarts of the
+        # worker group, each refused the same way, before the same error.
+        return str(getattr(refused, "cause", None) or refused)
     plans = plan_curriculum(job.curriculum, world)
     group = worker_group_id()
     ahead = {state.stage: Prefetch(run, group, state.stage, state.step_in_stage)}
@@ -82,6 +91,7 @@ def train_loop_per_worker(config: dict) -> None:
         state.step_in_stage = 0
         run.stage_boundary(state)
     run.finish(state)
+    return None
 
 
 def _counts_of(batch: dict, batches: StageBatches) -> dict[str, int]:

@@ -193,6 +193,7 @@ class Run:
     def restore(self, checkpoint, resume_from: str | None) -> TrainState:
         """The state to start from (Ray Train's checkpoint after a failure, else `--resume`'s,
         else a fresh one), after joining the coordinator with its curriculum state."""
+        shown = None
         if checkpoint is not None:
             # as_directory, not to_directory(): the latter copies into one default path per
             # checkpoint that every rank on the node writes at once, and a rank then reads a file
@@ -200,17 +201,25 @@ class Run:
             # reads a local checkpoint in place and shares one locked download otherwise.
             with checkpoint.as_directory() as path:
                 state = self._load(path)
+            shown = path
         elif resume_from:  # a directory, or a URI (downloaded once per node)
             with ray.train.Checkpoint(resume_from).as_directory() as path:
-                state = self._load(path, shown=resume_from)
+                state = self._load(path)
+            shown = resume_from
         else:
             state = TrainState(tokens_by_source=dict.fromkeys(self.job.sources, 0))
         # Before any stage's data is asked for: a coordinator Ray restarted knows no cursors but
-        # those it was created with, and this checkpoint's are the ones to continue from.
+        # those it was created with, and this checkpoint's are the ones to continue from. It may
+        # refuse them (SourceFilesChanged), so the resume is announced only after.
         self.incarnation = ray.get(self.coord.join.remote(state.coordinator))
+        if shown and self.rank == 0:
+            print(f"Resumed from {shown}: stage {state.stage + 1}, step {state.step} "
+                  f"({state.step_in_stage} into the stage), {state.tokens:,} tokens; the stage's data is "
+                  f"rebuilt from its start cursors and the {state.step_in_stage} finished steps' rows are "
+                  "re-made and skipped, so nothing is repeated or lost", flush=True)
         return state
 
-    def _load(self, path: str, shown: str | None = None) -> TrainState:
+    def _load(self, path: str) -> TrainState:
         state, _ = load_state(path)
         model_state, optim_state = load_tensors(path, self.device)
         self.raw_model.load_portable_state_dict(model_state)
@@ -219,11 +228,6 @@ class Run:
         restore_rng(path)
         state.resumes += 1
         self.last_ckpt_tokens = state.tokens
-        if self.rank == 0:
-            print(f"Resumed from {shown or path}: stage {state.stage + 1}, step {state.step} "
-                  f"({state.step_in_stage} into the stage), {state.tokens:,} tokens; the stage's data is "
-                  f"rebuilt from its start cursors and the {state.step_in_stage} finished steps' rows are "
-                  "re-made and skipped, so nothing is repeated or lost", flush=True)
         return state
 
     def checkpoint_due(self, state: TrainState) -> bool:

@@ -15,7 +15,7 @@ from tests.helpers import TOKENIZER_TEXTS as TEXTS
 from tests.pipeline_helpers import run_stage, write_docs
 from yxanul_ray.config import ConfigError, job_from_dict
 from yxanul_ray.driver import absolute_paths, check_tokenizer
-from yxanul_ray.tokenizer import load_tokenizer
+from yxanul_ray.tokenizer import load_tokenizer, run_tokenizer, tokenizer_identity
 
 
 def job_with(tmp_path, placeholder_sources: str, **data) -> object:
@@ -60,24 +60,34 @@ def test_the_train_job_refuses_a_mismatched_vocabulary_before_starting_ray():
     assert "Ray" not in out.stdout + out.stderr  # no cluster was started or joined
 
 
-@pytest.mark.ray
-def test_a_tokenizer_json_runs_through_the_ray_pipeline(ray_cluster, tmp_path, ray_packers):
-    path = train_tokenizer_json(str(tmp_path / "tokenizer.json"))
+def token_stream(tok) -> np.ndarray:
+    """TEXTS in order as `tok` tokenizes them, its EOS after each."""
+    return np.concatenate([np.append(np.array(ids, dtype=np.int32), tok.eos_id) for ids in tok.encode_batch(TEXTS)])
+
+
+def tokenizer_json_job(tmp_path, path: str, seq_len: int, tokens: int):
+    """One stage over TEXTS (two parquet files), tokenized with the tokenizer.json at `path`."""
     write_docs(str(tmp_path / "a" / "part-0.parquet"), TEXTS[:30])
     write_docs(str(tmp_path / "a" / "part-1.parquet"), TEXTS[30:])
-    tok = load_tokenizer(path)
-    stream = np.concatenate([np.append(np.array(ids, dtype=np.int32), tok.eos_id) for ids in tok.encode_batch(TEXTS)])
-    seq_len = 8
-    usable = (len(stream) - 1) // seq_len * seq_len
-    job = job_from_dict({
+    return job_from_dict({
         "run": {"workers": 1, "seed": 1},
         "data": {"tokenizer": path, "tokenize_tasks": 1},
         "sources": {"a": {"path": str(tmp_path / "a" / "*.parquet"), "format": "parquet", "validation_docs": 0}},
         "model": {"preset": "tiny"},
-        "curriculum": {"target_tokens": usable,
-                       "stages": [{"name": "s0", "seq_len": seq_len, "tokens": usable, "batch_size": 8,
+        "curriculum": {"target_tokens": tokens,
+                       "stages": [{"name": "s0", "seq_len": seq_len, "tokens": tokens, "batch_size": 8,
                                    "mix": {"a": 1.0}}]},
     }, "<test>")
+
+
+@pytest.mark.ray
+def test_a_tokenizer_json_runs_through_the_ray_pipeline(ray_cluster, tmp_path, ray_packers):
+    path = train_tokenizer_json(str(tmp_path / "tokenizer.json"))
+    tok = load_tokenizer(path)
+    stream = token_stream(tok)
+    seq_len = 8
+    usable = (len(stream) - 1) // seq_len * seq_len
+    job = tokenizer_json_job(tmp_path, path, seq_len, usable)
     check_tokenizer(job)
     _, per_rank, end = run_stage(job, 0, {}, 1, ray_packers)
     targets = np.concatenate([b["tokens"] for rank in per_rank for b in rank])[:, 1:].ravel()
@@ -87,3 +97,34 @@ def test_a_tokenizer_json_runs_through_the_ray_pipeline(ray_cluster, tmp_path, r
     assert targets.max() < tok.vocab_size < 1000
     assert end["a"]["stats"]["documents"] == 60 and end["a"]["stats"]["eos"] == int((targets == tok.eos_id).sum())
     assert tok.decode(stream[:40]).startswith("Document 0 counts 0 apples")
+
+
+@pytest.mark.ray
+def test_the_run_tokenizes_with_the_tokenizer_json_read_at_its_start(ray_cluster, tmp_path):
+    """The coordinator reads the tokenizer.json once and ships its content to every tokenize task:
+    a file rewritten after the run started (here another tokenizer, which tokenizes TEXTS
+    otherwise) changes no stage's ids. Before, each new task process loaded the file anew."""
+    import ray
+
+    from yxanul_ray.coordinator import CurriculumCoordinator
+    from yxanul_ray.stage_data import iter_worker_batches
+
+    path = train_tokenizer_json(str(tmp_path / "tokenizer.json"))
+    content, identity = run_tokenizer(path)
+    assert identity == tokenizer_identity(path)
+    assert load_tokenizer(content).encode_batch(TEXTS) == load_tokenizer(path).encode_batch(TEXTS)
+    stream = token_stream(load_tokenizer(path))
+    usable = (len(stream) - 1) // 8 * 8
+    job = tokenizer_json_job(tmp_path, path, 8, usable)
+    coord = CurriculumCoordinator.remote(job.to_dict(), 1)
+    try:
+        assert ray.get(coord.join.remote({}), timeout=120)  # constructed: it has read the file
+        other = train_tokenizer_json(str(tmp_path / "other.json"), vocab=300)
+        assert not np.array_equal(token_stream(load_tokenizer(other))[:usable], stream[:usable])
+        os.replace(other, path)  # the run's file, rewritten mid-run
+        got = ray.get(coord.stage_input.remote(0, 0), timeout=120)
+        batches = list(iter_worker_batches(got["iterator"], got["schedule"], got["source_ids"]))
+        targets = np.concatenate([b["tokens"] for b in batches])[:, 1:].ravel()
+        assert (targets[:usable] == stream[1:1 + usable]).all()
+    finally:
+        ray.kill(coord)

@@ -42,7 +42,7 @@ from yxanul_ray.manifest import manifest_differences, manifest_now
 from yxanul_ray.raycluster import actor_was_restarted
 from yxanul_ray.stage_data import StageData, build_stage_data, source_ids
 from yxanul_ray.stage_packers import StagePackers
-from yxanul_ray.tokenizer import load_tokenizer, tokenizer_identity
+from yxanul_ray.tokenizer import load_tokenizer, run_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,12 @@ class CurriculumCoordinator:
         self.files = {s: resolve_files(spec) for s, spec in self.job.sources.items()}
         # Checkpointed with the cursors, which index these lists (see manifest.py).
         self.manifests = {s: manifest_now(self.job.sources[s], f) for s, f in self.files.items()}
-        self.eos_id = load_tokenizer(self.job.data.tokenizer).eos_id
+        # Read once for the whole run (a restart reads it again, and `join` compares): every
+        # stage's tokenize tasks get this content, not the path or Hub id.
+        self.tokenizer_for_tasks, identity = run_tokenizer(self.job.data.tokenizer)
+        self.eos_id = load_tokenizer(self.tokenizer_for_tasks).eos_id
         # Checkpointed too: a resume compares it with the tokenizer it is given (resume_check).
-        self.tokenizer = tokenizer_identity(self.job.data.tokenizer)
+        self.tokenizer = identity
         # Named after its coordinator where that has a name, so an operator (or a test) can find
         # the run's packing actor.
         name = ray.get_runtime_context().get_actor_name()
@@ -184,7 +187,8 @@ class CurriculumCoordinator:
     async def _build(self, stage: int, start_step: int) -> _Build:
         cursors = await self._cursors_at(stage)
         data = build_stage_data(self.job, stage, {s: SourceCursor.from_dict(c) for s, c in cursors.items()},
-                                self.world, self.files, self.eos_id, self.packers, start_step=start_step)
+                                self.world, self.files, self.eos_id, self.packers, start_step=start_step,
+                                tokenizer=self.tokenizer_for_tasks)
         # A stage is built again only for a restarted worker group: the earlier build's source
         # pipelines would otherwise wait forever, holding their tasks' worker processes.
         earlier = self._stage_data.get(stage)
@@ -261,7 +265,7 @@ class CurriculumCoordinator:
         key = (seq_len, max_rows)
         if key not in self._validation:  # once, for every rank: they must evaluate the same rows
             self._validation[key] = asyncio.ensure_future(asyncio.to_thread(
-                holdout_rows, self.job, self.files, self.eos_id, seq_len, max_rows))
+                holdout_rows, self.job, self.files, self.eos_id, seq_len, max_rows, self.tokenizer_for_tasks))
         return await self._validation[key]
 
     def record_progress(self, progress: dict) -> None:

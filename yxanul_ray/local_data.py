@@ -114,10 +114,11 @@ def local_global_batches(job: JobSpec, stage_index: int, cursors: dict[str, Sour
 
 
 def holdout_rows(job: JobSpec, files: dict[str, SourceFiles], eos_id: int, seq_len: int,
-                 max_rows: int) -> dict[str, np.ndarray]:
+                 max_rows: int, tokenizer: str | None = None) -> dict[str, np.ndarray]:
     """Each source's held-out documents packed at one fixed seq_len (at most max_rows rows), so
-    validation losses compare across stages. Sources without held-out documents are left out."""
-    tok = load_tokenizer(job.data.tokenizer)
+    validation losses compare across stages. Sources without held-out documents are left out.
+    `tokenizer`: what to load, as in stage_data.build_stage_data (job.data.tokenizer if None)."""
+    tok = load_tokenizer(tokenizer or job.data.tokenizer)
     out = {}
     for name, source_files in files.items():
         spec = read_spec(job, source_files)

@@ -325,7 +325,8 @@ TOKEN_SCHEMA_FIELDS = ("epoch", "file_pos", "row", "piece", "last_piece", "bad")
 def tokenize_batch(batch: pa.Table, tokenizer: str) -> pa.Table:
     """Tokenize a batch of document rows. A plain function, so Ray Data runs it as tasks on
     pooled worker processes (no actor start per stage); `load_tokenizer` caches per process,
-    so each worker process loads the tokenizer once."""
+    so each worker process loads the tokenizer once. `tokenizer` is what the coordinator read
+    at the run's start (tokenizer.run_tokenizer: `gpt2`, or a tokenizer.json's content)."""
     tok = load_tokenizer(tokenizer)
     texts = batch.column("text").to_pylist()
     ids = tok.encode_batch(texts)

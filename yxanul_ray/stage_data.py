@@ -155,10 +155,11 @@ def plan_stage_sources(job: JobSpec, stage_index: int, world_size: int,
 
 def build_stage_data(job: JobSpec, stage_index: int, cursors: dict[str, SourceCursor], world_size: int,
                      files: dict[str, SourceFiles], eos_id: int, packers, run_key: str = "",
-                     start_step: int = 0) -> StageData:
+                     start_step: int = 0, tokenizer: str | None = None) -> StageData:
     """Build stage `stage_index`'s source pipelines starting at `cursors` (the stage's start) and
     its Dataset of worker batches for steps from `start_step` on, packed and assembled by
-    `packers` (the run's StagePackers actor). Lazy: nothing runs until `split`."""
+    `packers` (the run's StagePackers actor). Lazy: nothing runs until `split`. `tokenizer` is
+    what the tokenize tasks load (tokenizer.run_tokenizer's; job.data.tokenizer if None)."""
     plan, schedule, sources = plan_stage_sources(job, stage_index, world_size, start_step)
     # Unique per build: a rebuilt stage (resume, retry) must never read an older build's report.
     stage_key = (run_key, stage_index, uuid.uuid4().hex)
@@ -169,7 +170,7 @@ def build_stage_data(job: JobSpec, stage_index: int, cursors: dict[str, SourceCu
         s: build_source_dataset(
             read_spec(job, files[s]), source_id=sp.source_id, start=cursors.get(s, SourceCursor()),
             seq_len=sp.seq_len, stride=sp.stride, max_rows=sp.max_rows,
-            tokenizer=job.data.tokenizer, eos_id=eos_id, tokenize_batch_size=job.data.tokenize_batch_size,
+            tokenizer=tokenizer or job.data.tokenizer, eos_id=eos_id, tokenize_batch_size=job.data.tokenize_batch_size,
             data_cpus=job.data.data_cpus, tokenize_tasks=job.data.tokenize_tasks,
             object_store_bytes=store_bytes, skip_rows=sp.skip_rows, packers=packers, stage_key=stage_key, mix=mix)
         for s, sp in sources.items()

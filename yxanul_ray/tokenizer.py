@@ -87,6 +87,9 @@ class HfTokenizer:
 
         if os.path.exists(os.path.expanduser(spec)):  # as absolute_paths and tokenizer_identity read it
             self._tok = Tokenizer.from_file(os.path.expanduser(spec))
+        elif spec.lstrip().startswith("{"):  # a tokenizer.json's content (run_tokenizer's, shipped to the tasks)
+            self._tok = Tokenizer.from_str(spec)
+            spec = "<a tokenizer.json's content>"
         elif spec.endswith(".json"):  # a file, not a Hub id: asking the Hub for it would retry for ~23 s
             raise FileNotFoundError(2, "no such tokenizer file", spec)
         else:
@@ -107,6 +110,10 @@ class HfTokenizer:
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
+    def to_str(self) -> str:
+        """The tokenizer as a tokenizer.json's content."""
+        return self._tok.to_str()
+
     def save(self, out_dir: str) -> None:
         self._tok.save(os.path.join(out_dir, "tokenizer.json"))
         with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
@@ -118,10 +125,30 @@ def tokenizer_identity(spec: str) -> str:
     local tokenizer.json's content (its sha256), so that a file that moved compares equal and an
     edited one does not; `gpt2` or a Hub id as named."""
     path = os.path.expanduser(spec)
-    if not os.path.isfile(path):
+    if spec == "gpt2" or not os.path.isfile(path):
         return spec
     with open(path, "rb") as f:
-        return "sha256:" + hashlib.sha256(f.read()).hexdigest()
+        return _content_identity(f.read())
+
+
+def _content_identity(content: bytes) -> str:
+    return "sha256:" + hashlib.sha256(content).hexdigest()
+
+
+def run_tokenizer(spec: str) -> tuple[str, str]:
+    """(what the run's tokenize tasks load, tokenizer_identity) from one read of `spec`: `gpt2`
+    as named; a local tokenizer.json's or a Hub tokenizer's content itself, which load_tokenizer
+    takes in place of a path or id. So every task of the run tokenizes with the tokenizer read
+    here: a tokenizer.json rewritten mid-run, or a Hub repo updated, changes no later stage's ids,
+    and the tasks ask the Hub nothing."""
+    if spec == "gpt2":
+        return spec, spec
+    path = os.path.expanduser(spec)
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            content = f.read()
+        return content.decode("utf-8-sig"), _content_identity(content)
+    return load_tokenizer(spec).to_str(), spec
 
 
 @lru_cache(maxsize=4)

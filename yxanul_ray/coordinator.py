@@ -76,11 +76,10 @@ class CurriculumCoordinator:
         # Checkpointed with the cursors, which index these lists (see manifest.py).
         self.manifests = {s: manifest_now(self.job.sources[s], f) for s, f in self.files.items()}
         # Read once for the whole run (a restart reads it again, and `join` compares): every
-        # stage's tokenize tasks get this content, not the path or Hub id.
-        self.tokenizer_for_tasks, identity = run_tokenizer(self.job.data.tokenizer)
+        # stage's tokenize tasks get this content, not the path or Hub id. Its identity is
+        # checkpointed too: a resume compares it with the tokenizer it is given (resume_check).
+        self.tokenizer_for_tasks, self.tokenizer = run_tokenizer(self.job.data.tokenizer)
         self.eos_id = load_tokenizer(self.tokenizer_for_tasks).eos_id
-        # Checkpointed too: a resume compares it with the tokenizer it is given (resume_check).
-        self.tokenizer = identity
         # Named after its coordinator where that has a name, so an operator (or a test) can find
         # the run's packing actor.
         name = ray.get_runtime_context().get_actor_name()

@@ -1,19 +1,24 @@
-"""Hub sources are pinned to a commit when a run starts, so the run, a restarted coordinator and
-a resume list the same files. The Hub is unreachable here: a local HTTP server answers the two
-API calls huggingface_hub makes (dataset info at a revision), so the real client code runs."""
+"""Hub sources and a Hub tokenizer are pinned to a commit when a run starts, so the run, a
+restarted coordinator and a resume read the same files. The Hub is unreachable here: a local HTTP
+server answers the calls huggingface_hub makes (dataset and model info at a revision, a file's
+metadata and content), so the real client code runs."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.helpers import TOKENIZER_TEXTS, train_tokenizer_json
 from yxanul_ray.config import ConfigError, job_from_dict
-from yxanul_ray.driver import pin_hub_revisions
+from yxanul_ray.driver import check_tokenizer, pin_hub_revisions
 from yxanul_ray.hub import SourceUnavailable, hub_root, pin_revision
 from yxanul_ray.resume_check import with_saved_revisions
+from yxanul_ray.tokenizer import HfTokenizer, run_tokenizer
 
 SHA_MAIN = "1" * 40
 SHA_V1 = "2" * 40
@@ -23,18 +28,35 @@ ROUTES = {
     f"/api/datasets/org/corpus/revision/{SHA_MAIN}": SHA_MAIN,
     "/api/datasets/org/corpus/revision/v1.0": SHA_V1,
     "/api/datasets/org/corpus/revision/refs%2Fconvert%2Fparquet": SHA_CONVERTED,
+    "/api/models/org/tok": SHA_MAIN,
+    "/api/models/org/tok/revision/v1.0": SHA_V1,
 }
+FILES: dict[str, tuple[str, bytes]] = {}
+"""A repo file's URL path -> (the commit it is served at, its content); tests fill it."""
 
 
 @pytest.fixture
-def fake_hub(monkeypatch):
+def fake_hub(monkeypatch, tmp_path):
     """The Hub's dataset-info API on a loopback port; yields the paths it was asked for."""
     asked: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's name
+        def do_HEAD(self):  # noqa: N802 - http.server's name
+            self.do_GET(head=True)
+
+        def do_GET(self, head: bool = False):  # noqa: N802 - http.server's name
             path = self.path.split("?")[0]
-            asked.append(path)
+            asked.append(("HEAD " if head else "") + path)
+            if path in FILES:  # hf_hub_download: HEAD for the commit and etag, then GET
+                commit, content = FILES[path]
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", commit)
+                self.send_header("ETag", '"' + hashlib.sha1(content).hexdigest() + '"')
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(content)
+                return
             sha = ROUTES.get(path)
             body = json.dumps({"id": "org/corpus", "sha": sha} if sha else {"error": "Repository not found"})
             self.send_response(200 if sha else 404)
@@ -50,7 +72,11 @@ def fake_hub(monkeypatch):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    endpoint = f"http://127.0.0.1:{server.server_port}"
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", endpoint)
+    monkeypatch.setattr("huggingface_hub.constants.HUGGINGFACE_CO_URL_TEMPLATE",
+                        endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     yield asked
     server.shutdown()
 
@@ -105,10 +131,81 @@ def test_an_unknown_dataset_fails_naming_the_source(fake_hub, tmp_path):
 
 def test_a_resume_reads_the_commit_its_run_read(tmp_path):
     saved = hub_job(tmp_path, a={"hf": "org/corpus", "revision": SHA_MAIN}, b={"hf": "org/other", "revision": SHA_V1})
+    saved = with_tokenizer(saved, f"org/tok@{SHA_V1}")
     config = hub_job(tmp_path, a={"hf": "org/corpus"}, b={"hf": "org/renamed"})
-    resumed = with_saved_revisions(saved, config)
+    resumed = with_saved_revisions(saved, with_tokenizer(config, "org/tok"))
     # Unset in the config: the run's commit. Another dataset: nothing adopted.
     assert resumed.sources["a"].revision == SHA_MAIN and resumed.sources["b"].revision is None
+    assert resumed.data.tokenizer == f"org/tok@{SHA_V1}"
+    # A revision the config names, or another tokenizer, is the config's (resume_check compares them).
+    for spec in ("org/tok@v1.0", "org/other-tok", "gpt2"):
+        assert with_saved_revisions(saved, with_tokenizer(config, spec)).data.tokenizer == spec
+
+
+def with_tokenizer(job, spec: str):
+    return dataclasses.replace(job, data=dataclasses.replace(job.data, tokenizer=spec))
+
+
+@pytest.fixture
+def hub_tokenizers(fake_hub, tmp_path, monkeypatch):
+    """org/tok on the fake Hub: a tokenizer.json on its default branch (commit SHA_MAIN) and
+    another at v1.0 (SHA_V1), each also a local file; returns the two paths."""
+    (tmp_path / "hub").mkdir()
+    main = train_tokenizer_json(str(tmp_path / "hub" / "main.json"))
+    v1 = train_tokenizer_json(str(tmp_path / "hub" / "v1.json"), vocab=300)
+    for revision, commit, path in (("main", SHA_MAIN, main), (SHA_MAIN, SHA_MAIN, main), ("v1.0", SHA_V1, v1),
+                                   (SHA_V1, SHA_V1, v1)):
+        with open(path, "rb") as f:
+            monkeypatch.setitem(FILES, f"/org/tok/resolve/{revision}/tokenizer.json", (commit, f.read()))
+    return main, v1
+
+
+def test_a_hub_tokenizer_is_pinned_to_a_commit_and_read_at_it(hub_tokenizers, fake_hub, tmp_path, capsys):
+    """A Hub tokenizer's revision (the default branch when unset) becomes the commit the Hub
+    serves now, in the job every later read gets; it loads, and is identified, by that commit's
+    tokenizer.json. Before, the run and each resume read whatever the repo held at the time."""
+    main, v1 = hub_tokenizers
+    job = hub_job(tmp_path, a={"hf": "org/corpus", "revision": SHA_MAIN})
+    assert pin_hub_revisions(with_tokenizer(job, "org/tok")).data.tokenizer == f"org/tok@{SHA_MAIN}"
+    assert pin_hub_revisions(with_tokenizer(job, "org/tok@v1.0")).data.tokenizer == f"org/tok@{SHA_V1}"
+    out = capsys.readouterr().out
+    assert f"data.tokenizer: hf://org/tok at commit {SHA_MAIN} (the default branch now; pinned" in out
+    assert f"data.tokenizer: hf://org/tok at commit {SHA_V1} (v1.0 now; pinned" in out
+    assert [p for p in fake_hub if p.startswith("/api/models/")] == ["/api/models/org/tok",
+                                                                      "/api/models/org/tok/revision/v1.0"]
+    fake_hub.clear()
+    assert pin_hub_revisions(with_tokenizer(job, f"org/tok@{SHA_V1}")).data.tokenizer == f"org/tok@{SHA_V1}"
+    assert fake_hub == []  # a commit is not asked again
+
+    at_v1 = HfTokenizer(f"org/tok@{SHA_V1}")
+    assert fake_hub == [f"HEAD /org/tok/resolve/{SHA_V1}/tokenizer.json", f"/org/tok/resolve/{SHA_V1}/tokenizer.json"]
+    ids = at_v1.encode_batch(TOKENIZER_TEXTS)
+    assert ids == HfTokenizer(v1).encode_batch(TOKENIZER_TEXTS) != HfTokenizer(main).encode_batch(TOKENIZER_TEXTS)
+    # What the coordinator ships to the tokenize tasks, and records: the file's content and hash.
+    assert run_tokenizer(f"org/tok@{SHA_V1}") == run_tokenizer(v1)
+    assert run_tokenizer(f"org/tok@{SHA_MAIN}")[1] != run_tokenizer(v1)[1]
+
+
+def test_a_hub_tokenizer_offline_loads_a_cached_commit_but_a_branch_is_not_pinned(hub_tokenizers, fake_hub,
+                                                                                   tmp_path, monkeypatch):
+    main, _ = hub_tokenizers
+    HfTokenizer(f"org/tok@{SHA_MAIN}")  # into the Hugging Face cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    fake_hub.clear()
+    offline = HfTokenizer(f"org/tok@{SHA_MAIN}").encode_batch(TOKENIZER_TEXTS)
+    assert offline == HfTokenizer(main).encode_batch(TOKENIZER_TEXTS) and fake_hub == []
+    job = with_tokenizer(hub_job(tmp_path, a={"hf": "org/corpus", "revision": SHA_MAIN}), "org/tok")
+    with pytest.raises(SourceUnavailable, match=r"data.tokenizer 'org/tok': HF_HUB_OFFLINE is set, so the Hub is not "
+                       r"asked which commit to read\. Fix: .*org/name@<sha>"):
+        pin_hub_revisions(job)
+
+
+def test_a_hub_tokenizer_the_hub_lacks_is_a_config_error_naming_it(fake_hub, tmp_path):
+    job = with_tokenizer(hub_job(tmp_path, a={"hf": "org/corpus", "revision": SHA_MAIN}), "org/missing-tok")
+    with pytest.raises(ConfigError, match=r"data.tokenizer: 'org/missing-tok' does not load \(SourceUnavailable: "
+                       r"data.tokenizer 'org/missing-tok': the Hub answered HTTP 404\)"):
+        check_tokenizer(job)
 
 
 def test_a_revision_on_local_files_is_refused(tmp_path):

@@ -214,7 +214,7 @@ def test_a_moved_tokenizer_json_resumes_but_another_tokenizer_is_refused(tmp_pat
     now = load_job(DEMO, [f"data.tokenizer={moved}"])
     review = review_resume(saved, now, state, tokenizer_now=tokenizer_identity(str(moved)))
     assert review.conflicts == [] and fields_of(review.notes) == ["data.tokenizer"]
-    assert "the same file's content, moved" in review.notes[0]
+    assert "the same tokenizer.json content, moved" in review.notes[0]
 
     edited = train_tokenizer_json(str(tmp_path / "run2" / "tokenizer.json"), vocab=300)
     for other in (edited, "gpt2"):
@@ -224,6 +224,35 @@ def test_a_moved_tokenizer_json_resumes_but_another_tokenizer_is_refused(tmp_pat
     # A checkpoint of an earlier version (no identity recorded): the names must agree, as before.
     old = review_resume(saved, now, state_at(3), tokenizer_now=tokenizer_identity(str(moved)))
     assert fields_of(old.conflicts) == ["data.tokenizer"]
+
+
+def test_a_hub_tokenizer_resumes_by_its_content_and_an_earlier_versions_checkpoint_by_its_id(tmp_path):
+    """A Hub tokenizer is pinned to a commit and identified by its tokenizer.json's content
+    (tokenizer.run_tokenizer's hash): another commit with the same file resumes, with a note; one
+    with another file is refused. An earlier version's checkpoint recorded the Hub id, read at no
+    commit: the same id resumes, with a note that its commit is not known; another is refused."""
+    first = train_tokenizer_json(str(tmp_path / "first.json"))
+    other = train_tokenizer_json(str(tmp_path / "other.json"), vocab=300)
+    then, later = "1" * 40, "2" * 40
+    saved = saved_demo_job(f"data.tokenizer=org/tok@{then}")
+    state = state_at(3, coordinator={"tokenizer": tokenizer_identity(first)})
+    now = load_job(DEMO, [f"data.tokenizer=org/tok@{later}"])
+    same = review_resume(saved, now, state, tokenizer_now=tokenizer_identity(first))
+    assert same.conflicts == [] and fields_of(same.notes) == ["data.tokenizer"]
+    assert "the same tokenizer.json content, moved or at another commit" in same.notes[0]
+    changed = review_resume(saved, now, state, tokenizer_now=tokenizer_identity(other))
+    assert fields_of(changed.conflicts) == ["data.tokenizer"] and "another tokenizer" in changed.conflicts[0]
+
+    earlier = saved_demo_job("data.tokenizer=org/tok")
+    earlier_state = state_at(3, coordinator={"tokenizer": "org/tok"})
+    review = review_resume(earlier, now, earlier_state, tokenizer_now=tokenizer_identity(first))
+    assert review.conflicts == [] and fields_of(review.notes) == ["data.tokenizer"]
+    assert f"'org/tok' at no commit (an earlier version wrote it); the run goes on with 'org/tok@{later}'" \
+        in review.notes[0]
+    for renamed in (f"org/other-tok@{later}", "gpt2"):
+        review = review_resume(earlier, load_job(DEMO, [f"data.tokenizer={renamed}"]), earlier_state,
+                               tokenizer_now=tokenizer_identity(first))
+        assert fields_of(review.conflicts) == ["data.tokenizer"]
 
 
 def test_resume_given_a_run_directory_names_its_latest_checkpoint(tmp_path, capsys):

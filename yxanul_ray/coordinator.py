@@ -42,7 +42,7 @@ from yxanul_ray.manifest import manifest_differences, manifest_now
 from yxanul_ray.raycluster import actor_was_restarted
 from yxanul_ray.stage_data import StageData, build_stage_data, source_ids
 from yxanul_ray.stage_packers import StagePackers
-from yxanul_ray.tokenizer import load_tokenizer, run_tokenizer
+from yxanul_ray.tokenizer import identity_compares, load_tokenizer, run_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,8 @@ class CurriculumCoordinator:
         without Ray Train's restarts: each would restore that checkpoint and be refused again
         (train_loop_per_worker returns the refusal, and the driver prints it)."""
         changed = [f"{s}: {d}" for s, d in manifest_differences(saved.get("files", {}), self.manifests).items()]
-        if saved.get("tokenizer", self.tokenizer) != self.tokenizer:
+        tokenizer_then = saved.get("tokenizer", self.tokenizer)
+        if identity_compares(tokenizer_then) and tokenizer_then != self.tokenizer:  # see resume_check for the rest
             changed.append(f"data.tokenizer {self.job.data.tokenizer!r}: not the content the run tokenized with")
         if changed:
             raise SourceFilesChanged("the sources' files or tokenizer differ from those of the checkpoint the workers "

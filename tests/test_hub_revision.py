@@ -14,8 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.helpers import TOKENIZER_TEXTS, train_tokenizer_json
+from yxanul_ray.checkpoint import TrainState, save_checkpoint
 from yxanul_ray.config import ConfigError, job_from_dict
-from yxanul_ray.driver import check_tokenizer, pin_hub_revisions
+from yxanul_ray.driver import check_resume, check_tokenizer, pin_hub_revisions
 from yxanul_ray.hub import SourceUnavailable, hub_root, pin_revision
 from yxanul_ray.resume_check import with_saved_revisions
 from yxanul_ray.tokenizer import HfTokenizer, run_tokenizer
@@ -148,11 +149,11 @@ def with_tokenizer(job, spec: str):
 
 @pytest.fixture
 def hub_tokenizers(fake_hub, tmp_path, monkeypatch):
-    """org/tok on the fake Hub: a tokenizer.json on its default branch (commit SHA_MAIN) and
-    another at v1.0 (SHA_V1), each also a local file; returns the two paths."""
+    """org/tok on the fake Hub: a tokenizer.json of 300 ids on its default branch (commit
+    SHA_MAIN) and another of 340 at v1.0 (SHA_V1), each also a local file; returns the two paths."""
     (tmp_path / "hub").mkdir()
-    main = train_tokenizer_json(str(tmp_path / "hub" / "main.json"))
-    v1 = train_tokenizer_json(str(tmp_path / "hub" / "v1.json"), vocab=300)
+    main = train_tokenizer_json(str(tmp_path / "hub" / "main.json"), vocab=300)
+    v1 = train_tokenizer_json(str(tmp_path / "hub" / "v1.json"), vocab=340)
     for revision, commit, path in (("main", SHA_MAIN, main), (SHA_MAIN, SHA_MAIN, main), ("v1.0", SHA_V1, v1),
                                    (SHA_V1, SHA_V1, v1)):
         with open(path, "rb") as f:
@@ -184,6 +185,28 @@ def test_a_hub_tokenizer_is_pinned_to_a_commit_and_read_at_it(hub_tokenizers, fa
     # What the coordinator ships to the tokenize tasks, and records: the file's content and hash.
     assert run_tokenizer(f"org/tok@{SHA_V1}") == run_tokenizer(v1)
     assert run_tokenizer(f"org/tok@{SHA_MAIN}")[1] != run_tokenizer(v1)[1]
+
+
+def test_a_resume_loads_and_checks_the_tokenizer_commit_its_run_read(hub_tokenizers, fake_hub, tmp_path):
+    """The run read v1.0's commit; the config names the repo alone, whose default branch now
+    serves another tokenizer.json. The resume reads the run's commit: the same ids, compared by
+    content, and checked against the model's embedding rows (here 320: the default branch's 300
+    ids fit, the run's 340 do not)."""
+    _, v1 = hub_tokenizers
+    job = hub_job(tmp_path, a={"hf": "org/corpus", "revision": SHA_MAIN})
+    for rows, fits in ((384, True), (320, False)):
+        saved = dataclasses.replace(job, model=dataclasses.replace(job.model, overrides={"vocab_size": rows}))
+        saved = job_from_dict(with_tokenizer(saved, f"org/tok@{SHA_V1}").to_dict(), str(tmp_path / "job.yaml"))
+        ckpt = str(tmp_path / f"checkpoint_{rows}")
+        save_checkpoint(ckpt, {}, {}, TrainState(stage=1, coordinator={"tokenizer": run_tokenizer(v1)[1]}),
+                        saved.to_dict())
+        config = with_tokenizer(saved, "org/tok")
+        if fits:
+            assert check_resume(config, ckpt).data.tokenizer == f"org/tok@{SHA_V1}"
+        else:
+            with pytest.raises(ConfigError, match=rf"the model has 320 embedding rows .* but data.tokenizer "
+                               rf"'org/tok@{SHA_V1}' has 340 ids"):
+                check_resume(config, ckpt)
 
 
 def test_a_hub_tokenizer_offline_loads_a_cached_commit_but_a_branch_is_not_pinned(hub_tokenizers, fake_hub,

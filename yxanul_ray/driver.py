@@ -254,7 +254,10 @@ def check_resume(job: JobSpec, checkpoint: str) -> JobSpec:
         print(f"resume: warning: not compared with the config, {saved_path} does not load in this version ({e})",
               flush=True)
         return pin_hub_revisions(job)
+    given_tokenizer = job.data.tokenizer
     job = pin_hub_revisions(with_saved_revisions(saved, job))
+    if job.data.tokenizer != given_tokenizer:  # the Hub commit the run read, not the one the config's name serves now
+        check_tokenizer(job)
     files_now = None
     if "files" in state.coordinator:  # recorded since the checkpoints of this version
         files_now = {name: manifest_now(spec, resolve_files(spec)) for name, spec in job.sources.items()}

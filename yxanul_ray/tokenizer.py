@@ -136,7 +136,8 @@ def hub_tokenizer_file(spec: str) -> str:
     from yxanul_ray.hub import download_hub_file
 
     repo, revision = hub_tokenizer(spec)
-    return download_hub_file(repo, "tokenizer.json", revision, what=f"data.tokenizer {spec!r}")
+    where = f"hf://{repo}/tokenizer.json" + (f" at {revision}" if revision else "")
+    return download_hub_file(repo, "tokenizer.json", revision, what=f"data.tokenizer {spec!r} ({where})")
 
 
 def tokenizer_identity(spec: str) -> str:

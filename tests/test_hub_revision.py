@@ -227,7 +227,8 @@ def test_a_hub_tokenizer_offline_loads_a_cached_commit_but_a_branch_is_not_pinne
 def test_a_hub_tokenizer_the_hub_lacks_is_a_config_error_naming_it(fake_hub, tmp_path):
     job = with_tokenizer(hub_job(tmp_path, a={"hf": "org/corpus", "revision": SHA_MAIN}), "org/missing-tok")
     with pytest.raises(ConfigError, match=r"data.tokenizer: 'org/missing-tok' does not load \(SourceUnavailable: "
-                       r"data.tokenizer 'org/missing-tok' \(hf://org/missing-tok/tokenizer.json\): the Hub answered HTTP 404\)"):
+                       r"data.tokenizer 'org/missing-tok' \(hf://org/missing-tok/tokenizer.json\): "
+                       r"the Hub answered HTTP 404\)"):
         check_tokenizer(job)
 
 

@@ -234,7 +234,8 @@ def not_a_checkpoint(path: str, missing: str, given_as: str = "--resume") -> Con
 def check_resume(job: JobSpec, checkpoint: str) -> JobSpec:
     """The job to resume `checkpoint` with: `job`, reading the Hub commits the run read where it
     names none. Raise ConfigError if it cannot continue that run (see resume_check), its sources'
-    files included; print the changes it will follow."""
+    files included, or if its tokenizer at the run's commit does not load or fit the model
+    (check_tokenizer); print the changes it will follow."""
     from yxanul_ray.checkpoint import NotACheckpoint, load_state
     from yxanul_ray.hub import resolve_files
     from yxanul_ray.manifest import manifest_now
@@ -253,11 +254,11 @@ def check_resume(job: JobSpec, checkpoint: str) -> JobSpec:
         # resume itself reads only state.json and the tensors, so it goes on, unchecked, as before.
         print(f"resume: warning: not compared with the config, {saved_path} does not load in this version ({e})",
               flush=True)
-        return pin_hub_revisions(job)
-    given_tokenizer = job.data.tokenizer
-    job = pin_hub_revisions(with_saved_revisions(saved, job))
-    if job.data.tokenizer != given_tokenizer:  # the Hub commit the run read, not the one the config's name serves now
+        job = pin_hub_revisions(job)
         check_tokenizer(job)
+        return job
+    job = pin_hub_revisions(with_saved_revisions(saved, job))
+    check_tokenizer(job)  # at the Hub commit the run read, not the one the config's name serves now
     files_now = None
     if "files" in state.coordinator:  # recorded since the checkpoints of this version
         files_now = {name: manifest_now(spec, resolve_files(spec)) for name, spec in job.sources.items()}
@@ -327,13 +328,14 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
     except ValueError as e:
         raise ConfigError(f"{job.path}: curriculum.stages: {e} (run.workers={job.run.workers})") from None
     job = absolute_paths(job)
-    check_tokenizer(job)
     check_storage(job)
+    # The tokenizer is checked at the Hub commit the run reads (a resume's is its run's).
     if resume:
         job = check_resume(job, resume)  # not a checkpoint, or not this run's: a clear error before any cluster work
         resume = resolve_storage(resume)
     else:
         job = pin_hub_revisions(job)
+        check_tokenizer(job)
 
     cur = job.curriculum
     run_name = f"{job.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"

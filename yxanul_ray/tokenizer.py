@@ -86,15 +86,15 @@ class HfTokenizer:
     def __init__(self, spec: str) -> None:
         from tokenizers import Tokenizer
 
-        if os.path.exists(os.path.expanduser(spec)):  # as absolute_paths and tokenizer_identity read it
-            self._tok = Tokenizer.from_file(os.path.expanduser(spec))
+        if hub_tokenizer(spec):
+            self._tok = Tokenizer.from_file(hub_tokenizer_file(spec))
         elif spec.lstrip().startswith("{"):  # a tokenizer.json's content (run_tokenizer's, shipped to the tasks)
             self._tok = Tokenizer.from_str(spec)
             spec = "<a tokenizer.json's content>"
-        elif spec.endswith(".json"):  # a file, not a Hub id: asking the Hub for it would retry for ~23 s
+        elif os.path.exists(os.path.expanduser(spec)):  # as absolute_paths reads it
+            self._tok = Tokenizer.from_file(os.path.expanduser(spec))
+        else:  # a *.json that is not there: a file, never a Hub id (asking the Hub would retry for ~23 s)
             raise FileNotFoundError(2, "no such tokenizer file", spec)
-        else:
-            self._tok = Tokenizer.from_file(hub_tokenizer_file(spec))
         self.name = spec
         vocab = self._tok.get_vocab(with_added_tokens=True)
         eos = next((vocab[t] for t in EOS_CANDIDATES if t in vocab), None)
@@ -166,9 +166,7 @@ def run_tokenizer(spec: str) -> tuple[str, str]:
     tasks ask the Hub nothing."""
     if spec == "gpt2":
         return spec, spec
-    path = os.path.expanduser(spec)
-    if not os.path.isfile(path) and hub_tokenizer(spec):
-        path = hub_tokenizer_file(spec)
+    path = hub_tokenizer_file(spec) if hub_tokenizer(spec) else os.path.expanduser(spec)
     with open(path, "rb") as f:  # a missing tokenizer.json: FileNotFoundError, as HfTokenizer raises
         content = f.read()
     return content.decode("utf-8-sig"), _content_identity(content)

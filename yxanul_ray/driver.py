@@ -6,6 +6,7 @@ Works the same under `ray job submit` (it joins the job's cluster), after `ray s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -70,6 +71,8 @@ def benchmark_job(description: str, forced: tuple[str, ...] = (), argv: list[str
 def absolute_paths(job: JobSpec) -> JobSpec:
     """Local source paths relative to the driver's working directory, made absolute for the
     workers (whose working directory differs)."""
+    from yxanul_ray.tokenizer import local_tokenizer_file
+
     sources = {
         name: dataclasses.replace(src, path=resolve_storage(src.path) if src.path else None,
                                   hf_mirror=os.path.abspath(os.path.expanduser(src.hf_mirror)) if src.hf_mirror
@@ -78,8 +81,11 @@ def absolute_paths(job: JobSpec) -> JobSpec:
     }
     run = dataclasses.replace(job.run, storage_path=resolve_storage(job.run.storage_path))
     tokenizer = job.data.tokenizer
-    if os.path.isfile(os.path.expanduser(tokenizer)):  # a tokenizer.json here, not `gpt2` or a Hub id
-        tokenizer = os.path.abspath(os.path.expanduser(tokenizer))
+    # A tokenizer.json or its directory here, not a Hub id; `gpt2` is the name even beside a gpt2/ directory.
+    if tokenizer != "gpt2" and os.path.exists(os.path.expanduser(tokenizer)):
+        # The file itself, so job.json names what the run read; a directory without one: check_tokenizer says so.
+        with contextlib.suppress(FileNotFoundError):
+            tokenizer = os.path.abspath(local_tokenizer_file(tokenizer))
     return dataclasses.replace(job, sources=sources, run=run, data=dataclasses.replace(job.data, tokenizer=tokenizer))
 
 
@@ -93,9 +99,10 @@ def check_tokenizer(job: JobSpec) -> None:
     spec = job.data.tokenizer
     try:
         tokenizer = load_tokenizer(spec)
-    except FileNotFoundError:  # a tokenizer.json that is not there (HfTokenizer)
-        raise ConfigError(f"{job.path}: data.tokenizer: {spec!r}: no such file (relative paths are read from "
-                          f"{os.getcwd()}); fix: the path of a tokenizer.json, `gpt2`, or a Hub id") from None
+    except FileNotFoundError as e:  # no tokenizer.json there (local_tokenizer_file)
+        raise ConfigError(f"{job.path}: data.tokenizer: {spec!r}: {e.strerror} (relative paths are read from "
+                          f"{os.getcwd()}); fix: the path of a tokenizer.json or of the directory that holds one "
+                          "(a fast tokenizer's save_pretrained writes it), `gpt2`, or a Hub id") from None
     except Exception as e:  # noqa: BLE001 - the tokenizers library raises many kinds; all mean the same here
         raise ConfigError(f"{job.path}: data.tokenizer: {spec!r} does not load ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}); fix: `gpt2` (offline), a tokenizer.json on "

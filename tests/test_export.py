@@ -1,0 +1,84 @@
+"""`yxanul-ray export` writes the tokenizer the run trained on, or says why it cannot."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from tests.helpers import base_config, train_tokenizer_json
+from yxanul_ray.checkpoint import TrainState, save_checkpoint
+from yxanul_ray.cli import main as cli_main
+from yxanul_ray.config import job_from_dict
+from yxanul_ray.model import build_model
+from yxanul_ray.tokenizer import tokenizer_identity
+
+
+def checkpoint_trained_with(tmp_path, placeholder_sources, tokenizer: str, identity: str | None) -> str:
+    """A checkpoint of a run that named `tokenizer` and, where `identity` is not None, recorded it
+    as its coordinator does (an earlier version's records none)."""
+    raw = base_config(placeholder_sources)
+    raw["data"]["tokenizer"] = tokenizer
+    job = job_from_dict(raw, "<test>")
+    model = build_model(job.model.shape, "torch")
+    coordinator = {"tokenizer": identity} if identity is not None else {}
+    path = str(tmp_path / "run" / "checkpoint_2026-12-05_12-00-00.000001")
+    save_checkpoint(path, model.portable_state_dict(), {}, TrainState(stage=1, coordinator=coordinator), job.to_dict())
+    return path
+
+
+def exported_vocab(out_dir) -> int:
+    with open(os.path.join(out_dir, "tokenizer.json")) as f:
+        return len(json.load(f)["model"]["vocab"])
+
+
+def test_export_writes_the_tokenizer_the_run_trained_on_and_refuses_another(tmp_path, placeholder_sources, capsys):
+    (tmp_path / "tok").mkdir()
+    trained = train_tokenizer_json(str(tmp_path / "tok" / "tokenizer.json"), vocab=320)
+    checkpoint = checkpoint_trained_with(tmp_path, placeholder_sources, trained, tokenizer_identity(trained))
+    assert cli_main(["export", checkpoint, str(tmp_path / "hf1")]) == 0
+    assert exported_vocab(tmp_path / "hf1") == 320
+
+    # Moved (as a `ray job submit` working dir is, once the job ends): an error with the fix, no traceback.
+    shutil.move(str(tmp_path / "tok"), str(tmp_path / "moved"))
+    assert cli_main(["export", checkpoint, str(tmp_path / "hf2")]) == 2
+    err = capsys.readouterr().err
+    assert f"the run's tokenizer {trained!r}: no such file" in err
+    assert "fix: --tokenizer PATH, a tokenizer.json (or its directory) with the content the run trained on " \
+           f"({tokenizer_identity(str(tmp_path / 'moved'))[:23]}...)" in err
+    assert not (tmp_path / "hf2").exists()
+    # Named where it is now, by its file or its directory: exported.
+    for where in (tmp_path / "moved", tmp_path / "moved" / "tokenizer.json"):
+        assert cli_main(["export", checkpoint, str(tmp_path / "hf3"), "--tokenizer", str(where)]) == 0
+        assert exported_vocab(tmp_path / "hf3") == 320
+
+    # Edited since (another tokenizer at the run's path, or given): refused. Before, export wrote
+    # the edited one beside weights trained on other ids, without a word.
+    shutil.move(str(tmp_path / "moved"), str(tmp_path / "tok"))
+    other = train_tokenizer_json(str(tmp_path / "other.json"), vocab=300)
+    shutil.copy(other, trained)
+    for given in ([], ["--tokenizer", other], ["--tokenizer", "gpt2"]):
+        assert cli_main(["export", checkpoint, str(tmp_path / "hf4"), *given]) == 2
+        assert "is not the tokenizer the run trained on" in capsys.readouterr().err
+    assert not (tmp_path / "hf4").exists()
+
+
+def test_an_earlier_versions_checkpoint_exports_with_the_tokenizer_it_names(tmp_path, placeholder_sources, capsys):
+    """A checkpoint that records no tokenizer content cannot be checked: the named one is
+    exported, and a missing one is still an error with the fix."""
+    trained = train_tokenizer_json(str(tmp_path / "tokenizer.json"), vocab=320)
+    checkpoint = checkpoint_trained_with(tmp_path, placeholder_sources, trained, None)
+    assert cli_main(["export", checkpoint, str(tmp_path / "hf")]) == 0
+    assert exported_vocab(tmp_path / "hf") == 320
+    os.remove(trained)
+    assert cli_main(["export", checkpoint, str(tmp_path / "hf2")]) == 2
+    assert "no such file; fix: --tokenizer PATH" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("given", [None, "gpt2"])
+def test_a_gpt2_run_exports_gpt2(tmp_path, placeholder_sources, given):
+    checkpoint = checkpoint_trained_with(tmp_path, placeholder_sources, "gpt2", "gpt2")
+    assert cli_main(["export", checkpoint, str(tmp_path / "hf"), *(["--tokenizer", given] if given else [])]) == 0
+    assert os.path.exists(tmp_path / "hf" / "vocab.json") and os.path.exists(tmp_path / "hf" / "merges.txt")

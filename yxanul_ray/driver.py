@@ -165,12 +165,11 @@ def pin_hub_revisions(job: JobSpec) -> JobSpec:
     from yxanul_ray.tokenizer import hub_tokenizer
 
     tokenizer = job.data.tokenizer
-    if (hub := hub_tokenizer(tokenizer)) and not _is_commit(hub[1]):
-        repo, revision = hub
-        sha = pin_model_revision(repo, revision, f"data.tokenizer {tokenizer!r}")
-        print(f"data.tokenizer: hf://{repo} at commit {sha} ({revision or 'the default branch'} now; pinned for this "
-              "run and its resumes)", flush=True)
-        job = dataclasses.replace(job, data=dataclasses.replace(job.data, tokenizer=f"{repo}@{sha}"))
+    if (hub := hub_tokenizer(tokenizer)) and not _is_commit(hub.revision):
+        sha = pin_model_revision(hub.repo, hub.revision, f"data.tokenizer {tokenizer!r}")
+        print(f"data.tokenizer: hf://{hub.path} at commit {sha} ({hub.revision or 'the default branch'} now; pinned "
+              "for this run and its resumes)", flush=True)
+        job = dataclasses.replace(job, data=dataclasses.replace(job.data, tokenizer=hub.at(sha)))
 
     sources = dict(job.sources)
     for name, spec in job.sources.items():

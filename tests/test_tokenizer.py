@@ -38,7 +38,7 @@ def test_a_missing_or_broken_tokenizer_json_is_refused_with_the_field(tmp_path, 
     with pytest.raises(ConfigError, match=r"data.tokenizer: 'nowhere/tokenizer.json': no such file"):
         check_tokenizer(job_with(tmp_path, placeholder_sources, tokenizer="nowhere/tokenizer.json"))
     # A directory that is not there, named as a path: "no such file", not a question to the Hub.
-    for missing in (str(tmp_path / "moved"), "./moved", "~/moved-nowhere"):
+    for missing in (str(tmp_path / "moved"), "./moved", "~/moved-nowhere", "@v1.0"):
         with pytest.raises(ConfigError, match=rf"data.tokenizer: '{missing}': no such file"):
             check_tokenizer(job_with(tmp_path, placeholder_sources, tokenizer=missing))
     no_eos = train_tokenizer_json(str(tmp_path / "no_eos.json"), special_tokens=("<pad>",))

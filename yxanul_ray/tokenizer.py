@@ -167,6 +167,8 @@ def hub_tokenizer(spec: str) -> HubTokenizer | None:
         return None
     path, _, revision = spec.partition("@")  # a revision may hold slashes (refs/pr/1), a repo's path never an @
     parts = [part for part in path.split("/") if part]
+    if not parts:  # `@v1.0`, say: no repo to ask; read as a path, it is "no such file" with the fix
+        return None
     # A single name is a legacy repo id (the Hub redirects it); anything longer is org/name, then the folder.
     repo, folder = ("/".join(parts[:2]), "/".join(parts[2:])) if len(parts) > 1 else (parts[0], "")
     return HubTokenizer(repo, revision or None, folder)

@@ -223,7 +223,8 @@ def test_a_resume_loads_and_checks_the_tokenizer_commit_its_run_read(hub_tokeniz
     content, and checked against the model's embedding rows (here 320: the default branch's 300
     ids fit, the run's 340 do not)."""
     _, v1 = hub_tokenizers
-    job = hub_job(tmp_path, a={"hf": "org/corpus", "revision": SHA_MAIN})
+    (tmp_path / "a.jsonl").write_text('{"text": "a document"}\n')  # a local source: the stand-in Hub lists no dataset
+    job = hub_job(tmp_path, a={"path": str(tmp_path / "a.jsonl"), "format": "jsonl"})
     for rows, fits in ((384, True), (320, False)):
         saved = dataclasses.replace(job, model=dataclasses.replace(job.model, overrides={"vocab_size": rows}))
         saved = job_from_dict(with_tokenizer(saved, f"org/tok@{SHA_V1}").to_dict(), str(tmp_path / "job.yaml"))
@@ -232,7 +233,7 @@ def test_a_resume_loads_and_checks_the_tokenizer_commit_its_run_read(hub_tokeniz
                         saved.to_dict())
         config = with_tokenizer(saved, "org/tok")
         if fits:
-            assert check_resume(config, ckpt).data.tokenizer == f"org/tok@{SHA_V1}"
+            assert check_resume(config, ckpt)[0].data.tokenizer == f"org/tok@{SHA_V1}"
         else:
             with pytest.raises(ConfigError, match=rf"the model has 320 embedding rows .* but data.tokenizer "
                                rf"'org/tok@{SHA_V1}' has 340 ids"):

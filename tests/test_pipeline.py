@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -373,6 +374,44 @@ def test_stage_packers_refuse_gaps_and_survive_a_restart(ray_cluster):
     assert rebuilt[1]["tokens"].shape == (1, 5)
     end = ray.get(packers.wait.remote("build-2", ["a"]))
     assert end["a"]["stats"]["rows"] == 3
+
+
+def test_the_coordinator_reads_the_drivers_listing_and_lists_again_after_a_restart(ray_cluster, demo_corpus,
+                                                                                    tmp_path):
+    """The driver lists the sources before any cluster work (manifest.list_sources) and hands the
+    listing to the coordinator, which reads those files without listing them again: a file
+    added since is not in the run's lists. Restarted by Ray after its process died, the
+    coordinator lists again, so `join` compares a checkpoint with the files as they are now."""
+    import ray
+
+    from yxanul_ray.coordinator import CurriculumCoordinator
+    from yxanul_ray.manifest import list_sources
+
+    corpus = tmp_path / "demo"
+    shutil.copytree(demo_corpus, corpus)
+    job = demo_job(str(corpus))
+    listing = list_sources(job)
+    shutil.copy(corpus / "code" / "part-00000.parquet", corpus / "code" / "part-00009.parquet")
+    coord = CurriculumCoordinator.options(max_restarts=1).remote(job.to_dict(), 2, listing)
+    try:
+        files = ray.get(coord.state.remote())["files"]
+        assert files == listing.manifests and len(files["code"]["files"]) == 4
+        pid = ray.get(coord.__ray_call__.remote(lambda self: os.getpid()))
+        os.kill(pid, signal.SIGKILL)  # the coordinator this test started
+        deadline = time.monotonic() + 120
+        while True:  # calls fail until Ray has restarted the actor in a new process
+            try:
+                if ray.get(coord.__ray_call__.remote(lambda self: os.getpid()), timeout=30) != pid:
+                    break
+            except ray.exceptions.RayActorError:
+                pass
+            assert time.monotonic() < deadline, "the coordinator was not restarted"
+            time.sleep(0.5)
+        files = ray.get(coord.state.remote())["files"]
+        assert [name for name, *_ in files["code"]["files"]][-1] == "part-00009.parquet"
+        assert files["math"] == listing.manifests["math"]
+    finally:
+        ray.kill(coord)
 
 
 def test_prepared_stages_run_before_any_worker_asks_and_are_the_ones_handed_out(ray_cluster, demo_corpus):

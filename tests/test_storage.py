@@ -104,6 +104,22 @@ def test_node_local_paths_on_several_nodes_are_warned_of():
         assert all(why in line for line in lines[first + 1:first + 4])
 
 
+def test_a_source_at_a_uri_that_lists_no_file_is_refused_before_any_cluster_work(tmp_path):
+    """A glob at a URI is listed by the driver, as a local glob is checked by the config, before
+    Ray starts. Before, the coordinator died in Ray on it, and Ray Train retried the worker group
+    run.max_failures times, each a page of tracebacks, before the run failed."""
+    prepare_demo_corpus(DEMO, [])
+    missing = f"file://{tmp_path}/nowhere/*.parquet"
+    proc = subprocess.run([sys.executable, "jobs/train.py", "--config", DEMO, "--set", f"sources.code.path={missing}",
+                           "--set", f"run.storage_path={tmp_path / 'runs'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: source code: path {missing!r} matches no file; fix: sources.code.path, a glob that matches the "
+        "source's files")
+    assert "Ray instance" not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_a_storage_directory_that_cannot_be_created_is_refused_before_any_cluster_work(tmp_path):
     """It failed inside Ray Train's controller before, a traceback after the cluster and the
     first stages' data had started (exit 1 after 16.7 s on the four-stage demo subset)."""

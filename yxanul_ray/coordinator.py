@@ -36,9 +36,8 @@ import ray
 
 from yxanul_ray.config import job_from_dict
 from yxanul_ray.cursors import SourceCursor, SourceStats
-from yxanul_ray.hub import resolve_files
 from yxanul_ray.local_data import holdout_rows
-from yxanul_ray.manifest import manifest_differences, manifest_now
+from yxanul_ray.manifest import SourceListing, list_sources, manifest_differences
 from yxanul_ray.raycluster import actor_was_restarted
 from yxanul_ray.stage_data import StageData, build_stage_data, source_ids
 from yxanul_ray.stage_packers import StagePackers
@@ -61,7 +60,7 @@ class _Build:
 
 @ray.remote(num_cpus=0, max_concurrency=64)
 class CurriculumCoordinator:
-    def __init__(self, job: dict, world_size: int):
+    def __init__(self, job: dict, world_size: int, listing: SourceListing | None = None):
         from yxanul_ray.raycluster import quiet_ray_data
 
         quiet_ray_data()
@@ -72,9 +71,14 @@ class CurriculumCoordinator:
         os.environ["RAY_WARN_BLOCKING_GET_INSIDE_ASYNC"] = "0"
         self.job = job_from_dict(job, job.get("path") or "<job>")
         self.world = world_size
-        self.files = {s: resolve_files(spec) for s, spec in self.job.sources.items()}
+        restarted = actor_was_restarted()
+        if listing is None or restarted:
+            # Restarted, this actor lists the sources again: files changed since the driver listed
+            # them are what `join` must find, before a checkpoint's cursors index the wrong ones.
+            listing = list_sources(self.job)
+        self.files = listing.files
         # Checkpointed with the cursors, which index these lists (see manifest.py).
-        self.manifests = {s: manifest_now(self.job.sources[s], f) for s, f in self.files.items()}
+        self.manifests = listing.manifests
         # Read once for the whole run (a restart reads it again, and `join` compares): every
         # stage's tokenize tasks get this content, not the path or Hub id. Its identity is
         # checkpointed too: a resume compares it with the tokenizer it is given (resume_check).
@@ -98,7 +102,7 @@ class CurriculumCoordinator:
         self._metrics = _Gauges()
         self._start_on_build = 0  # stages below this start their pipelines when built (prepare)
         self.incarnation = uuid.uuid4().hex
-        if actor_was_restarted():
+        if restarted:
             log.warning("the curriculum coordinator was restarted after its process died: the train workers "
                         "restart from their last checkpoint and hand it the stage cursors saved there")
 

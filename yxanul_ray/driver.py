@@ -12,6 +12,7 @@ import functools
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from yxanul_ray.config import ConfigError, JobSpec, job_from_dict, read_yaml
 from yxanul_ray.stopping import (
@@ -23,6 +24,9 @@ from yxanul_ray.stopping import (
     stop_signal,
 )
 from yxanul_ray.storage import StorageError, is_uri, open_storage, resolve_storage, storage_join
+
+if TYPE_CHECKING:
+    from yxanul_ray.manifest import SourceListing
 
 
 def prepare_demo_corpus(config_path: str, overrides: list[str]) -> None:
@@ -237,14 +241,13 @@ def not_a_checkpoint(path: str, missing: str, given_as: str = "--resume") -> Con
     return ConfigError(f"{given_as} {path}: not a yxanul-ray checkpoint (it holds no {missing}); fix: {fix}")
 
 
-def check_resume(job: JobSpec, checkpoint: str) -> JobSpec:
-    """The job to resume `checkpoint` with: `job`, reading the Hub commits the run read where it
-    names none. Raise ConfigError if it cannot continue that run (see resume_check), its sources'
-    files included, or if its tokenizer at the run's commit does not load or fit the model
-    (check_tokenizer); print the changes it will follow."""
+def check_resume(job: JobSpec, checkpoint: str) -> tuple[JobSpec, SourceListing]:
+    """The job to resume `checkpoint` with (`job`, reading the Hub commits the run read where it
+    names none) and its sources' listing, for the coordinator. Raise ConfigError if it cannot
+    continue that run (see resume_check), its sources' files included, or if its tokenizer at the
+    run's commit does not load or fit the model (check_tokenizer); print the changes it will follow."""
     from yxanul_ray.checkpoint import NotACheckpoint, load_state
-    from yxanul_ray.hub import resolve_files
-    from yxanul_ray.manifest import manifest_now
+    from yxanul_ray.manifest import list_sources
     from yxanul_ray.resume_check import review_resume, with_saved_revisions
     from yxanul_ray.tokenizer import tokenizer_identity
 
@@ -263,11 +266,10 @@ def check_resume(job: JobSpec, checkpoint: str) -> JobSpec:
         saved = None
     job = pin_hub_revisions(with_saved_revisions(saved, job) if saved else job)
     check_tokenizer(job)  # at the Hub commit the run read, not the one the config's name serves now
+    listing = list_sources(job)
     if saved is None:
-        return job
-    files_now = None
-    if "files" in state.coordinator:  # recorded since the checkpoints of this version
-        files_now = {name: manifest_now(spec, resolve_files(spec)) for name, spec in job.sources.items()}
+        return job, listing
+    files_now = listing.manifests if "files" in state.coordinator else None  # recorded since this version's checkpoints
     review = review_resume(saved, job, state, files_now, tokenizer_identity(job.data.tokenizer))
     if review.conflicts:
         raise ConfigError(
@@ -277,7 +279,7 @@ def check_resume(job: JobSpec, checkpoint: str) -> JobSpec:
             "stages not yet begun, the optimizer, the worker count at a stage boundary, logging or storage")
     for note in review.notes:
         print(f"resume: {note}", flush=True)
-    return job
+    return job, listing
 
 
 def check_local_gpus(ray, job: JobSpec) -> None:
@@ -327,6 +329,7 @@ def warn_of_node_local_paths(ray, job: JobSpec) -> None:
 def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> int:
     """Run the job; `train_loop` replaces the workers' loop (a diagnostic's hook)."""
     from yxanul_ray.curriculum import plan_curriculum
+    from yxanul_ray.manifest import list_sources
 
     started_at = time.time()
     try:
@@ -337,11 +340,12 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
     check_storage(job)
     # The tokenizer is checked at the Hub commit the run reads (a resume's is its run's).
     if resume:
-        job = check_resume(job, resume)  # not a checkpoint, or not this run's: a clear error before any cluster work
+        job, listing = check_resume(job, resume)  # not a checkpoint, or not this run's: refused before Ray starts
         resume = resolve_storage(resume)
     else:
         job = pin_hub_revisions(job)
         check_tokenizer(job)
+        listing = list_sources(job)  # a source that does not list is an error here too (manifest.list_sources)
 
     cur = job.curriculum
     run_name = f"{job.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -350,7 +354,7 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
     # From Ray's start on, a stop says where to go on from, also before training begins.
     try:
         with sigterm_interrupts() as received:
-            result = start_and_fit(job, resume, run_name, run_dir, started_at, train_loop)
+            result = start_and_fit(job, listing, resume, run_name, run_dir, started_at, train_loop)
     except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C ends fit() in SystemExit (stopping.py), SIGTERM here
         how = stop_signal(received, stop)
         print(f"run stopped ({how}); {where_to_go_on()}", flush=True)
@@ -373,7 +377,8 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
     return 0
 
 
-def start_and_fit(job: JobSpec, resume: str | None, run_name: str, run_dir: str, started_at: float, train_loop):
+def start_and_fit(job: JobSpec, listing: SourceListing, resume: str | None, run_name: str, run_dir: str,
+                  started_at: float, train_loop):
     """Ray's start, the coordinator and the trainer, and the run: Ray Train's result."""
     ray = start_ray()
     reclaim_sigterm()  # ray.init put its own SIGTERM handler in place of run_training's
@@ -386,7 +391,7 @@ def start_and_fit(job: JobSpec, resume: str | None, run_name: str, run_dir: str,
     # checkpoint, as a worker's does, instead of the run (see coordinator.py).
     coordinator = CurriculumCoordinator.options(name=f"yxanul-coordinator-{run_name}",
                                                 max_restarts=job.run.max_failures).remote(
-        job.to_dict(), job.run.workers)
+        job.to_dict(), job.run.workers, listing)
     if resume is None:
         from yxanul_ray.stage_data import STAGES_AHEAD
 

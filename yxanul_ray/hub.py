@@ -124,7 +124,7 @@ def resolve_files(spec: SourceSpec) -> SourceFiles:
     if spec.path is not None:
         paths = sorted(glob.glob(os.path.expanduser(spec.path)))
         if not paths:
-            raise SourceUnavailable(f"source {spec.name}: path {spec.path!r} matches no file")
+            raise SourceUnavailable(f"source {spec.name}: path {spec.path!r} matches no file; {_glob_fix(spec)}")
         return SourceFiles(spec.name, "local", tuple(os.path.abspath(p) for p in paths), spec.format,
                            sizes=tuple(os.path.getsize(p) for p in paths))
     what = f"source {spec.name} (hf://{hub_root(spec)})"
@@ -145,6 +145,10 @@ def resolve_files(spec: SourceSpec) -> SourceFiles:
                        sizes=_listed_sizes(found, files))
 
 
+def _glob_fix(spec: SourceSpec) -> str:
+    return f"fix: sources.{spec.name}.path, a glob that matches the source's files"
+
+
 def _resolve_uri_files(spec: SourceSpec) -> SourceFiles:
     """A glob at a storage URI (s3://bucket/corpus/*.parquet), listed through pyarrow.fs."""
     try:
@@ -155,7 +159,7 @@ def _resolve_uri_files(spec: SourceSpec) -> SourceFiles:
                                 "its endpoint and this machine's credentials") from None
     paths = sorted(p for p, info in found.items() if info.get("type") == "file")
     if not paths:
-        raise SourceUnavailable(f"source {spec.name}: path {spec.path!r} matches no file")
+        raise SourceUnavailable(f"source {spec.name}: path {spec.path!r} matches no file; {_glob_fix(spec)}")
     return SourceFiles(spec.name, "uri", tuple(paths), spec.format, uri=spec.path, sizes=_listed_sizes(found, paths))
 
 

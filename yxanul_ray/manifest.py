@@ -13,9 +13,10 @@ the source's own root, so a corpus that moved compares equal.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
-from yxanul_ray.config import SourceSpec
-from yxanul_ray.hub import SourceFiles, content_fingerprints, hub_root
+from yxanul_ray.config import JobSpec, SourceSpec
+from yxanul_ray.hub import SourceFiles, content_fingerprints, hub_root, resolve_files
 
 
 def file_manifest(spec: SourceSpec, files: SourceFiles, fingerprints: tuple[str, ...] = ()) -> dict:
@@ -35,6 +36,26 @@ def manifest_now(spec: SourceSpec, files: SourceFiles) -> dict:
     """The source's file list with each file's fingerprint read now: what a checkpoint records
     (the coordinator) and what a resume compares with it (the driver)."""
     return file_manifest(spec, files, content_fingerprints(files))
+
+
+@dataclass(frozen=True)
+class SourceListing:
+    """Every source's files and their manifests, as one listing found them."""
+
+    files: dict[str, SourceFiles]
+    manifests: dict[str, dict]
+    """Per source, manifest_now's: what a checkpoint records, and a resume compares."""
+
+
+def list_sources(job: JobSpec) -> SourceListing:
+    """List every source of `job` and read its files' fingerprints. The driver does it before any
+    cluster work, so a source that does not list (a glob at a URI that matches nothing, a Hub
+    config or split that is not there, a bucket without credentials) is one error there, not a
+    coordinator that dies in Ray and a worker group retried until run.max_failures is spent. The
+    coordinator takes the driver's listing (and lists again only after a restart). Raises
+    SourceUnavailable naming the source."""
+    files = {name: resolve_files(spec) for name, spec in job.sources.items()}
+    return SourceListing(files, {name: manifest_now(job.sources[name], f) for name, f in files.items()})
 
 
 def _common_dir(paths: tuple[str, ...]) -> str:

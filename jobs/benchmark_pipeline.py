@@ -168,7 +168,7 @@ def main() -> None:
     from yxanul_ray.raycluster import quiet_ray_data
 
     cores = os.cpu_count() or 1
-    ray.init(num_cpus=args.num_cpus or 2 * cores, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=args.num_cpus or 2 * cores, include_dashboard=False, log_to_driver=False,
              _node_ip_address="127.0.0.1")
     quiet_ray_data()
     seq_lens = [int(s) for s in args.seq_lens.split(",")]

@@ -50,8 +50,8 @@ def ray_cluster():
     if address:  # CI's head (started by .ci/run): join it rather than start a second cluster
         ray.init(address=address, log_to_driver=False, runtime_env=runtime_env, _node_ip_address="127.0.0.1")
     else:
-        ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-                 runtime_env=runtime_env)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 log_to_driver=False, runtime_env=runtime_env)
     quiet_ray_data()
     yield ray
     ray.shutdown()

@@ -29,3 +29,40 @@ def test_gpu_workers_on_a_cluster_without_gpus_started_here_are_refused(ray_clus
     # A joined cluster (CI's head here) may have an autoscaler that adds GPU nodes: it waits.
     monkeypatch.setattr(raycluster, "_started_here", False)
     check_local_gpus(ray_cluster, gpu_job)
+
+
+@pytest.mark.timeout(300)
+def test_a_cluster_file_left_by_a_head_that_is_gone_starts_a_cluster_here(tmp_path):
+    """`ray_current_cluster` outlives a head ended without `ray stop` (killed, or a `--block`
+    head's process ended, as the job-submit test's is). With no head answering at the address it
+    names, a run starts its own cluster. Before, ray.init took the file for a running cluster
+    and every later run on the machine failed: "When connecting to an existing cluster,
+    num_cpus and num_gpus must not be provided"."""
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    with socket.socket() as s:  # a loopback port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Ray's sockets live under its temp dir: a short one (a Unix socket's path is at most 107 bytes).
+    temp = tempfile.mkdtemp(prefix="yr", dir="/tmp")
+    try:
+        os.makedirs(os.path.join(temp, "ray"))
+        with open(os.path.join(temp, "ray", "ray_current_cluster"), "w") as f:
+            f.write(f"127.0.0.1:{port}")
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env["RAY_TMPDIR"] = temp
+        code = ("from yxanul_ray.raycluster import init_ray, started_here\n"
+                "ray = init_ray(num_cpus=2, dashboard=False)\n"
+                "print('cpus', ray.cluster_resources()['CPU'], 'started here', started_here())\n"
+                "ray.shutdown()\n")
+        # In a PID namespace of its own: Ray joins any live cluster it sees on the machine (CI's
+        # head, or this session's), and the case here is the one where none is left.
+        proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code], env=env,
+                              capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "cpus 2.0 started here True" in proc.stdout
+    finally:
+        subprocess.run(["rm", "-rf", temp])

@@ -63,7 +63,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
         ray.init(address=running, log_to_driver=True, **_loopback(running))
     else:
         global _started_here
-        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
+        # "local": a new cluster. Without it ray.init joins the cluster its ray_current_cluster
+        # file names, a file that outlives a head ended without `ray stop` (killed, or a `--block`
+        # head's process ended), and fails on num_cpus ("When connecting to an existing cluster").
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
                  _node_ip_address="127.0.0.1", log_to_driver=True)
         _started_here = True
         # A cluster started here is this one machine: there is no node to be preempted, so

@@ -38,6 +38,7 @@ def test_a_cluster_file_left_by_a_head_that_is_gone_starts_a_cluster_here(tmp_pa
     names, a run starts its own cluster. Before, ray.init took the file for a running cluster
     and every later run on the machine failed: "When connecting to an existing cluster,
     num_cpus and num_gpus must not be provided"."""
+    import shutil
     import socket
     import subprocess
     import sys
@@ -65,4 +66,4 @@ def test_a_cluster_file_left_by_a_head_that_is_gone_starts_a_cluster_here(tmp_pa
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "cpus 2.0 started here True" in proc.stdout
     finally:
-        subprocess.run(["rm", "-rf", temp])
+        shutil.rmtree(temp, ignore_errors=True)

@@ -241,13 +241,22 @@ def not_a_checkpoint(path: str, missing: str, given_as: str = "--resume") -> Con
     return ConfigError(f"{given_as} {path}: not a yxanul-ray checkpoint (it holds no {missing}); fix: {fix}")
 
 
+def checked_at_pinned_commits(job: JobSpec) -> tuple[JobSpec, SourceListing]:
+    """`job` with its Hub sources and tokenizer pinned to commits, its tokenizer checked and its
+    sources listed there: what a run (a resume too) does before any cluster work."""
+    from yxanul_ray.manifest import list_sources
+
+    job = pin_hub_revisions(job)
+    check_tokenizer(job)
+    return job, list_sources(job)  # a source that does not list is an error here too (manifest.list_sources)
+
+
 def check_resume(job: JobSpec, checkpoint: str) -> tuple[JobSpec, SourceListing]:
     """The job to resume `checkpoint` with (`job`, reading the Hub commits the run read where it
     names none) and its sources' listing, for the coordinator. Raise ConfigError if it cannot
     continue that run (see resume_check), its sources' files included, or if its tokenizer at the
     run's commit does not load or fit the model (check_tokenizer); print the changes it will follow."""
     from yxanul_ray.checkpoint import NotACheckpoint, load_state
-    from yxanul_ray.manifest import list_sources
     from yxanul_ray.resume_check import review_resume, with_saved_revisions
     from yxanul_ray.tokenizer import tokenizer_identity
 
@@ -264,9 +273,8 @@ def check_resume(job: JobSpec, checkpoint: str) -> tuple[JobSpec, SourceListing]
         print(f"resume: warning: not compared with the config, {saved_path} does not load in this version ({e})",
               flush=True)
         saved = None
-    job = pin_hub_revisions(with_saved_revisions(saved, job) if saved else job)
-    check_tokenizer(job)  # at the Hub commit the run read, not the one the config's name serves now
-    listing = list_sources(job)
+    # At the Hub commits the run read, not the ones the config's names serve now.
+    job, listing = checked_at_pinned_commits(with_saved_revisions(saved, job) if saved else job)
     if saved is None:
         return job, listing
     files_now = listing.manifests if "files" in state.coordinator else None  # recorded since this version's checkpoints
@@ -329,7 +337,6 @@ def warn_of_node_local_paths(ray, job: JobSpec) -> None:
 def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> int:
     """Run the job; `train_loop` replaces the workers' loop (a diagnostic's hook)."""
     from yxanul_ray.curriculum import plan_curriculum
-    from yxanul_ray.manifest import list_sources
 
     started_at = time.time()
     try:
@@ -343,9 +350,7 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
         job, listing = check_resume(job, resume)  # not a checkpoint, or not this run's: refused before Ray starts
         resume = resolve_storage(resume)
     else:
-        job = pin_hub_revisions(job)
-        check_tokenizer(job)
-        listing = list_sources(job)  # a source that does not list is an error here too (manifest.list_sources)
+        job, listing = checked_at_pinned_commits(job)
 
     cur = job.curriculum
     run_name = f"{job.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"

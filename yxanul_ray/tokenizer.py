@@ -87,13 +87,11 @@ class HfTokenizer:
     def __init__(self, spec: str) -> None:
         from tokenizers import Tokenizer
 
-        if hub_tokenizer(spec):
-            self._tok = Tokenizer.from_file(hub_tokenizer_file(spec))
-        elif spec.lstrip().startswith("{"):  # a tokenizer.json's content (run_tokenizer's, shipped to the tasks)
+        if spec.lstrip().startswith("{"):  # a tokenizer.json's content (run_tokenizer's, shipped to the tasks)
             self._tok = Tokenizer.from_str(spec)
             spec = "<a tokenizer.json's content>"
-        else:  # a *.json that is not there is a file, never a Hub id (asking the Hub would retry for ~23 s)
-            self._tok = Tokenizer.from_file(local_tokenizer_file(spec))
+        else:
+            self._tok = Tokenizer.from_file(tokenizer_file(spec))
         self.name = spec
         vocab = self._tok.get_vocab(with_added_tokens=True)
         eos = next((vocab[t] for t in EOS_CANDIDATES if t in vocab), None)
@@ -116,6 +114,12 @@ class HfTokenizer:
         self._tok.save(os.path.join(out_dir, "tokenizer.json"))
         with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
             json.dump({"tokenizer_class": "PreTrainedTokenizerFast"}, f)
+
+
+def tokenizer_file(spec: str) -> str:
+    """The local path of the tokenizer.json a path or Hub id names (not `gpt2`, not a content).
+    A *.json that is not there is a file, never a Hub id (asking the Hub would retry for ~23 s)."""
+    return hub_tokenizer_file(spec) if hub_tokenizer(spec) else local_tokenizer_file(spec)
 
 
 def local_tokenizer_file(spec: str) -> str:
@@ -210,8 +214,7 @@ def run_tokenizer(spec: str) -> tuple[str, str]:
     tasks ask the Hub nothing."""
     if spec == "gpt2":
         return spec, spec
-    path = hub_tokenizer_file(spec) if hub_tokenizer(spec) else local_tokenizer_file(spec)
-    with open(path, "rb") as f:
+    with open(tokenizer_file(spec), "rb") as f:
         content = f.read()
     return content.decode("utf-8-sig"), _content_identity(content)
 

@@ -33,14 +33,16 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class SourceSpec:
-    """One text source: a Hugging Face dataset (read as parquet over hf://) or local files."""
+    """One text source: a Hugging Face dataset (its parquet or jsonl files over hf://) or local files."""
 
     name: str = ""
     """Filled from the key under `sources:`."""
     hf: str | None = None
     """Hub dataset id, e.g. `HuggingFaceFW/fineweb-edu`. Exactly one of `hf` and `path`."""
     hf_config: str | None = None
-    """Dataset config (subset) name, e.g. `sample-10BT`; its files live under that folder."""
+    """Dataset config (subset) name, e.g. `sample-10BT`: its files are those the dataset card's
+    `configs:` gives it, as `datasets` reads the card (unset: the card's default config), else
+    those under the folder of that name."""
     split: str = "train"
     revision: str | None = None
     """The dataset's commit (or branch or tag) on the Hub. Unset, the driver pins the commit the

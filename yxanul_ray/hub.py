@@ -1,6 +1,7 @@
-"""Resolving a source to a sorted file list: local globs, or a Hub dataset's parquet files.
+"""Resolving a source to a sorted file list: local globs, or a Hub dataset's files for a config
+and split (hub_layout: the dataset card's rules, as `datasets` reads them).
 
-Hub sources are read as parquet over `HfFileSystem` (hf://datasets/...), never through
+Hub sources are read as parquet (or jsonl) over `HfFileSystem` (hf://datasets/...), never through
 `load_dataset(streaming=True)`, whose Ray integration reads in a single task. Calls retry with
 backoff on 429/5xx/timeouts; an unreachable Hub fails in seconds with a message naming the source.
 """
@@ -20,6 +21,7 @@ from typing import TypeVar
 import yaml
 
 from yxanul_ray.config import SourceSpec
+from yxanul_ray.hub_layout import LayoutError, of_format, split_patterns
 from yxanul_ray.storage import StorageError, fsspec_filesystem, is_uri
 
 T = TypeVar("T")
@@ -131,18 +133,47 @@ def resolve_files(spec: SourceSpec) -> SourceFiles:
     if hub_offline() and not spec.hf_mirror:
         raise offline_refusal(what, "asked for the source's files")
     fs = hf_filesystem(spec.hf_mirror, hf_token())
-    patterns = with_retries(lambda: _data_file_patterns(fs, spec), what)
-    found: dict[str, dict] = {}  # path -> its listing entry (name, size, type)
-    for pattern in patterns:
-        found.update(with_retries(lambda p=pattern: fs.glob(p, detail=True), what))
-    files = sorted(p for p in found if p.endswith(".parquet"))
-    if not files:
-        raise SourceUnavailable(
-            f"{what}: no parquet files for config {spec.hf_config or 'default'!r}, split {spec.split!r} "
-            f"(looked at {', '.join(patterns)})"
-        )
-    return SourceFiles(spec.name, "hf", tuple(files), "parquet", mirror=spec.hf_mirror,
-                       sizes=_listed_sizes(found, files))
+    root = hub_root(spec)
+    try:
+        card = with_retries(lambda: _read_card(fs, root), what)
+        layout = split_patterns(card, spec.hf_config, spec.split, spec.name)
+    except LayoutError as e:
+        raise SourceUnavailable(f"{what}: {e}") from None
+    others: set[str] = set()  # what the globs found that is not of the source's format, for the error
+    for group in layout.groups:
+        found: dict[str, dict] = {}  # path -> its listing entry (name, size, type)
+        for pattern in group:
+            found.update(with_retries(lambda p=f"{root}/{pattern}": fs.glob(p, detail=True), what))
+        data = [p for p, info in found.items() if info.get("type") != "directory"]
+        files = of_format(data, spec.format)
+        if files:
+            return SourceFiles(spec.name, "hf", tuple(files), spec.format, mirror=spec.hf_mirror,
+                               sizes=_listed_sizes(found, files))
+        others.update(_suffix(p) for p in data if not _is_repo_metadata(p))
+    looked_at = "; ".join(", ".join(group) for group in layout.groups)
+    found_note = f"; found only {', '.join(sorted(others))} files" if others else ""
+    raise SourceUnavailable(
+        f"{what}: no {spec.format} files for config {spec.hf_config or 'default'!r}, split {spec.split!r} in "
+        f"{layout.origin} (looked at {looked_at}){found_note}. This reader takes parquet, or jsonl with "
+        f"sources.{spec.name}.format: jsonl; a dataset in other files has a parquet copy on the Hub "
+        f"(sources.{spec.name}.revision: refs/convert/parquet)")
+
+
+def _suffix(path: str) -> str:
+    """A file's extension(s) as the error shows them: `.jsonl.gz`, `.parquet`, `(no extension)`."""
+    name = path.rsplit("/", 1)[-1]
+    parts = name.split(".")
+    if len(parts) == 1:
+        return "(no extension)"
+    return "." + ".".join(parts[-2:]) if parts[-1] in {"gz", "zst", "bz2", "xz", "lz4"} and len(parts) > 2 \
+        else "." + parts[-1]
+
+
+def _is_repo_metadata(path: str) -> bool:
+    """A repo's own files, never data (datasets' FILES_TO_IGNORE, and dotfiles like .gitattributes)."""
+    name = path.rsplit("/", 1)[-1]
+    return name.startswith(".") or name in {"README.md", "config.json", "dataset_info.json", "dataset_infos.json",
+                                            "dataset_dict.json", "dummy_data.zip"}
 
 
 def _glob_fix(spec: SourceSpec) -> str:
@@ -275,29 +306,6 @@ def download_hub_file(repo: str, filename: str, revision: str | None, what: str)
     return with_retries(download, what, unreachable_attempts=1, offline_fix=OFFLINE_TOKENIZER_FIX)
 
 
-def _data_file_patterns(fs, spec: SourceSpec) -> list[str]:
-    """Glob patterns for the config/split, from the dataset card's `configs:` (the Hub's own
-    mapping), else the conventional `<config>/<split>-*` / `data/<split>-*` layouts."""
-    root = hub_root(spec)
-    card = _read_card(fs, root)
-    wanted = spec.hf_config or "default"
-    for cfg in card.get("configs") or []:
-        if cfg.get("config_name", "default") != wanted:
-            continue
-        data_files = cfg.get("data_files")
-        if isinstance(data_files, str):
-            return [f"{root}/{data_files}"]
-        for entry in data_files or []:
-            if isinstance(entry, dict) and entry.get("split") == spec.split:
-                pats = entry.get("path")
-                return [f"{root}/{p}" for p in ([pats] if isinstance(pats, str) else pats)]
-        raise SourceUnavailable(f"source {spec.name}: config {wanted!r} of {spec.hf} has no split {spec.split!r}")
-    if spec.hf_config:
-        return [f"{root}/{spec.hf_config}/**/{spec.split}*.parquet", f"{root}/{spec.hf_config}/**/*.parquet"]
-    return [f"{root}/data/{spec.split}-*.parquet", f"{root}/**/{spec.split}/*.parquet",
-            f"{root}/{spec.split}*.parquet"]
-
-
 def _read_card(fs, root: str) -> dict:
     try:
         with fs.open(f"{root}/README.md", "r", encoding="utf-8") as f:
@@ -307,5 +315,8 @@ def _read_card(fs, root: str) -> dict:
     if not text.startswith("---"):
         return {}
     front = text.split("---", 2)[1]
-    data = yaml.safe_load(front)
+    try:
+        data = yaml.safe_load(front)
+    except yaml.YAMLError as e:
+        raise LayoutError(f"the dataset card's front matter ({root}/README.md) is not YAML ({e})") from None
     return data if isinstance(data, dict) else {}

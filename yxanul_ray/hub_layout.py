@@ -1,0 +1,131 @@
+"""Which files of a Hub dataset are one config's split, as the `datasets` library decides it (pure).
+
+A dataset card's `configs:` is the Hub's own mapping from a config and split to file globs. This
+module reads it by `datasets`' rules (datasets/utils/metadata.py and data_files.py, 5.x): the
+default config is the only one, the one named `default`, or the one marked `default: true`;
+`data_files` is a glob, a list of globs (both the `train` split) or a list of `{split, path}`;
+globs are relative to the config's `data_dir`. A card without configs falls back on the
+layout conventions, tried in order, the first that matches winning: `data/<split>-NNNNN-of-
+NNNNN*`, a folder named for the split, a file named for it, and, for `train` only, every file.
+Reading the card's rules differently would read another split's documents, or none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SPLIT_KEYWORDS = {"train": ("train", "training"), "validation": ("validation", "valid", "dev", "val"),
+                  "test": ("test", "testing", "eval", "evaluation")}
+"""Names `datasets` takes for a split in a folder or file name."""
+_SEP = "[-._ 0-9]"
+"""Characters that may sit beside a split's name in a file or folder name (`datasets`' NON_WORDS_CHARS)."""
+FORMAT_SUFFIXES = {"parquet": (".parquet",), "jsonl": (".jsonl",)}
+"""A source's `format` -> the file names it reads."""
+
+
+class LayoutError(ValueError):
+    """The card or the layout names no files for the source's config and split; says what it has."""
+
+
+@dataclass(frozen=True)
+class PatternGroups:
+    """Globs relative to the dataset's root, as groups tried in order: the first group that
+    matches any file of the source's format is the split's files."""
+
+    groups: tuple[tuple[str, ...], ...]
+    origin: str
+    """Where they came from, for messages: "the card's config 'x'" or "the layout conventions"."""
+
+
+def split_patterns(card: dict, config: str | None, split: str, source: str) -> PatternGroups:
+    """The globs for `config`'s `split` of a dataset whose card front matter is `card` ({} for none).
+    Raises LayoutError naming the configs or splits there are and the setting to change."""
+    configs = _card_configs(card)
+    if not configs:
+        base = config or ""
+        return PatternGroups(layout_groups(base, split), f"the layout conventions{f' under {base}/' if base else ''}")
+    chosen = _chosen_config(configs, config, source)
+    name = chosen.get("config_name", "default")
+    base = str(chosen.get("data_dir") or "").strip("/")
+    data_files = chosen.get("data_files")
+    if data_files is None:  # `datasets` infers the splits under data_dir, as for a card without configs
+        return PatternGroups(layout_groups(base, split), f"the card's config {name!r} (data_dir {base!r})")
+    splits = _splits_of(data_files)
+    if split not in splits:
+        raise LayoutError(f"the card's config {name!r} has no split {split!r} (its splits: {', '.join(splits)}); "
+                          f"fix: sources.{source}.split")
+    return PatternGroups((tuple(_join(base, p) for p in splits[split]),), f"the card's config {name!r}")
+
+
+def layout_groups(base: str, split: str) -> tuple[tuple[str, ...], ...]:
+    """`datasets`' conventions for a split in a folder without card configs (get_data_patterns),
+    most specific first."""
+    keywords = SPLIT_KEYWORDS.get(split, (split,))
+    groups = [
+        (f"data/{split}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]*.*",),
+        tuple(p for kw in keywords for p in (f"**/{kw}/**", f"**/{kw}{_SEP}*/**", f"**/*{_SEP}{kw}/**",
+                                             f"**/*{_SEP}{kw}{_SEP}*/**")),
+        tuple(p for kw in keywords for p in (f"**/{kw}{_SEP}*", f"**/*{_SEP}{kw}{_SEP}*")),
+    ]
+    if split == "train":
+        groups.append(("**",))
+    return tuple(tuple(_join(base, p) for p in group) for group in groups)
+
+
+def of_format(paths, fmt: str) -> list[str]:
+    """The paths a source of format `fmt` reads, sorted."""
+    return sorted(p for p in paths if p.endswith(FORMAT_SUFFIXES[fmt]))
+
+
+def _card_configs(card: dict) -> list[dict]:
+    configs = card.get("configs") if isinstance(card, dict) else None
+    if configs is None:
+        return []
+    if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs):
+        raise LayoutError("the dataset card's `configs:` is not a list of mappings")
+    return configs
+
+
+def _chosen_config(configs: list[dict], config: str | None, source: str) -> dict:
+    names = [str(c.get("config_name", "default")) for c in configs]
+    if config is not None:
+        for name, c in zip(names, configs):
+            if name == config:
+                return c
+        raise LayoutError(f"config {config!r} is not in the dataset card (its configs: {', '.join(names)}); "
+                          f"fix: sources.{source}.hf_config")
+    defaults = [c for name, c in zip(names, configs) if len(configs) == 1 or name == "default" or c.get("default")]
+    if len(defaults) == 1:
+        return defaults[0]
+    if not defaults:
+        raise LayoutError(f"the dataset card names no default config (its configs: {', '.join(names)}); "
+                          f"fix: sources.{source}.hf_config, one of them")
+    raise LayoutError(f"the dataset card marks several configs default "
+                      f"({', '.join(str(c.get('config_name', 'default')) for c in defaults)}); "
+                      f"fix: sources.{source}.hf_config, one of them")
+
+
+def _splits_of(data_files) -> dict[str, list[str]]:
+    """`data_files` as {split: globs} (datasets' sanitize_patterns): a glob or a list of globs is
+    the train split."""
+    if isinstance(data_files, str):
+        return {"train": [data_files]}
+    if isinstance(data_files, dict):
+        return {str(k): [str(p) for p in (v if isinstance(v, list) else [v])] for k, v in data_files.items()}
+    if isinstance(data_files, list) and any(isinstance(e, dict) for e in data_files):
+        splits: dict[str, list[str]] = {}
+        for entry in data_files:
+            if not (isinstance(entry, dict) and "split" in entry and isinstance(entry.get("path"), str | list)):
+                raise LayoutError(f"the dataset card's data_files entry {entry!r} is not {{split, path}}")
+            path = entry["path"]
+            splits[str(entry["split"])] = [str(p) for p in (path if isinstance(path, list) else [path])]
+        return splits
+    if isinstance(data_files, list):
+        return {"train": [str(p) for p in data_files]}
+    raise LayoutError(f"the dataset card's data_files {data_files!r} is not a glob, a list of globs or a list of "
+                      "{split, path}")
+
+
+def _join(base: str, pattern: str) -> str:
+    pattern = pattern[2:] if pattern.startswith("./") else pattern
+    return f"{base}/{pattern}" if base else pattern

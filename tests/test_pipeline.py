@@ -18,6 +18,7 @@ from yxanul_ray.config import ConfigError, job_from_dict, load_job
 from yxanul_ray.cursors import SourceCursor
 from yxanul_ray.hub import SourceUnavailable, content_fingerprints, resolve_files
 from yxanul_ray.local_data import holdout_rows, local_stage
+from yxanul_ray.stage_data import read_spec
 from yxanul_ray.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.ray
@@ -155,6 +156,23 @@ def test_a_corrupt_last_file_is_named_where_validation_reads_it(tmp_path):
                                          r"file, .*part-1\.parquet, which cannot be read as parquet \(.*\); fix: "
                                          r"replace that file, or set sources\.a\.validation_docs to 0"):
         holdout_rows(job, files, TOK.eos_id, 16, 8)
+
+
+def test_jsonl_holdout_is_exactly_the_rows_training_skips(tmp_path):
+    """A blank line among a jsonl file's last rows (a file ending in two newlines, say): training
+    counts it as a row, so the held-out documents must too. Before, validation skipped blank
+    lines and so took one document more from the rows training read."""
+    from yxanul_ray.sources import _Redacted, read_file_docs, read_holdout_docs
+
+    texts = [f"jsonl document {i}" for i in range(6)]
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "part-0.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts) + "\n")
+    job = one_source_job(str(tmp_path / "j" / "*.jsonl"), fmt="jsonl", holdout=2)
+    spec = read_spec(job, resolve_files(job.sources["a"]))
+    trained = [t for table in read_file_docs(spec, _Redacted(None), 0, 0, 0, None, False)
+               for t in table.column("text").to_pylist() if t]
+    held_out = read_holdout_docs(spec)
+    assert trained == texts[:5] and held_out == texts[5:]
 
 
 def test_identical_output_for_identical_seeds(ray_cluster, demo_corpus, ray_packers):

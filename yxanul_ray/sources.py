@@ -212,25 +212,33 @@ def _check_text_field(pf, text_field: str, source: str, path: str) -> None:
                        f"{', '.join(pf.schema_arrow.names)}); set sources.{source}.text_field")
 
 
-def _jsonl_rows(f, spec: ReadSpec, first_row: int, holdout: int):
+def _jsonl_lines(f) -> list[bytes]:
+    """A jsonl file's rows: its lines, less the empty one after a final newline. Training and the
+    held-out documents index the same rows, so the holdout is exactly the rows training skips."""
     lines = io.BufferedReader(f).read().split(b"\n")
     if lines and not lines[-1].strip():
         lines.pop()
+    return lines
+
+
+def _jsonl_row(raw: bytes, text_field: str) -> tuple[object, str]:
+    """(the row's text, '') or (None, the defect it is counted under)."""
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "invalid_utf8"
+    except json.JSONDecodeError:
+        return None, "malformed_json"
+    if not isinstance(obj, dict) or text_field not in obj:
+        return None, "missing_field"
+    return obj[text_field], ""
+
+
+def _jsonl_rows(f, spec: ReadSpec, first_row: int, holdout: int):
+    lines = _jsonl_lines(f)
     stop = max(0, len(lines) - holdout)
     for row in range(first_row, stop):
-        raw = lines[row]
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            yield row, None, "invalid_utf8"
-            continue
-        except json.JSONDecodeError:
-            yield row, None, "malformed_json"
-            continue
-        if not isinstance(obj, dict) or spec.text_field not in obj:
-            yield row, None, "missing_field"
-            continue
-        yield row, obj[spec.text_field], ""
+        yield row, *_jsonl_row(lines[row], spec.text_field)
 
 
 def read_holdout_docs(spec: ReadSpec) -> list[str]:
@@ -258,13 +266,8 @@ def read_holdout_docs(spec: ReadSpec) -> list[str]:
                     f"sources.{files.source}.validation_docs to 0") from None
             values = table.column(0).to_pylist()[max(0, pf.metadata.num_rows - spec.holdout_docs):]
         else:
-            lines = [ln for ln in io.BufferedReader(f).read().split(b"\n") if ln.strip()]
-            values = []
-            for raw in lines[max(0, len(lines) - spec.holdout_docs):]:
-                try:
-                    values.append(json.loads(raw.decode("utf-8")).get(spec.text_field))
-                except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-                    values.append(None)
+            lines = _jsonl_lines(f)
+            values = [_jsonl_row(raw, spec.text_field)[0] for raw in lines[max(0, len(lines) - spec.holdout_docs):]]
     for value in values:
         pieces, _ = _split_text(value, spec.max_doc_chars)
         if pieces:

@@ -156,7 +156,8 @@ def resolve_files(spec: SourceSpec) -> SourceFiles:
         f"{what}: no {spec.format} files for config {spec.hf_config or 'default'!r}, split {spec.split!r} in "
         f"{layout.origin} (looked at {looked_at}){found_note}. This reader takes parquet, or jsonl with "
         f"sources.{spec.name}.format: jsonl; a dataset in other files has a parquet copy on the Hub "
-        f"(sources.{spec.name}.revision: refs/convert/parquet)")
+        f"(sources.{spec.name}.revision: refs/convert/parquet, with sources.{spec.name}.hf_config naming the "
+        "config: its folder there)")
 
 
 def _suffix(path: str) -> str:

@@ -207,6 +207,9 @@ def test_local_path_matching_nothing(tmp_path, placeholder_sources):
 def test_source_needs_exactly_one_location(tmp_path, placeholder_sources):
     data = base_config(placeholder_sources)
     data["sources"]["math"]["hf"] = "someone/math"
+    _fails(tmp_path, data, "sources.math", "both `hf` (someone/math) and `path` (")
+    _fails(tmp_path, data, "sources.math", "--set sources.math.hf=null reads the path")
+    del data["sources"]["math"]["hf"], data["sources"]["math"]["path"]
     _fails(tmp_path, data, "sources.math", "exactly one")
 
 
@@ -246,6 +249,9 @@ def test_set_overrides_apply_and_validate(tmp_path, placeholder_sources):
         load_job(path, ["run.workers"])
     with pytest.raises(ConfigError, match="no list item named"):
         load_job(path, ["curriculum.stages.zzz.tokens=5"])
+    # A list index in brackets, as other tools write it. Before: "curriculum.stages[0]: unknown key".
+    job = load_job(path, ["curriculum.stages[1].seq_len=64", "curriculum.stages[-1].lr_scale=0.25"])
+    assert job.curriculum.stages[1].seq_len == 64 and job.curriculum.stages[-1].lr_scale == 0.25
 
 
 def test_overlap_policy_gives_stride(tmp_path, placeholder_sources):

@@ -11,6 +11,7 @@ import dataclasses
 import glob
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -257,7 +258,8 @@ def apply_override(raw: dict, item: str, path: str) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         value = text
-    parts = key.strip().split(".")
+    # `stages[0].seq_len` as `stages.0.seq_len`: the index form users bring from other tools.
+    parts = re.sub(r"\[(-?\d+)\]", r".\1", key.strip()).split(".")
     node: Any = raw
     for i, part in enumerate(parts[:-1]):
         node = _child(node, part, ".".join(parts[: i + 1]), path, create=True)
@@ -409,7 +411,10 @@ def _validate(job: JobSpec) -> None:
 
     for name, src in job.sources.items():
         where = f"sources.{name}"
-        if (src.hf is None) == (src.path is None):
+        if src.hf is not None and src.path is not None:
+            fail(where, f"both `hf` ({src.hf}) and `path` ({src.path}) are set; keep one (from the command line, "
+                 f"--set {where}.hf=null reads the path)")
+        if src.hf is None and src.path is None:
             fail(where, "give exactly one of `hf` (a hub dataset id) or `path` (local files)")
         if src.revision is not None and src.hf is None:
             fail(f"{where}.revision", "applies to a Hub dataset (`hf`) only; remove it for local files")

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -145,5 +146,9 @@ def test_jsonl_on_the_hub_path_and_what_is_found_instead(tmp_path):
         listed(mirror_source(tmp_path))
     message = str(err.value)
     assert "no parquet files for config 'default', split 'train' in the card's config 'default'" in message
-    assert "found only .jsonl, .jsonl.gz files" in message and "sources.a.format: jsonl" in message
+    assert "found only .jsonl, .jsonl.gz files; fix: sources.a.format: jsonl" in message
     assert "README" not in message.split("found only")[1]
+    os.remove(repo / "data" / "train.jsonl")
+    with pytest.raises(SourceUnavailable, match=r"found only \.jsonl\.gz files; this reader takes parquet, or jsonl "
+                                                r"with sources\.a\.format: jsonl; .* refs/convert/parquet"):
+        listed(mirror_source(tmp_path))

@@ -21,7 +21,7 @@ from typing import TypeVar
 import yaml
 
 from yxanul_ray.config import SourceSpec
-from yxanul_ray.hub_layout import LayoutError, of_format, split_patterns
+from yxanul_ray.hub_layout import FORMAT_SUFFIXES, LayoutError, of_format, split_patterns
 from yxanul_ray.storage import StorageError, fsspec_filesystem, is_uri
 
 T = TypeVar("T")
@@ -152,12 +152,13 @@ def resolve_files(spec: SourceSpec) -> SourceFiles:
         others.update(_suffix(p) for p in data if not _is_repo_metadata(p))
     looked_at = "; ".join(", ".join(group) for group in layout.groups)
     found_note = f"; found only {', '.join(sorted(others))} files" if others else ""
-    raise SourceUnavailable(
-        f"{what}: no {spec.format} files for config {spec.hf_config or 'default'!r}, split {spec.split!r} in "
-        f"{layout.origin} (looked at {looked_at}){found_note}. This reader takes parquet, or jsonl with "
-        f"sources.{spec.name}.format: jsonl; a dataset in other files has a parquet copy on the Hub "
-        f"(sources.{spec.name}.revision: refs/convert/parquet, with sources.{spec.name}.hf_config naming the "
-        "config: its folder there)")
+    readable = [fmt for fmt, suffixes in FORMAT_SUFFIXES.items() if any(o in suffixes for o in others)]
+    fix = (f"fix: sources.{spec.name}.format: {readable[0]}" if readable else
+           f"this reader takes parquet, or jsonl with sources.{spec.name}.format: jsonl; a dataset in other files "
+           f"has a parquet copy on the Hub (sources.{spec.name}.revision: refs/convert/parquet, with "
+           f"sources.{spec.name}.hf_config naming the config: its folder there)")
+    raise SourceUnavailable(f"{what}: no {spec.format} files for config {spec.hf_config or 'default'!r}, split "
+                            f"{spec.split!r} in {layout.origin} (looked at {looked_at}){found_note}; {fix}")
 
 
 def _suffix(path: str) -> str:

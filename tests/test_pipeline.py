@@ -175,6 +175,24 @@ def test_jsonl_holdout_is_exactly_the_rows_training_skips(tmp_path):
     assert trained == texts[:5] and held_out == texts[5:]
 
 
+def test_parquet_holdout_reads_only_the_row_groups_that_hold_it(tmp_path):
+    """The held-out documents are the last file's last rows: only their row groups are read (a
+    Hub shard's text column can be gigabytes). Shown by a file whose first row group is corrupt,
+    which a read of the whole column fails on."""
+    from yxanul_ray.sources import read_holdout_docs
+
+    texts = [f"parquet document {i}" for i in range(20)]
+    path = str(tmp_path / "a" / "part-0.parquet")
+    write_docs(path, texts, row_group_size=4)
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(0)
+    chunk_end = (chunk.dictionary_page_offset or chunk.data_page_offset) + chunk.total_compressed_size
+    with open(path, "r+b") as f:  # the first row group's data page, past its header
+        f.seek(chunk.data_page_offset + 16)
+        f.write(b"\xa5" * (chunk_end - chunk.data_page_offset - 20))
+    job = one_source_job(str(tmp_path / "a" / "*.parquet"), holdout=6)  # spans row groups 3 and 4
+    assert read_holdout_docs(read_spec(job, resolve_files(job.sources["a"]))) == texts[14:]
+
+
 def test_identical_output_for_identical_seeds(ray_cluster, demo_corpus, ray_packers):
     job = demo_job(demo_corpus, "run.seed=5", "data.object_store_mb_per_source=32", scale=20)
     sd, a, _ = run_stage(job, 3, {}, 1, ray_packers)

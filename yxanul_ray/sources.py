@@ -257,14 +257,13 @@ def read_holdout_docs(spec: ReadSpec) -> list[str]:
             try:
                 pf = pq.ParquetFile(f)
                 _check_text_field(pf, spec.text_field, files.source, path)
-                table = pf.read(columns=[spec.text_field])
+                values = _last_values(pf, spec.text_field, spec.holdout_docs)
             except (pa.ArrowInvalid, OSError) as e:
                 # Training skips such a file (_parquet_rows); validation has no other documents.
                 raise ValueError(
                     f"source {files.source}: its held-out validation documents are the last {spec.holdout_docs} of "
                     f"its last file, {path}, which cannot be read as parquet ({e}); fix: replace that file, or set "
                     f"sources.{files.source}.validation_docs to 0") from None
-            values = table.column(0).to_pylist()[max(0, pf.metadata.num_rows - spec.holdout_docs):]
         else:
             lines = _jsonl_lines(f)
             values = [_jsonl_row(raw, spec.text_field)[0] for raw in lines[max(0, len(lines) - spec.holdout_docs):]]
@@ -273,6 +272,21 @@ def read_holdout_docs(spec: ReadSpec) -> list[str]:
         if pieces:
             out.append("".join(pieces))
     return out
+
+
+def _last_values(pf, column: str, n: int) -> list:
+    """The last `n` values of a parquet file's `column`, reading only the row groups that hold
+    them: a Hub shard's text column can be gigabytes, its last row group a few megabytes."""
+    groups, rows = [], 0
+    for g in reversed(range(pf.num_row_groups)):
+        if rows >= n:
+            break
+        groups.append(g)
+        rows += pf.metadata.row_group(g).num_rows
+    if not groups:
+        return []
+    values = pf.read_row_groups(sorted(groups), columns=[column]).column(0).to_pylist()
+    return values[max(0, len(values) - n):]
 
 
 def make_datasource(spec: ReadSpec, start: SourceCursor, wrap_epochs: int = MAX_WRAP_EPOCHS):

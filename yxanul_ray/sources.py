@@ -17,6 +17,7 @@ what makes cursors and seeded runs reproducible.
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import logging
@@ -212,13 +213,15 @@ def _check_text_field(pf, text_field: str, source: str, path: str) -> None:
                        f"{', '.join(pf.schema_arrow.names)}); set sources.{source}.text_field")
 
 
-def _jsonl_lines(f) -> list[bytes]:
-    """A jsonl file's rows: its lines, less the empty one after a final newline. Training and the
-    held-out documents index the same rows, so the holdout is exactly the rows training skips."""
-    lines = io.BufferedReader(f).read().split(b"\n")
-    if lines and not lines[-1].strip():
-        lines.pop()
-    return lines
+def _jsonl_lines(f) -> Iterator[bytes]:
+    """A jsonl file's rows, streamed (a shard can be gigabytes): its lines without their newline;
+    text after the last newline is a row unless it is blank. Training and the held-out documents
+    index the same rows, so the holdout is exactly the rows training skips."""
+    for line in io.BufferedReader(f, buffer_size=1 << 20):
+        if line.endswith(b"\n"):
+            yield line[:-1]
+        elif line.strip():
+            yield line
 
 
 def _jsonl_row(raw: bytes, text_field: str) -> tuple[object, str]:
@@ -235,10 +238,17 @@ def _jsonl_row(raw: bytes, text_field: str) -> tuple[object, str]:
 
 
 def _jsonl_rows(f, spec: ReadSpec, first_row: int, holdout: int):
-    lines = _jsonl_lines(f)
-    stop = max(0, len(lines) - holdout)
-    for row in range(first_row, stop):
-        yield row, *_jsonl_row(lines[row], spec.text_field)
+    """(row, text, defect) of a jsonl file from `first_row`, less its last `holdout` rows: a row
+    is passed on once `holdout` more have been read, so the file is read once and never whole."""
+    pending: collections.deque[tuple[int, bytes]] = collections.deque()
+    for row, raw in enumerate(_jsonl_lines(f)):
+        if holdout:
+            pending.append((row, raw))
+            if len(pending) <= holdout:
+                continue
+            row, raw = pending.popleft()
+        if row >= first_row:
+            yield row, *_jsonl_row(raw, spec.text_field)
 
 
 def read_holdout_docs(spec: ReadSpec) -> list[str]:
@@ -265,8 +275,8 @@ def read_holdout_docs(spec: ReadSpec) -> list[str]:
                     f"its last file, {path}, which cannot be read as parquet ({e}); fix: replace that file, or set "
                     f"sources.{files.source}.validation_docs to 0") from None
         else:
-            lines = _jsonl_lines(f)
-            values = [_jsonl_row(raw, spec.text_field)[0] for raw in lines[max(0, len(lines) - spec.holdout_docs):]]
+            last_lines = collections.deque(_jsonl_lines(f), maxlen=spec.holdout_docs)
+            values = [_jsonl_row(raw, spec.text_field)[0] for raw in last_lines]
     for value in values:
         pieces, _ = _split_text(value, spec.max_doc_chars)
         if pieces:

@@ -200,6 +200,24 @@ def test_jsonl_rows_are_streamed_with_the_same_row_numbers(tmp_path):
         assert rows[2][2] == "malformed_json"
 
 
+def test_a_large_row_group_is_read_in_batches_with_the_same_row_numbers(tmp_path):
+    """A row group of more rows than one decoded batch (pandas writes a whole file as one): rows
+    keep their numbers across batches, from a cursor inside it to the holdout at its end."""
+    from yxanul_ray.sources import PARQUET_BATCH_ROWS, _Redacted, read_file_docs, read_holdout_docs
+
+    n = 3 * PARQUET_BATCH_ROWS + 5
+    texts = [f"row {i}" for i in range(n)]
+    write_docs(str(tmp_path / "a" / "part-0.parquet"), texts, row_group_size=n)
+    job = one_source_job(str(tmp_path / "a" / "*.parquet"), holdout=10)
+    spec = read_spec(job, resolve_files(job.sources["a"]))
+    start = PARQUET_BATCH_ROWS + 7
+    tables = list(read_file_docs(spec, _Redacted(None), 0, 0, 0, SourceCursor(row=start), False))
+    rows = [r for table in tables for r in table.column("row").to_pylist()]
+    read = [t for table in tables for t in table.column("text").to_pylist()]
+    assert rows == list(range(start, n - 10)) and read == texts[start:n - 10]
+    assert read_holdout_docs(spec) == texts[n - 10:]
+
+
 def test_parquet_holdout_reads_only_the_row_groups_that_hold_it(tmp_path):
     """The held-out documents are the last file's last rows: only their row groups are read (a
     Hub shard's text column can be gigabytes). Shown by a file whose first row group is corrupt,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -216,6 +217,37 @@ def test_a_large_row_group_is_read_in_batches_with_the_same_row_numbers(tmp_path
     read = [t for table in tables for t in table.column("text").to_pylist()]
     assert rows == list(range(start, n - 10)) and read == texts[start:n - 10]
     assert read_holdout_docs(spec) == texts[n - 10:]
+
+
+def test_a_read_task_carries_its_own_file_not_the_source_list(tmp_path):
+    """Ray Data puts every planned read task in the object store when a stage starts; each held
+    the whole file list, so 2,410 files made 315 KiB tasks, 2.2 GB a source and stage."""
+    from ray import cloudpickle
+
+    from yxanul_ray.sources import make_datasource, one_file
+
+    texts = [f"doc {i}" for i in range(6)]
+    for i in range(3):
+        write_docs(str(tmp_path / "a" / f"part-{i}.parquet"), texts[2 * i:2 * i + 2])
+    job = one_source_job(str(tmp_path / "a" / "*.parquet"), holdout=1)
+    spec = read_spec(job, resolve_files(job.sources["a"]))
+    assert [one_file(spec, i).holdout_docs for i in range(3)] == [0, 0, 1]
+    assert [one_file(spec, i).files.paths for i in range(3)] == [(p,) for p in spec.files.paths]
+    tasks = make_datasource(spec, SourceCursor(), 0).get_read_tasks(1)
+    read = [t for task in tasks for table in task()
+            for t, bad in zip(table.column("text").to_pylist(), table.column("bad").to_pylist()) if not bad]
+    # In the epoch's file order, less the held-out document: the last of the last file.
+    assert read == [t for f in _order_of(spec) for t in texts[2 * f:2 * f + 2] if t != "doc 5"]
+    many = dataclasses.replace(spec, files=dataclasses.replace(
+        spec.files, paths=spec.files.paths * 1000, sizes=spec.files.sizes * 1000))
+    task = make_datasource(many, SourceCursor(), 0).get_read_tasks(1)[0]
+    assert len(cloudpickle.dumps(task)) < 8 * 1024
+
+
+def _order_of(spec) -> list[int]:
+    from yxanul_ray.cursors import file_order
+
+    return list(file_order(len(spec.files.paths), 0, spec.seed, spec.files.source))
 
 
 def test_parquet_holdout_reads_only_the_row_groups_that_hold_it(tmp_path):

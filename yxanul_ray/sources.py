@@ -18,6 +18,7 @@ what makes cursors and seeded runs reproducible.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import io
 import json
 import logging
@@ -316,6 +317,17 @@ def _last_values(pf, column: str, n: int) -> list:
     return list(last)
 
 
+def one_file(spec: ReadSpec, file_index: int) -> ReadSpec:
+    """`spec` narrowed to one of its files, holding the held-out documents only if it is the
+    last: what a read task carries. Ray Data puts every planned read task in the object store
+    when a stage starts, and with the whole file list in each, 2,410 files (fineweb-edu's default
+    config) made 7,230 tasks of 315 KiB: 2.2 GB a source and stage."""
+    files = dataclasses.replace(spec.files, paths=(spec.files.paths[file_index],),
+                                sizes=spec.files.sizes[file_index:file_index + 1])
+    holdout = spec.holdout_docs if file_index == len(spec.files.paths) - 1 else 0
+    return dataclasses.replace(spec, files=files, holdout_docs=holdout)
+
+
 def make_datasource(spec: ReadSpec, start: SourceCursor, wrap_epochs: int = MAX_WRAP_EPOCHS):
     from ray.data import Datasource
     from ray.data.block import BlockMetadata
@@ -341,6 +353,7 @@ def make_datasource(spec: ReadSpec, start: SourceCursor, wrap_epochs: int = MAX_
             warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks for 'Read")
             tasks = []
             n = len(spec.files.paths)
+            per_file = [one_file(spec, i) for i in range(n)]
             for epoch in range(start.epoch, start.epoch + wrap_epochs + 1):
                 order = file_order(n, epoch, spec.seed, spec.files.source)
                 first_pos = start.file_pos if epoch == start.epoch else 0
@@ -350,8 +363,8 @@ def make_datasource(spec: ReadSpec, start: SourceCursor, wrap_epochs: int = MAX_
                     meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None,
                                          input_files=(spec.files.paths[order[pos]],))
                     tasks.append(ReadTask(
-                        lambda e=epoch, p=pos, i=order[pos], c=cursor, m=last:
-                            read_file_docs(spec, token, e, p, i, c, m),
+                        lambda e=epoch, p=pos, one=per_file[order[pos]], c=cursor, m=last:
+                            read_file_docs(one, token, e, p, 0, c, m),
                         meta, schema=DOC_SCHEMA,
                     ))
             return tasks

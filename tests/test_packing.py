@@ -164,7 +164,7 @@ def test_step_tokens_by_source_counts_masked_tail_on_last_ranks():
 def test_pack_step_rows_and_end_report_match_the_packer():
     from yxanul_ray.sources import Pack
 
-    pack = Pack(source="a", source_id=2, seq_len=4, stride=4, eos_id=EOS, max_rows=3, start={}, wrap_epochs=1)
+    pack = Pack(source="a", source_id=2, seq_len=4, stride=4, eos_id=EOS, max_rows=3, start={}, reads=2)
     first = pack(token_block([(0, 0, 0), (0, 0, 1)]))  # 12 tokens with EOS: rows need 3 * 4 + 1 = 13
     assert first["tokens"].shape == (2, 5) and set(first["source"]) == {2} and not pack.done
     last = pack(token_block([(0, 0, 2), (0, 1, 0)]))
@@ -177,7 +177,7 @@ def test_pack_step_rows_and_end_report_match_the_packer():
 def test_pack_step_refuses_blocks_out_of_stream_order():
     from yxanul_ray.sources import Pack
 
-    pack = Pack(source="math", source_id=0, seq_len=64, stride=64, eos_id=EOS, max_rows=10, start={}, wrap_epochs=1)
+    pack = Pack(source="math", source_id=0, seq_len=64, stride=64, eos_id=EOS, max_rows=10, start={}, reads=2)
     pack(token_block([(0, 1, 0), (0, 1, 1)]))
     with pytest.raises(RuntimeError, match=r"source math: a block starting at \(0, 0, 5, 0\).*stream order"):
         pack(token_block([(0, 0, 5)]))

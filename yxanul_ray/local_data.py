@@ -35,7 +35,7 @@ class LocalSource:
         spec = read_spec(job, files)
         config = pack_config(spec, source_id=plan.source_id, start=start, seq_len=plan.seq_len, stride=plan.stride,
                              eos_id=eos_id, max_rows=plan.max_rows, skip_rows=plan.skip_rows)
-        self._read_tasks = make_datasource(spec, start, config["wrap_epochs"]).get_read_tasks(1)
+        self._read_tasks = make_datasource(spec, start, config["reads"]).get_read_tasks(1)
         self._pack = Pack(**config)
         self._tokenizer, self._batch_docs = job.data.tokenizer, job.data.tokenize_batch_size
 

@@ -328,7 +328,24 @@ def one_file(spec: ReadSpec, file_index: int) -> ReadSpec:
     return dataclasses.replace(spec, files=files, holdout_docs=holdout)
 
 
-def make_datasource(spec: ReadSpec, start: SourceCursor, wrap_epochs: int = MAX_WRAP_EPOCHS):
+def stream_files(spec: ReadSpec, start: SourceCursor, reads: int) -> Iterator[tuple[int, int, int]]:
+    """(epoch, position in the epoch's order, file index) of the first `reads` files of the
+    source's stream from `start`: the cursor's file, the rest of its epoch, then the next
+    epochs' orders (file_order)."""
+    n = len(spec.files.paths)
+    epoch, pos = start.epoch, start.file_pos
+    order = file_order(n, epoch, spec.seed, spec.files.source)
+    for _ in range(reads):
+        if pos == n:
+            epoch, pos = epoch + 1, 0
+            order = file_order(n, epoch, spec.seed, spec.files.source)
+        yield epoch, pos, order[pos]
+        pos += 1
+
+
+def make_datasource(spec: ReadSpec, start: SourceCursor, reads: int):
+    """A Ray Data datasource of `reads` read tasks, one file each, in stream order from `start`
+    (planned_reads: enough for the stage). The last adds an END_OF_DATA row."""
     from ray.data import Datasource
     from ray.data.block import BlockMetadata
     from ray.data.datasource import ReadTask
@@ -338,7 +355,7 @@ def make_datasource(spec: ReadSpec, start: SourceCursor, wrap_epochs: int = MAX_
     token = _Redacted(hf_token() if spec.files.kind == "hf" else None)
 
     class DocumentDatasource(Datasource):
-        """One read task per file, in stream order from the cursor, across wrap epochs."""
+        """One read task per file, in stream order from the cursor, across wrap epochs if need be."""
 
         def get_name(self) -> str:
             return f"Read{spec.files.source.capitalize()}Docs"
@@ -352,21 +369,16 @@ def make_datasource(spec: ReadSpec, start: SourceCursor, wrap_epochs: int = MAX_
             # is the point; Ray Data warns about it once per stage and source in the user's log.
             warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks for 'Read")
             tasks = []
-            n = len(spec.files.paths)
-            per_file = [one_file(spec, i) for i in range(n)]
-            for epoch in range(start.epoch, start.epoch + wrap_epochs + 1):
-                order = file_order(n, epoch, spec.seed, spec.files.source)
-                first_pos = start.file_pos if epoch == start.epoch else 0
-                for pos in range(first_pos, n):
-                    cursor = start if (epoch, pos) == (start.epoch, start.file_pos) else None
-                    last = epoch == start.epoch + wrap_epochs and pos == n - 1
-                    meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None,
-                                         input_files=(spec.files.paths[order[pos]],))
-                    tasks.append(ReadTask(
-                        lambda e=epoch, p=pos, one=per_file[order[pos]], c=cursor, m=last:
-                            read_file_docs(one, token, e, p, 0, c, m),
-                        meta, schema=DOC_SCHEMA,
-                    ))
+            per_file = [one_file(spec, i) for i in range(len(spec.files.paths))]
+            for k, (epoch, pos, index) in enumerate(stream_files(spec, start, reads)):
+                cursor = start if k == 0 else None
+                meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None,
+                                     input_files=(spec.files.paths[index],))
+                tasks.append(ReadTask(
+                    lambda e=epoch, p=pos, one=per_file[index], c=cursor, m=k == reads - 1:
+                        read_file_docs(one, token, e, p, 0, c, m),
+                    meta, schema=DOC_SCHEMA,
+                ))
             return tasks
 
     return DocumentDatasource()
@@ -402,8 +414,8 @@ class Pack:
     stream order, which it checks (a reordered stream would silently change the rows)."""
 
     def __init__(self, *, source: str, source_id: int, seq_len: int, stride: int, eos_id: int, max_rows: int,
-                 start: dict, wrap_epochs: int, skip_rows: int = 0):
-        self.source, self.source_id, self.wrap_epochs = source, source_id, wrap_epochs
+                 start: dict, reads: int, skip_rows: int = 0):
+        self.source, self.source_id, self.reads = source, source_id, reads
         self.packer = Packer(seq_len, stride, eos_id, max_rows, SourceCursor.from_dict(start), skip_rows)
         self._last_key: tuple[int, int, int, int] = (-1, -1, -1, -1)
 
@@ -430,8 +442,11 @@ class Pack:
                 if bad[i]:
                     if bad[i] == END_OF_DATA:
                         raise RuntimeError(
-                            f"source {self.source} ran dry {self.wrap_epochs} times in one stage; it is far "
-                            "too small for the stage's budget: add data or lower its mix weight")
+                            f"source {self.source} ran out in one stage: the {self.reads:,} file reads planned "
+                            f"for its {p.max_rows:,} rows (at least {MIN_TOKENS_PER_FILE_BYTE} tokens per byte, "
+                            f"at most {MAX_WRAP_EPOCHS} passes more) gave too few tokens. Its files are far too "
+                            "small for the stage's budget, or mostly unreadable or empty: add data or lower its "
+                            "mix weight")
                     p.note_bad(bad[i])
                     continue
                 key = (int(epoch[i]), int(file_pos[i]), int(row[i]), int(piece[i]))
@@ -475,23 +490,34 @@ def pack_in_stream_order(batch: pa.Table, *, packers, stage_key, config: dict):
 MIN_TOKENS_PER_FILE_BYTE = 0.01  # far below real text (~0.35 for parquet-compressed English)
 
 
-def wrap_epochs_needed(spec: ReadSpec, tokens: int) -> int:
-    """How many extra passes over the source to plan read tasks for: enough for `tokens` even at
-    an implausibly low token density, so a stage never stops short; unread tasks cost nothing."""
-    total_bytes = sum(spec.files.sizes) if spec.files.sizes else 0
-    if not total_bytes:
-        return MAX_WRAP_EPOCHS
-    passes = tokens / (total_bytes * MIN_TOKENS_PER_FILE_BYTE)
-    return min(MAX_WRAP_EPOCHS, int(passes) + 2)
+def planned_reads(spec: ReadSpec, start: SourceCursor, tokens: int) -> int:
+    """How many files, in stream order from `start`, to plan read tasks for: enough for `tokens`
+    even at an implausibly low token density (the cursor's own file, partly read, counted as
+    nothing), so a stage never stops short, and at most MAX_WRAP_EPOCHS passes more. Not more:
+    Ray Data puts every planned task in the object store when the stage starts, and whole
+    passes of 2,410 files (7,230 tasks) took 5.6-7.6 s to a first block against 0.7-1.6 s for 30."""
+    n = len(spec.files.paths)
+    most = n * (MAX_WRAP_EPOCHS + 1) - start.file_pos
+    if not spec.files.sizes:  # a listing without sizes: every pass allowed
+        return most
+    bytes_needed = tokens / MIN_TOKENS_PER_FILE_BYTE
+    reads, fresh_bytes = 0, 0
+    for _, _, index in stream_files(spec, start, most):
+        reads += 1
+        if reads > 1:
+            fresh_bytes += spec.files.sizes[index]
+            if fresh_bytes >= bytes_needed:
+                break
+    return reads
 
 
 def pack_config(spec: ReadSpec, *, source_id: int, start: SourceCursor, seq_len: int, stride: int, eos_id: int,
                 max_rows: int, skip_rows: int = 0) -> dict:
-    """`Pack`'s arguments for one (stage, source) stream, wrap epochs included (the read tasks
-    take them too). The Ray pack step and local_data both build their packer from this."""
+    """`Pack`'s arguments for one (stage, source) stream, the files to read included (the read
+    tasks take them too). The Ray pack step and local_data both build their packer from this."""
     return {"source": spec.files.source, "source_id": source_id, "seq_len": seq_len, "stride": stride,
             "eos_id": eos_id, "max_rows": max_rows, "start": start.to_dict(),
-            "wrap_epochs": wrap_epochs_needed(spec, max_rows * stride + seq_len), "skip_rows": skip_rows}
+            "reads": planned_reads(spec, start, max_rows * stride + seq_len), "skip_rows": skip_rows}
 
 
 def build_source_dataset(spec: ReadSpec, *, source_id: int, start: SourceCursor, seq_len: int, stride: int,
@@ -513,7 +539,7 @@ def build_source_dataset(spec: ReadSpec, *, source_id: int, start: SourceCursor,
     # override_num_blocks=1: Ray Data would otherwise cut every read block into ~200 / (read
     # tasks) pieces (13-17 on the demo) to reach its default parallelism, so many more tokenize
     # tasks for the same documents; the blocks are already small (BLOCK_BYTES).
-    ds = ray.data.read_datasource(make_datasource(spec, start, config["wrap_epochs"]), num_cpus=data_cpus,
+    ds = ray.data.read_datasource(make_datasource(spec, start, config["reads"]), num_cpus=data_cpus,
                                   compute=tasks, override_num_blocks=1)
     ds = ds.map_batches(tokenize_batch, fn_kwargs={"tokenizer": tokenizer}, batch_size=tokenize_batch_size,
                         batch_format="pyarrow", num_cpus=data_cpus, compute=tasks)

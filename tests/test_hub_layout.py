@@ -8,6 +8,7 @@ import json
 import os
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from datasets.data_files import sanitize_patterns
 from datasets.utils.metadata import MetadataConfigs
@@ -130,25 +131,28 @@ def test_jsonl_on_the_hub_path_and_what_is_found_instead(tmp_path):
     repo = tmp_path / "datasets" / "org" / "corpus"
     texts = [f"hub jsonl document {i} " * 3 for i in range(12)]
     (repo / "data").mkdir(parents=True)
-    (repo / "data" / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    (repo / "data" / "train-0.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[:5]))
+    with pa.OSFile(str(repo / "data" / "train-1.jsonl.zst"), "wb") as raw, pa.CompressedOutputStream(raw, "zstd") as z:
+        z.write("".join(json.dumps({"text": t}) + "\n" for t in texts[5:]).encode())
     (repo / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files: data/*\n---\n")
     source = mirror_source(tmp_path, fmt="jsonl")
     job = one_hub_source_job(source)
     files = resolve_files(job.sources["a"])
-    assert files.format == "jsonl" and listed(source) == ["data/train.jsonl"]
+    assert files.format == "jsonl" and listed(source) == ["data/train-0.jsonl", "data/train-1.jsonl.zst"]
     batches, _ = local_stage(job, 0, {}, {"a": files}, TOK.eos_id)
     rows = np.concatenate([b["tokens"] for b in batches])
     stream = np.concatenate([np.append(np.array(ids, dtype=np.int32), TOK.eos_id) for ids in TOK.encode_batch(texts)])
     assert rows.shape == (8, 9) and (rows[:, 1:].ravel() == stream[1:65]).all()
     # The same dataset read as parquet (the default format) finds no parquet file, and says what it found.
-    (repo / "data" / "more.jsonl.gz").write_bytes(b"")
+    (repo / "data" / "more.json.gz").write_bytes(b"")
     with pytest.raises(SourceUnavailable) as err:
         listed(mirror_source(tmp_path))
     message = str(err.value)
     assert "no parquet files for config 'default', split 'train' in the card's config 'default'" in message
-    assert "found only .jsonl, .jsonl.gz files; fix: sources.a.format: jsonl" in message
+    assert "found only .json.gz, .jsonl, .jsonl.zst files; fix: sources.a.format: jsonl" in message
     assert "README" not in message.split("found only")[1]
-    os.remove(repo / "data" / "train.jsonl")
-    with pytest.raises(SourceUnavailable, match=r"found only \.jsonl\.gz files; this reader takes parquet, or jsonl "
+    for name in ("train-0.jsonl", "train-1.jsonl.zst"):
+        os.remove(repo / "data" / name)
+    with pytest.raises(SourceUnavailable, match=r"found only \.json\.gz files; this reader takes parquet, or jsonl "
                                                 r"with sources\.a\.format: jsonl; .* refs/convert/parquet"):
         listed(mirror_source(tmp_path))

@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -199,6 +200,45 @@ def test_jsonl_rows_are_streamed_with_the_same_row_numbers(tmp_path):
         assert [r for r, _, _ in rows] == list(range(2, kept)), tail
         assert [(t if not bad else None) for _, t, bad in rows] == [expected[r] for r in range(2, kept)]
         assert rows[2][2] == "malformed_json"
+
+
+def test_compressed_jsonl_reads_as_plain_and_a_cut_one_is_skipped_from_where_it_stops(tmp_path):
+    """`.jsonl.gz`, `.jsonl.zst` (and .bz2, .lz4) read as their plain jsonl would, held-out
+    documents included. A local one cut short keeps the rows before the cut and counts the rest
+    as one unreadable_file row, as a corrupt parquet file does."""
+    import gzip
+
+    from yxanul_ray.sources import _Redacted, read_file_docs, read_holdout_docs
+
+    texts = [f"compressed document {i} " * 20 for i in range(6000)]  # 2.8 MB: more than one 1 MiB read
+    body = "".join(json.dumps({"text": t}) + "\n" for t in texts).encode()
+    (tmp_path / "gz").mkdir()
+    (tmp_path / "gz" / "part-0.jsonl.gz").write_bytes(gzip.compress(body))
+    (tmp_path / "zst").mkdir()
+    with pa.CompressedOutputStream(str(tmp_path / "zst" / "part-0.jsonl.zst"), "zstd") as z:
+        z.write(body)
+    (tmp_path / "cut").mkdir()
+    whole = gzip.compress(body)
+    (tmp_path / "cut" / "part-0.jsonl.gz").write_bytes(whole[:len(whole) * 4 // 5])
+
+    def read(folder: str):
+        job = one_source_job(str(tmp_path / folder / "*.jsonl.*"), fmt="jsonl", holdout=3)
+        spec = read_spec(job, resolve_files(job.sources["a"]))
+        tables = list(read_file_docs(spec, _Redacted(None), 0, 0, 0, SourceCursor(row=1), False))
+        cols = {c: [v for t in tables for v in t.column(c).to_pylist()] for c in ("row", "text", "bad")}
+        return spec, cols
+
+    for folder in ("gz", "zst"):
+        spec, cols = read(folder)
+        assert cols["text"] == texts[1:-3] and cols["row"] == list(range(1, len(texts) - 3)) and not any(cols["bad"])
+        assert read_holdout_docs(spec) == texts[-3:]
+    spec, cols = read("cut")
+    kept = cols["bad"].index("unreadable_file")
+    assert 1 < kept < len(texts) - 3 and cols["bad"][kept + 1:] == []
+    assert cols["text"][:kept] == texts[1:kept + 1] and cols["row"][kept] == kept + 1
+    with pytest.raises(ValueError, match=r"source a: its held-out validation documents are the last 3 of its last "
+                                         r"file, .*part-0\.jsonl\.gz, which cannot be decompressed"):
+        read_holdout_docs(spec)
 
 
 def test_a_large_row_group_is_read_in_batches_with_the_same_row_numbers(tmp_path):

@@ -19,7 +19,7 @@ SPLIT_KEYWORDS = {"train": ("train", "training"), "validation": ("validation", "
 """Names `datasets` takes for a split in a folder or file name."""
 _SEP = "[-._ 0-9]"
 """Characters that may sit beside a split's name in a file or folder name (`datasets`' NON_WORDS_CHARS)."""
-FORMAT_SUFFIXES = {"parquet": (".parquet",), "jsonl": (".jsonl",)}
+FORMAT_SUFFIXES = {"parquet": (".parquet",), "jsonl": (".jsonl", ".jsonl.gz", ".jsonl.zst", ".jsonl.bz2", ".jsonl.lz4")}
 """A source's `format` -> the file names it reads."""
 
 

@@ -38,7 +38,7 @@ from yxanul_ray.tokenizer import load_tokenizer
 log = logging.getLogger(__name__)
 
 END_OF_DATA = "end_of_data"  # marker row after the last wrap epoch: the source is exhausted
-UNREADABLE_FILE = "unreadable_file"  # one row for a parquet file, or its rest, that cannot be decoded
+UNREADABLE_FILE = "unreadable_file"  # one row for a file, or its rest, that cannot be decoded
 MAX_WRAP_EPOCHS = 64
 BLOCK_BYTES = 2 << 20
 
@@ -150,7 +150,7 @@ def read_file_docs(spec: ReadSpec, token: _Redacted, epoch: int, file_pos: int, 
         if files.format == "parquet":
             rows = _parquet_rows(f, path, spec, first_row, holdout, files.source, local=files.kind == "local")
         else:
-            rows = _jsonl_rows(f, spec, first_row, holdout)
+            rows = _jsonl_rows(f, path, spec, first_row, holdout, files.source, local=files.kind == "local")
         for row, value, bad in rows:
             if bad:
                 batch.add_bad(row, bad)
@@ -230,10 +230,18 @@ def _check_text_field(pf, text_field: str, source: str, path: str) -> None:
                        f"{', '.join(pf.schema_arrow.names)}); set sources.{source}.text_field")
 
 
-def _jsonl_lines(f) -> Iterator[bytes]:
+JSONL_CODECS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".lz4": "lz4"}
+"""A jsonl file compressed as its name says (`part-0.jsonl.zst`, as Hub corpora often are),
+read through pyarrow's codecs."""
+
+
+def _jsonl_lines(f, path: str) -> Iterator[bytes]:
     """A jsonl file's rows, streamed (a shard can be gigabytes): its lines without their newline;
     text after the last newline is a row unless it is blank. Training and the held-out documents
     index the same rows, so the holdout is exactly the rows training skips."""
+    codec = JSONL_CODECS.get(path[path.rfind("."):])
+    if codec:
+        f = pa.CompressedInputStream(pa.PythonFile(f, mode="r"), codec)
     for line in io.BufferedReader(f, buffer_size=1 << 20):
         if line.endswith(b"\n"):
             yield line[:-1]
@@ -254,18 +262,28 @@ def _jsonl_row(raw: bytes, text_field: str) -> tuple[object, str]:
     return obj[text_field], ""
 
 
-def _jsonl_rows(f, spec: ReadSpec, first_row: int, holdout: int):
+def _jsonl_rows(f, path: str, spec: ReadSpec, first_row: int, holdout: int, source: str, local: bool):
     """(row, text, defect) of a jsonl file from `first_row`, less its last `holdout` rows: a row
-    is passed on once `holdout` more have been read, so the file is read once and never whole."""
+    is passed on once `holdout` more have been read, so the file is read once and never whole.
+    A local compressed file that stops decoding (cut short, corrupt) yields one UNREADABLE_FILE
+    row where reading stopped, as a corrupt parquet file does; a remote one fails the read."""
     pending: collections.deque[tuple[int, bytes]] = collections.deque()
-    for row, raw in enumerate(_jsonl_lines(f)):
-        if holdout:
-            pending.append((row, raw))
-            if len(pending) <= holdout:
-                continue
-            row, raw = pending.popleft()
-        if row >= first_row:
-            yield row, *_jsonl_row(raw, spec.text_field)
+    row = -1
+    try:
+        for row, raw in enumerate(_jsonl_lines(f, path)):
+            if holdout:
+                pending.append((row, raw))
+                if len(pending) <= holdout:
+                    continue
+                row, raw = pending.popleft()
+            if row >= first_row:
+                yield row, *_jsonl_row(raw, spec.text_field)
+    except (pa.ArrowInvalid, OSError) as e:
+        if not local:
+            raise
+        skipped_from = max(first_row, pending[0][0] if pending else row + 1)
+        log.warning("source %s: skipped %s from row %d: it cannot be decompressed (%s)", source, path, skipped_from, e)
+        yield skipped_from, None, UNREADABLE_FILE
 
 
 def read_holdout_docs(spec: ReadSpec) -> list[str]:
@@ -292,7 +310,13 @@ def read_holdout_docs(spec: ReadSpec) -> list[str]:
                     f"its last file, {path}, which cannot be read as parquet ({e}); fix: replace that file, or set "
                     f"sources.{files.source}.validation_docs to 0") from None
         else:
-            last_lines = collections.deque(_jsonl_lines(f), maxlen=spec.holdout_docs)
+            try:
+                last_lines = collections.deque(_jsonl_lines(f, path), maxlen=spec.holdout_docs)
+            except (pa.ArrowInvalid, OSError) as e:
+                raise ValueError(
+                    f"source {files.source}: its held-out validation documents are the last {spec.holdout_docs} of "
+                    f"its last file, {path}, which cannot be decompressed ({e}); fix: replace that file, or set "
+                    f"sources.{files.source}.validation_docs to 0") from None
             values = [_jsonl_row(raw, spec.text_field)[0] for raw in last_lines]
     for value in values:
         pieces, _ = _split_text(value, spec.max_doc_chars)

@@ -21,7 +21,7 @@ from typing import TypeVar
 import yaml
 
 from yxanul_ray.config import SourceSpec
-from yxanul_ray.hub_layout import FORMAT_SUFFIXES, LayoutError, of_format, split_patterns
+from yxanul_ray.hub_layout import FORMAT_SUFFIXES, LayoutError, data_file_kinds, of_format, split_patterns
 from yxanul_ray.storage import StorageError, fsspec_filesystem, is_uri
 
 T = TypeVar("T")
@@ -149,7 +149,7 @@ def resolve_files(spec: SourceSpec) -> SourceFiles:
         if files:
             return SourceFiles(spec.name, "hf", tuple(files), spec.format, mirror=spec.hf_mirror,
                                sizes=_listed_sizes(found, files))
-        others.update(_suffix(p) for p in data if not _is_repo_metadata(p))
+        others |= data_file_kinds(data)
     looked_at = "; ".join(", ".join(group) for group in layout.groups)
     found_note = f"; found only {', '.join(sorted(others))} files" if others else ""
     readable = [fmt for fmt, suffixes in FORMAT_SUFFIXES.items() if any(o in suffixes for o in others)]
@@ -159,23 +159,6 @@ def resolve_files(spec: SourceSpec) -> SourceFiles:
            f"sources.{spec.name}.hf_config naming the config: its folder there)")
     raise SourceUnavailable(f"{what}: no {spec.format} files for config {spec.hf_config or 'default'!r}, split "
                             f"{spec.split!r} in {layout.origin} (looked at {looked_at}){found_note}; {fix}")
-
-
-def _suffix(path: str) -> str:
-    """A file's extension(s) as the error shows them: `.jsonl.gz`, `.parquet`, `(no extension)`."""
-    name = path.rsplit("/", 1)[-1]
-    parts = name.split(".")
-    if len(parts) == 1:
-        return "(no extension)"
-    return "." + ".".join(parts[-2:]) if parts[-1] in {"gz", "zst", "bz2", "xz", "lz4"} and len(parts) > 2 \
-        else "." + parts[-1]
-
-
-def _is_repo_metadata(path: str) -> bool:
-    """A repo's own files, never data (datasets' FILES_TO_IGNORE, and dotfiles like .gitattributes)."""
-    name = path.rsplit("/", 1)[-1]
-    return name.startswith(".") or name in {"README.md", "config.json", "dataset_info.json", "dataset_infos.json",
-                                            "dataset_dict.json", "dummy_data.zip"}
 
 
 def _glob_fix(spec: SourceSpec) -> str:

@@ -7,7 +7,8 @@ default config is the only one, the one named `default`, or the one marked `defa
 globs are relative to the config's `data_dir`. A card without configs falls back on the
 layout conventions, tried in order, the first that matches winning: `data/<split>-NNNNN-of-
 NNNNN*`, a folder named for the split, a file named for it, and, for `train` only, every file.
-Reading the card's rules differently would read another split's documents, or none.
+Reading the card's rules differently would read another split's documents, or none. Which file
+names a source's format reads (compressed jsonl included) is decided here too.
 """
 
 from __future__ import annotations
@@ -19,8 +20,14 @@ SPLIT_KEYWORDS = {"train": ("train", "training"), "validation": ("validation", "
 """Names `datasets` takes for a split in a folder or file name."""
 _SEP = "[-._ 0-9]"
 """Characters that may sit beside a split's name in a file or folder name (`datasets`' NON_WORDS_CHARS)."""
-FORMAT_SUFFIXES = {"parquet": (".parquet",), "jsonl": (".jsonl", ".jsonl.gz", ".jsonl.zst", ".jsonl.bz2", ".jsonl.lz4")}
+JSONL_CODECS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".lz4": "lz4"}
+"""A jsonl file compressed as its name says (`part-0.jsonl.zst`, as Hub corpora often are) ->
+the pyarrow codec that reads it."""
+FORMAT_SUFFIXES = {"parquet": (".parquet",), "jsonl": (".jsonl", *(".jsonl" + s for s in JSONL_CODECS))}
 """A source's `format` -> the file names it reads."""
+REPO_FILES = {"README.md", "config.json", "dataset_info.json", "dataset_infos.json", "dataset_dict.json",
+              "dummy_data.zip"}
+"""A dataset repo's own files, never data (`datasets`' FILES_TO_IGNORE)."""
 
 
 class LayoutError(ValueError):
@@ -75,6 +82,20 @@ def layout_groups(base: str, split: str) -> tuple[tuple[str, ...], ...]:
 def of_format(paths, fmt: str) -> list[str]:
     """The paths a source of format `fmt` reads, sorted."""
     return sorted(p for p in paths if p.endswith(FORMAT_SUFFIXES[fmt]))
+
+
+def data_file_kinds(paths) -> set[str]:
+    """The kinds of data file among `paths`, by name (`.parquet`, `.jsonl.zst`, `(no extension)`),
+    leaving out the repo's own files and dotfiles: what an error says was found instead."""
+    kinds = set()
+    for path in paths:
+        name = path.rsplit("/", 1)[-1]
+        if name.startswith(".") or name in REPO_FILES:
+            continue
+        parts = name.split(".")
+        compressed = len(parts) > 2 and "." + parts[-1] in (*JSONL_CODECS, ".xz")
+        kinds.add("." + ".".join(parts[-2:] if compressed else parts[-1:]) if len(parts) > 1 else "(no extension)")
+    return kinds
 
 
 def _card_configs(card: dict) -> list[dict]:

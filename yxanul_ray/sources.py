@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from yxanul_ray.cursors import SourceCursor, file_order
 from yxanul_ray.hub import SourceFiles, hf_filesystem, with_retries
+from yxanul_ray.hub_layout import JSONL_CODECS
 from yxanul_ray.packing import Packer
 from yxanul_ray.storage import fsspec_filesystem
 from yxanul_ray.tokenizer import load_tokenizer
@@ -228,11 +229,6 @@ def _check_text_field(pf, text_field: str, source: str, path: str) -> None:
     if text_field not in pf.schema_arrow.names:
         raise KeyError(f"source {source}: {path} has no column {text_field!r} (columns: "
                        f"{', '.join(pf.schema_arrow.names)}); set sources.{source}.text_field")
-
-
-JSONL_CODECS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".lz4": "lz4"}
-"""A jsonl file compressed as its name says (`part-0.jsonl.zst`, as Hub corpora often are),
-read through pyarrow's codecs."""
 
 
 def _jsonl_lines(f, path: str) -> Iterator[bytes]:

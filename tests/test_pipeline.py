@@ -501,6 +501,25 @@ def _as_raw(job) -> dict:
     return d
 
 
+def test_files_named_as_the_other_format_are_refused_when_listed(tmp_path):
+    """A jsonl glob left at the default format (parquet): before, each file was skipped as an
+    unreadable parquet file inside Ray and the stage ended in "ran out"; now the listing, which
+    the driver does before any cluster work, names the setting. Locally and at a URI."""
+    (tmp_path / "j").mkdir()
+    for i in range(2):
+        (tmp_path / "j" / f"part-{i}.jsonl").write_text(json.dumps({"text": "a document"}) + "\n")
+    for path in (str(tmp_path / "j" / "*.jsonl"), f"file://{tmp_path}/j/*.jsonl"):
+        job = one_source_job(path)
+        with pytest.raises(SourceUnavailable, match=r"source a: path '.*\*\.jsonl' matches 2 jsonl file\(s\), read "
+                                                    r"as parquet; fix: sources\.a\.format: jsonl"):
+            resolve_files(job.sources["a"])
+    write_docs(str(tmp_path / "j" / "part-2.parquet"), ["a document"])  # a mixed folder is the user's to mean
+    assert len(resolve_files(one_source_job(str(tmp_path / "j" / "*")).sources["a"]).paths) == 3
+    with pytest.raises(SourceUnavailable, match=r"matches 1 parquet file\(s\), read as jsonl; fix: sources\.a\."
+                                                r"format: parquet"):
+        resolve_files(one_source_job(str(tmp_path / "j" / "*.parquet"), fmt="jsonl").sources["a"])
+
+
 def test_config_rejects_missing_local_files(tmp_path):
     with pytest.raises(ConfigError, match="sources.a.path"):
         one_source_job(str(tmp_path / "none" / "*.parquet"))

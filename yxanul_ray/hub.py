@@ -21,7 +21,14 @@ from typing import TypeVar
 import yaml
 
 from yxanul_ray.config import SourceSpec
-from yxanul_ray.hub_layout import FORMAT_SUFFIXES, LayoutError, data_file_kinds, of_format, split_patterns
+from yxanul_ray.hub_layout import (
+    FORMAT_SUFFIXES,
+    LayoutError,
+    data_file_kinds,
+    named_as_other_format,
+    of_format,
+    split_patterns,
+)
 from yxanul_ray.storage import StorageError, fsspec_filesystem, is_uri
 
 T = TypeVar("T")
@@ -127,6 +134,7 @@ def resolve_files(spec: SourceSpec) -> SourceFiles:
         paths = sorted(glob.glob(os.path.expanduser(spec.path)))
         if not paths:
             raise SourceUnavailable(f"source {spec.name}: path {spec.path!r} matches no file; {_glob_fix(spec)}")
+        _check_format(spec, paths)
         return SourceFiles(spec.name, "local", tuple(os.path.abspath(p) for p in paths), spec.format,
                            sizes=tuple(os.path.getsize(p) for p in paths))
     what = f"source {spec.name} (hf://{hub_root(spec)})"
@@ -161,6 +169,13 @@ def resolve_files(spec: SourceSpec) -> SourceFiles:
                             f"{spec.split!r} in {layout.origin} (looked at {looked_at}){found_note}; {fix}")
 
 
+def _check_format(spec: SourceSpec, paths: list[str]) -> None:
+    other = named_as_other_format(paths, spec.format)
+    if other:
+        raise SourceUnavailable(f"source {spec.name}: path {spec.path!r} matches {len(paths)} {other} file(s), read "
+                                f"as {spec.format}; fix: sources.{spec.name}.format: {other}")
+
+
 def _glob_fix(spec: SourceSpec) -> str:
     return f"fix: sources.{spec.name}.path, a glob that matches the source's files"
 
@@ -176,6 +191,7 @@ def _resolve_uri_files(spec: SourceSpec) -> SourceFiles:
     paths = sorted(p for p, info in found.items() if info.get("type") == "file")
     if not paths:
         raise SourceUnavailable(f"source {spec.name}: path {spec.path!r} matches no file; {_glob_fix(spec)}")
+    _check_format(spec, paths)
     return SourceFiles(spec.name, "uri", tuple(paths), spec.format, uri=spec.path, sizes=_listed_sizes(found, paths))
 
 

@@ -84,6 +84,16 @@ def of_format(paths, fmt: str) -> list[str]:
     return sorted(p for p in paths if p.endswith(FORMAT_SUFFIXES[fmt]))
 
 
+def named_as_other_format(paths, fmt: str) -> str | None:
+    """The other format, when every one of `paths` is named as its files (`*.jsonl` read as
+    parquet, the default): each would be skipped as unreadable, and the stage would end in
+    "ran out" instead of naming the setting."""
+    for other, suffixes in FORMAT_SUFFIXES.items():
+        if other != fmt and paths and all(p.endswith(suffixes) for p in paths):
+            return other
+    return None
+
+
 def data_file_kinds(paths) -> set[str]:
     """The kinds of data file among `paths`, by name (`.parquet`, `.jsonl.zst`, `(no extension)`),
     leaving out the repo's own files and dotfiles: what an error says was found instead."""

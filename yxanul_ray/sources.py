@@ -411,21 +411,43 @@ def make_datasource(spec: ReadSpec, start: SourceCursor, reads: int):
 TOKEN_SCHEMA_FIELDS = ("epoch", "file_pos", "row", "piece", "last_piece", "bad")
 
 
-def tokenize_batch(batch: pa.Table, tokenizer: str) -> pa.Table:
+TOKENIZE_SLICE_CHARS = 4 << 20
+"""Characters per tokenizer call within a batch: its ids come back as Python lists (~36 bytes a
+token), so a batch of long documents is encoded a slice at a time. 256 documents of 400k
+characters in one call peaked at 2.49 GB RSS."""
+
+
+def tokenize_batch(batch: pa.Table, tokenizer: str, slice_chars: int = TOKENIZE_SLICE_CHARS) -> pa.Table:
     """Tokenize a batch of document rows. A plain function, so Ray Data runs it as tasks on
     pooled worker processes (no actor start per stage); `load_tokenizer` caches per process,
     so each worker process loads the tokenizer once. `tokenizer` is what the coordinator read
     at the run's start (tokenizer.run_tokenizer: `gpt2`, or a tokenizer.json's content)."""
     tok = load_tokenizer(tokenizer)
     texts = batch.column("text").to_pylist()
-    ids = tok.encode_batch(texts)
-    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-    offsets = np.zeros(len(ids) + 1, dtype=np.int32)
+    lengths = np.zeros(len(texts), dtype=np.int64)
+    flat_parts = []
+    for lo, hi in _char_slices(texts, slice_chars):
+        ids = tok.encode_batch(texts[lo:hi])
+        lengths[lo:hi] = [len(x) for x in ids]
+        flat_parts.append(np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(lengths[lo:hi].sum())))
+    offsets = np.zeros(len(texts) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
-    flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(offsets[-1]))
+    flat = np.concatenate(flat_parts) if flat_parts else np.zeros(0, dtype=np.int32)
     tokens = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
     cols = {name: batch.column(name) for name in TOKEN_SCHEMA_FIELDS}
     return pa.table({**cols, "tokens": tokens})
+
+
+def _char_slices(texts: list, slice_chars: int) -> Iterator[tuple[int, int]]:
+    """[lo, hi) ranges of `texts` of about `slice_chars` characters each (at least one text)."""
+    lo, chars = 0, 0
+    for i, text in enumerate(texts):
+        chars += len(text) if text else 0
+        if chars >= slice_chars:
+            yield lo, i + 1
+            lo, chars = i + 1, 0
+    if lo < len(texts):
+        yield lo, len(texts)
 
 
 class Pack:

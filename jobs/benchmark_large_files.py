@@ -1,7 +1,7 @@
 """Reading one large shard, and planning a stage over many files (a benchmark, not a test).
 
 The demo's files are under 1 MB; a Hub corpus's are gigabytes, and fineweb-edu's default config
-has 2,410 of them. This prints, for a shard of about --mb megabytes of text written three ways
+has 2,410 of them. This prints, for a shard of about --mb MiB of text written three ways
 (parquet in 1,000-row groups, parquet as one row group as pandas writes it, jsonl):
   - a read task's whole pass over it (read_file_docs): seconds and the process's peak RSS;
   - its held-out validation documents (read_holdout_docs): seconds and peak RSS;
@@ -63,16 +63,16 @@ job = job_from_dict({"sources": {"a": {"path": path, "format": fmt, "validation_
                      "model": {"preset": "tiny"}, "curriculum": {"target_tokens": 64, "stages": [
                          {"name": "s", "seq_len": 8, "tokens": 64, "batch_size": 8, "mix": {"a": 1.0}}]}}, "<bench>")
 spec = read_spec(job, resolve_files(job.sources["a"]))
-def status_mb(field):  # VmHWM, not ru_maxrss: that counts the forking parent's pages before exec
+def status_mib(field):  # VmHWM, not ru_maxrss: that counts the forking parent's pages before exec
     return next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith(field)) / 1024
-before_mb = status_mb("VmRSS")
+before_mib = status_mib("VmRSS")
 start = time.perf_counter()
 if what == "pass":
     rows = sum(t.num_rows for t in read_file_docs(spec, _Redacted(None), 0, 0, 0, None, False))
 else:
     rows = len(read_holdout_docs(spec))
-print(json.dumps({"s": time.perf_counter() - start, "rows": rows, "before_mb": before_mb,
-                  "peak_rss_mb": status_mb("VmHWM")}))
+print(json.dumps({"s": time.perf_counter() - start, "rows": rows, "before_mib": before_mib,
+                  "peak_rss_mib": status_mib("VmHWM")}))
 """
 
 
@@ -129,7 +129,7 @@ def plan_figures(n_files: int, stage_tokens: int, with_ray: bool) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mb", type=int, default=768, help="megabytes of text in the shard")
+    ap.add_argument("--mb", type=int, default=768, help="MiB of text in the shard")
     ap.add_argument("--files", type=int, default=2410)
     ap.add_argument("--stage-tokens", type=int, default=550_000_000)
     ap.add_argument("--ray", action="store_true", help="also time a stage's first block through Ray Data")
@@ -137,14 +137,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="yxanul-large-") as folder:
         start = time.perf_counter()
         shards = write_shards(folder, args.mb)
-        print(f"shards of {args.mb} MB of text written in {time.perf_counter() - start:.1f} s")
+        print(f"shards of {args.mb} MiB of text written in {time.perf_counter() - start:.1f} s")
         for kind, path in shards.items():
             fmt = "jsonl" if path.endswith(".jsonl") else "parquet"
-            size_mb = os.path.getsize(path) / 2**20
+            size_mib = os.path.getsize(path) / 2**20
             for what, label in (("pass", "read task's pass"), ("holdout", "held-out documents")):
                 r = measure_read(path, fmt, what)
-                print(f"{kind} ({size_mb:.0f} MB): {label}: {r['rows']:,} rows in {r['s']:.2f} s, "
-                      f"peak RSS {r['peak_rss_mb']:.0f} MB ({r['before_mb']:.0f} MB before the read)")
+                print(f"{kind} ({size_mib:.0f} MiB): {label}: {r['rows']:,} rows in {r['s']:.2f} s, "
+                      f"peak RSS {r['peak_rss_mib']:.0f} MiB ({r['before_mib']:.0f} MiB before the read)")
     print(f"a stage of {args.stage_tokens:,} tokens over {args.files:,} files of 2 GB:")
     plan_figures(args.files, args.stage_tokens, args.ray)
 

@@ -179,7 +179,7 @@ def test_jsonl_holdout_is_exactly_the_rows_training_skips(tmp_path):
 
 def test_jsonl_rows_are_streamed_with_the_same_row_numbers(tmp_path):
     """The jsonl reader streams a file line by line (a shard can be gigabytes; it was read whole,
-    1.67 GB peak RSS for an 815 MB file). Rows keep their numbers, so cursors from before still
+    1.6 GiB peak RSS for an 815 MB file). Rows keep their numbers, so cursors from before still
     point at the same documents: blank lines count, text after the last newline counts unless
     blank, and a resume inside the file with a holdout at its end reads just the rows between."""
     from yxanul_ray.sources import _Redacted, read_file_docs
@@ -243,7 +243,7 @@ def test_compressed_jsonl_reads_as_plain_and_a_cut_one_is_skipped_from_where_it_
 
 def test_a_batch_of_long_documents_is_tokenized_a_slice_at_a_time_to_the_same_ids(tmp_path):
     """The tokenizer's ids come back as Python lists, so a batch is encoded in slices of about
-    TOKENIZE_SLICE_CHARS characters (256 documents of 400k characters peaked at 2.49 GB RSS in
+    TOKENIZE_SLICE_CHARS characters (256 documents of 400k characters peaked at 2.4 GiB RSS in
     one call): the table is the same for any slice size, bad rows' empty text included."""
     from yxanul_ray.sources import DOC_SCHEMA, tokenize_batch
 
@@ -279,7 +279,7 @@ def test_a_large_row_group_is_read_in_batches_with_the_same_row_numbers(tmp_path
 
 def test_a_read_task_carries_its_own_file_not_the_source_list(tmp_path):
     """Ray Data puts every planned read task in the object store when a stage starts; each held
-    the whole file list, so 2,410 files made 315 KiB tasks, 2.2 GB a source and stage."""
+    the whole file list, so 2,410 files made 315 KiB tasks, 2.2 GiB a source and stage."""
     from ray import cloudpickle
 
     from yxanul_ray.sources import make_datasource, one_file

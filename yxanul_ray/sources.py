@@ -213,10 +213,10 @@ def _parquet_rows(f, path: str, spec: ReadSpec, first_row: int, holdout: int, so
 
 PARQUET_BATCH_ROWS = 1024
 """Rows decoded at a time. A row group can be a whole file (pandas writes up to 1M rows in one):
-its text column read at once peaked at 3.3 GB RSS for a 771 MB file."""
+its text column read at once peaked at 3.2 GiB RSS for a 771 MB file."""
 PARQUET_READ_BUFFER_BYTES = 8 << 20
 """Column chunks stream through a buffer of this size instead of being read whole (with
-pre_buffer off: pyarrow's default pre-buffering read that file's whole chunk, 859 MB RSS)."""
+pre_buffer off: pyarrow's default pre-buffering read that file's whole chunk, 859 MiB RSS)."""
 
 
 def _text_batches(pf, column: str, *row_groups: int):
@@ -341,7 +341,7 @@ def one_file(spec: ReadSpec, file_index: int) -> ReadSpec:
     """`spec` narrowed to one of its files, holding the held-out documents only if it is the
     last: what a read task carries. Ray Data puts every planned read task in the object store
     when a stage starts, and with the whole file list in each, 2,410 files (fineweb-edu's default
-    config) made 7,230 tasks of 315 KiB: 2.2 GB a source and stage."""
+    config) made 7,230 tasks of 315 KiB: 2.2 GiB a source and stage."""
     files = dataclasses.replace(spec.files, paths=(spec.files.paths[file_index],),
                                 sizes=spec.files.sizes[file_index:file_index + 1])
     holdout = spec.holdout_docs if file_index == len(spec.files.paths) - 1 else 0
@@ -414,7 +414,7 @@ TOKEN_SCHEMA_FIELDS = ("epoch", "file_pos", "row", "piece", "last_piece", "bad")
 TOKENIZE_SLICE_CHARS = 4 << 20
 """Characters per tokenizer call within a batch: its ids come back as Python lists (~36 bytes a
 token), so a batch of long documents is encoded a slice at a time. 256 documents of 400k
-characters in one call peaked at 2.49 GB RSS."""
+characters in one call peaked at 2.4 GiB RSS."""
 
 
 def tokenize_batch(batch: pa.Table, tokenizer: str, slice_chars: int = TOKENIZE_SLICE_CHARS) -> pa.Table:

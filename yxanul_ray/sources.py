@@ -389,8 +389,9 @@ def make_datasource(spec: ReadSpec, start: SourceCursor, reads: int):
             # is the point; Ray Data warns about it once per stage and source in the user's log.
             warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks for 'Read")
             tasks = []
-            per_file = [one_file(spec, i) for i in range(len(spec.files.paths))]
-            for k, (epoch, pos, index) in enumerate(stream_files(spec, start, reads)):
+            plan = list(stream_files(spec, start, reads))
+            per_file = {index: one_file(spec, index) for _, _, index in plan}  # the planned files only
+            for k, (epoch, pos, index) in enumerate(plan):
                 cursor = start if k == 0 else None
                 meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None,
                                      input_files=(spec.files.paths[index],))

@@ -301,24 +301,25 @@ def read_holdout_docs(spec: ReadSpec) -> list[str]:
                 values = _last_values(pf, spec.text_field, spec.holdout_docs)
             except (pa.ArrowInvalid, OSError) as e:
                 # Training skips such a file (_parquet_rows); validation has no other documents.
-                raise ValueError(
-                    f"source {files.source}: its held-out validation documents are the last {spec.holdout_docs} of "
-                    f"its last file, {path}, which cannot be read as parquet ({e}); fix: replace that file, or set "
-                    f"sources.{files.source}.validation_docs to 0") from None
+                raise _unreadable_holdout(spec, path, "be read as parquet", e) from None
         else:
             try:
                 last_lines = collections.deque(_jsonl_lines(f, path), maxlen=spec.holdout_docs)
             except (pa.ArrowInvalid, OSError) as e:
-                raise ValueError(
-                    f"source {files.source}: its held-out validation documents are the last {spec.holdout_docs} of "
-                    f"its last file, {path}, which cannot be decompressed ({e}); fix: replace that file, or set "
-                    f"sources.{files.source}.validation_docs to 0") from None
+                raise _unreadable_holdout(spec, path, "be decompressed", e) from None
             values = [_jsonl_row(raw, spec.text_field)[0] for raw in last_lines]
     for value in values:
         pieces, _ = _split_text(value, spec.max_doc_chars)
         if pieces:
             out.append("".join(pieces))
     return out
+
+
+def _unreadable_holdout(spec: ReadSpec, path: str, cannot: str, error: Exception) -> ValueError:
+    source = spec.files.source
+    return ValueError(f"source {source}: its held-out validation documents are the last {spec.holdout_docs} of its "
+                      f"last file, {path}, which cannot {cannot} ({error}); fix: replace that file, or set "
+                      f"sources.{source}.validation_docs to 0")
 
 
 def _last_values(pf, column: str, n: int) -> list:

@@ -125,8 +125,9 @@ def test_the_pinned_root_is_what_HfFileSystem_reads_at_that_commit(fake_hub, tmp
 
 def test_an_unknown_dataset_fails_naming_the_source(fake_hub, tmp_path):
     job = hub_job(tmp_path, math={"hf": "org/missing"})
-    with pytest.raises(SourceUnavailable, match=r"source math \(hf://datasets/org/missing\): the Hub answered "
-                       "HTTP 404"):
+    # The stand-in is this process's Hub (HF_ENDPOINT), not huggingface.co: the message says which.
+    with pytest.raises(SourceUnavailable, match=r"source math \(hf://datasets/org/missing on "
+                       r"http://127\.0\.0\.1:\d+\): the Hub answered HTTP 404"):
         pin_hub_revisions(job)
 
 

@@ -51,7 +51,7 @@ def connectivity(job: JobSpec) -> tuple[list[Check], dict]:
     for name, spec in job.sources.items():
         t0 = time.perf_counter()
         try:
-            f = resolve_files(spec)
+            f = resolve_files(spec, job.data.hf_endpoint)
             rs = dataclasses.replace(read_spec(job, f), holdout_docs=0)
             from yxanul_ray.hub import hf_token
 
@@ -83,12 +83,13 @@ def run_stage_sample(job: JobSpec, k: int, cursors: dict, files: dict, packers, 
     import ray
 
     from yxanul_ray.stage_data import StageBatches, build_stage_data, source_ids
-    from yxanul_ray.tokenizer import load_tokenizer
+    from yxanul_ray.tokenizer import load_tokenizer, run_tokenizer
 
-    tok = load_tokenizer(job.data.tokenizer)
+    tokenizer, _ = run_tokenizer(job.data.tokenizer, job.data.hf_endpoint)  # what the run's tasks load
+    tok = load_tokenizer(tokenizer)
     st = job.curriculum.stages[k]
     t0 = time.perf_counter()
-    sd = build_stage_data(job, k, cursors, 1, files, tok.eos_id, packers)
+    sd = build_stage_data(job, k, cursors, 1, files, tok.eos_id, packers, tokenizer=tokenizer)
     ids = source_ids(job)
     [iterator] = sd.split(1)
     sd.start()
@@ -203,8 +204,9 @@ def run_check(job: JobSpec, *, test_all: bool = False, stage: int | None = None,
               sample_rows: int = 0, do_estimate: bool = False, gpu_rates: dict[int, float] | None = None,
               steps: int = 2) -> tuple[list[Check], dict]:
     """All checks; returns (checks, machine-readable report)."""
-    from yxanul_ray.driver import absolute_paths, check_tokenizer
+    from yxanul_ray.driver import absolute_paths, check_tokenizer, pin_hub_endpoint
 
+    job = pin_hub_endpoint(job)  # the Hub this process, the coordinator-less stages and their tasks all read
     check_tokenizer(job)  # a ConfigError, as `train` gives it before any cluster work
     n = len(job.curriculum.stages)
     indices = list(range(n)) if transitions else stages_to_test(n, test_all, stage)

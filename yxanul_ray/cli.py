@@ -123,7 +123,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     job = job_from_dict(job_dict, storage_join(args.checkpoint, "job.json"))
     # Before the tensors are read (a bucket's checkpoint is downloaded whole).
     tokenizer = trained_tokenizer(args.checkpoint, job.data.tokenizer, state.coordinator.get("tokenizer"),
-                                  args.tokenizer)
+                                  args.tokenizer, job.data.hf_endpoint)
     with local_copy(args.checkpoint) as path:  # a URI's checkpoint downloaded first
         model_state, _ = load_tensors(path)
     export_hf(model_state, job.model.shape, tokenizer, args.out_dir)

@@ -14,6 +14,7 @@ import os
 import re
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -162,6 +163,11 @@ class DataSpec:
     tokenize_tasks: int = 2
     """Most read tasks and most tokenize tasks running at once per source (tasks on Ray's pooled
     worker processes, each of which loads the tokenizer once; not an actor pool)."""
+    hf_endpoint: str | None = None
+    """The Hub that Hub sources and a Hub tokenizer are read from (a Hub mirror, a private Hub).
+    Unset, HF_ENDPOINT where the run starts, else https://huggingface.co. The run pins it, as it
+    pins a revision, so its coordinator, every read task and a resume ask the Hub whose commits
+    it pinned, whatever their own environment says."""
     object_store_mb_per_source: int = 64
     """Ray Data's object-store budget for one source's stage pipeline: its backpressure holds the
     data in flight under this however large the corpus (unbounded, in-flight data grew ~8x with a
@@ -467,8 +473,25 @@ def _validate(job: JobSpec) -> None:
         fail("data.object_store_mb_per_source", "must be >= 16 (MiB of data in flight per source)")
     if job.data.max_doc_chars < 1000:
         fail("data.max_doc_chars", "must be >= 1000")
+    if job.data.hf_endpoint is not None:
+        problem = hub_endpoint_problem(job.data.hf_endpoint)
+        if problem:
+            fail("data.hf_endpoint", problem)
 
     _validate_curriculum(job, shape, fail)
+
+
+def hub_endpoint_problem(endpoint: str) -> str | None:
+    """What is wrong with a Hub endpoint (data.hf_endpoint, or HF_ENDPOINT), or None."""
+    parts = urllib.parse.urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return f"{endpoint!r} is not an http(s) URL; e.g. https://huggingface.co, or a Hub mirror's address"
+    if parts.username or parts.password:
+        # The endpoint is printed and saved in job.json; a token belongs in HF_TOKEN.
+        return "holds credentials, which would reach the logs and job.json; give them as HF_TOKEN instead"
+    if parts.query or parts.fragment:
+        return f"{endpoint!r} has a query or fragment; give the Hub's address alone"
+    return None
 
 
 def _validate_curriculum(job: JobSpec, shape: ModelShape, fail) -> None:

@@ -82,7 +82,7 @@ class CurriculumCoordinator:
         # Read once for the whole run (a restart reads it again, and `join` compares): every
         # stage's tokenize tasks get this content, not the path or Hub id. Its identity is
         # checkpointed too: a resume compares it with the tokenizer it is given (resume_check).
-        self.tokenizer_for_tasks, self.tokenizer = run_tokenizer(self.job.data.tokenizer)
+        self.tokenizer_for_tasks, self.tokenizer = run_tokenizer(self.job.data.tokenizer, self.job.data.hf_endpoint)
         self.eos_id = load_tokenizer(self.tokenizer_for_tasks).eos_id
         # Named after its coordinator where that has a name, so an operator (or a test) can find
         # the run's packing actor.

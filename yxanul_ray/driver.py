@@ -14,7 +14,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from yxanul_ray.config import ConfigError, JobSpec, job_from_dict, read_yaml
+from yxanul_ray.config import ConfigError, JobSpec, hub_endpoint_problem, job_from_dict, read_yaml
 from yxanul_ray.stopping import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
@@ -98,11 +98,11 @@ def check_tokenizer(job: JobSpec) -> None:
     the coordinator (and every retry of the worker group); one with more ids than the model has
     embedding rows would fail the first step that meets such an id (on a GPU, a device-side
     assert that ends the process), possibly hours in. Both are ConfigErrors now, with the fix."""
-    from yxanul_ray.tokenizer import load_tokenizer
+    from yxanul_ray.tokenizer import load_tokenizer, run_tokenizer
 
     spec = job.data.tokenizer
     try:
-        tokenizer = load_tokenizer(spec)
+        tokenizer = load_tokenizer(run_tokenizer(spec, job.data.hf_endpoint)[0])
     except FileNotFoundError as e:  # no tokenizer.json there (local_tokenizer_file)
         raise ConfigError(f"{job.path}: data.tokenizer: {spec!r}: {e.strerror} (relative paths are read from "
                           f"{os.getcwd()}); fix: the path of a tokenizer.json or of the directory that holds one "
@@ -168,9 +168,11 @@ def pin_hub_revisions(job: JobSpec) -> JobSpec:
     from yxanul_ray.hub import pin_model_revision, pin_revision
     from yxanul_ray.tokenizer import hub_tokenizer
 
+    job = pin_hub_endpoint(job)
+    endpoint = job.data.hf_endpoint
     tokenizer = job.data.tokenizer
     if (hub := hub_tokenizer(tokenizer)) and not _is_commit(hub.revision):
-        sha = pin_model_revision(hub.repo, hub.revision, f"data.tokenizer {tokenizer!r}")
+        sha = pin_model_revision(hub.repo, hub.revision, f"data.tokenizer {tokenizer!r}", endpoint)
         print(f"data.tokenizer: hf://{hub.path} at commit {sha} ({hub.revision or 'the default branch'} now; pinned "
               "for this run and its resumes)", flush=True)
         job = dataclasses.replace(job, data=dataclasses.replace(job.data, tokenizer=hub.at(sha)))
@@ -179,12 +181,43 @@ def pin_hub_revisions(job: JobSpec) -> JobSpec:
     for name, spec in job.sources.items():
         if _is_commit(spec.revision):
             continue
-        sha = pin_revision(spec)  # None for local files and mirrors
+        sha = pin_revision(spec, endpoint)  # None for local files and mirrors
         if sha:
             print(f"source {name}: hf://datasets/{spec.hf} at commit {sha} ({spec.revision or 'the default branch'} "
                   "now; pinned for this run and its resumes)", flush=True)
             sources[name] = dataclasses.replace(spec, revision=sha)
     return dataclasses.replace(job, sources=sources)
+
+
+def reads_the_hub(job: JobSpec) -> bool:
+    """Whether the job asks a Hub anything: a Hub source that is not a mirror, or a Hub tokenizer."""
+    from yxanul_ray.tokenizer import hub_tokenizer
+
+    return any(s.hf and not s.hf_mirror for s in job.sources.values()) or hub_tokenizer(job.data.tokenizer) is not None
+
+
+def pin_hub_endpoint(job: JobSpec) -> JobSpec:
+    """`job` with data.hf_endpoint set where it reads the Hub: as configured, else this process's
+    HF_ENDPOINT (huggingface_hub's default, https://huggingface.co, when that is unset). The
+    coordinator and the read tasks run in Ray's processes, whose environment is the cluster's,
+    not this shell's: they read the endpoint from the job, so every process asks the Hub whose
+    commits the run pinned. Raises ConfigError for an endpoint that is not an http(s) URL."""
+    if not reads_the_hub(job):
+        return job
+    endpoint, origin = job.data.hf_endpoint, "data.hf_endpoint"
+    from yxanul_ray.hub import DEFAULT_ENDPOINT
+
+    if endpoint is None:
+        from huggingface_hub import constants
+
+        endpoint, origin = constants.ENDPOINT, "HF_ENDPOINT" if os.environ.get("HF_ENDPOINT") else "the default"
+    endpoint = endpoint.rstrip("/")
+    problem = hub_endpoint_problem(endpoint)
+    if problem:
+        raise ConfigError(f"{job.path}: {origin}: {problem}")
+    if endpoint != DEFAULT_ENDPOINT:
+        print(f"Hub: {endpoint} (from {origin}; every process of the run reads it)", flush=True)
+    return dataclasses.replace(job, data=dataclasses.replace(job.data, hf_endpoint=endpoint))
 
 
 def _is_commit(revision: str | None) -> bool:
@@ -278,7 +311,7 @@ def check_resume(job: JobSpec, checkpoint: str) -> tuple[JobSpec, SourceListing]
     if saved is None:
         return job, listing
     files_now = listing.manifests if "files" in state.coordinator else None  # recorded since this version's checkpoints
-    review = review_resume(saved, job, state, files_now, tokenizer_identity(job.data.tokenizer))
+    review = review_resume(saved, job, state, files_now, tokenizer_identity(job.data.tokenizer, job.data.hf_endpoint))
     if review.conflicts:
         raise ConfigError(
             f"{job.path}: cannot resume {checkpoint} (stage {state.stage + 1}, {state.step_in_stage} steps in): the "

@@ -58,13 +58,15 @@ def to_llama_state_dict(state: dict[str, torch.Tensor], shape: ModelShape) -> di
     return {k: v.detach().to(torch.float32).contiguous() for k, v in out.items()}
 
 
-def trained_tokenizer(checkpoint: str, run_spec: str, saved_identity: str | None, given: str | None = None) -> str:
+def trained_tokenizer(checkpoint: str, run_spec: str, saved_identity: str | None, given: str | None = None,
+                      endpoint: str | None = None) -> str:
     """The tokenizer to export with a checkpoint, as load_tokenizer takes it: the run's own
     (`run_spec`, as its job.json names it) or `given` (export's --tokenizer), held to the content
     the run trained on where the checkpoint records it (`saved_identity`, tokenizer_identity's).
     Read once (tokenizer.run_tokenizer), so the content checked is the content exported. A
     tokenizer.json edited since, or one that moved (a `ray job submit` working dir is gone once
-    the job ends), is a ConfigError with the fix, not another tokenizer beside the weights."""
+    the job ends), is a ConfigError with the fix, not another tokenizer beside the weights. A Hub
+    tokenizer is read from the Hub at `endpoint` (the run's data.hf_endpoint)."""
     from yxanul_ray.config import ConfigError
     from yxanul_ray.tokenizer import identity_compares, run_tokenizer
 
@@ -74,7 +76,7 @@ def trained_tokenizer(checkpoint: str, run_spec: str, saved_identity: str | None
     fix = ("fix: --tokenizer PATH, a tokenizer.json (or its directory) with "
            + (f"the content the run trained on ({_short(saved_identity)})" if checked else "the run's content"))
     try:
-        loaded, identity = run_tokenizer(spec)
+        loaded, identity = run_tokenizer(spec, endpoint)
     except FileNotFoundError as e:  # local_tokenizer_file's: a file that moved or a directory without one
         raise ConfigError(f"{checkpoint}: {what}: {e.strerror}; {fix}") from None
     if checked and identity != saved_identity:

@@ -56,6 +56,9 @@ class SourceFiles:
     """File sizes in bytes, where the listing gave them (to plan wrap-around read tasks)."""
     uri: str | None = None
     """For 'uri': the source's path, whose scheme and options open the filesystem its files are in."""
+    endpoint: str | None = None
+    """For 'hf' (not a mirror): the Hub the files were listed on, which every read task reads
+    (data.hf_endpoint), not whatever HF_ENDPOINT the task's process has; None for the default."""
 
 
 def hub_offline() -> bool:
@@ -114,8 +117,9 @@ def with_retries(fn: Callable[[], T], what: str, *, attempts: int = 6, base_dela
             raise
 
 
-def hf_filesystem(mirror: str | None = None, token: str | None = None):
-    """hf:// as an fsspec filesystem: the Hub, or a local mirror laid out the same way."""
+def hf_filesystem(mirror: str | None = None, token: str | None = None, endpoint: str | None = None):
+    """hf:// as an fsspec filesystem: the Hub at `endpoint` (None: this process's HF_ENDPOINT or
+    huggingface.co), or a local mirror laid out the same way."""
     if mirror:
         from fsspec.implementations.dirfs import DirFileSystem
         from fsspec.implementations.local import LocalFileSystem
@@ -123,11 +127,12 @@ def hf_filesystem(mirror: str | None = None, token: str | None = None):
         return DirFileSystem(path=os.path.abspath(os.path.expanduser(mirror)), fs=LocalFileSystem())
     from huggingface_hub import HfFileSystem
 
-    return HfFileSystem(token=token)
+    return HfFileSystem(token=token, endpoint=endpoint)
 
 
-def resolve_files(spec: SourceSpec) -> SourceFiles:
-    """The source's files, sorted; raises SourceUnavailable with the source's name on failure."""
+def resolve_files(spec: SourceSpec, endpoint: str | None = None) -> SourceFiles:
+    """The source's files, sorted; a Hub source's listed on the Hub at `endpoint` (the job's
+    data.hf_endpoint; None: this process's default). Raises SourceUnavailable naming the source."""
     if spec.path is not None and is_uri(spec.path):
         return _resolve_uri_files(spec)
     if spec.path is not None:
@@ -137,10 +142,11 @@ def resolve_files(spec: SourceSpec) -> SourceFiles:
         _check_format(spec, paths)
         return SourceFiles(spec.name, "local", tuple(os.path.abspath(p) for p in paths), spec.format,
                            sizes=tuple(os.path.getsize(p) for p in paths))
-    what = f"source {spec.name} (hf://{hub_root(spec)})"
+    what = f"source {spec.name} (hf://{hub_root(spec)}{_on_hub(endpoint)})"
     if hub_offline() and not spec.hf_mirror:
         raise offline_refusal(what, "asked for the source's files")
-    fs = hf_filesystem(spec.hf_mirror, hf_token())
+    endpoint = None if spec.hf_mirror else endpoint
+    fs = hf_filesystem(spec.hf_mirror, hf_token(), endpoint)
     root = hub_root(spec)
     try:
         card = with_retries(lambda: _read_card(fs, root), what)
@@ -156,7 +162,7 @@ def resolve_files(spec: SourceSpec) -> SourceFiles:
         files = of_format(data, spec.format)
         if files:
             return SourceFiles(spec.name, "hf", tuple(files), spec.format, mirror=spec.hf_mirror,
-                               sizes=_listed_sizes(found, files))
+                               sizes=_listed_sizes(found, files), endpoint=endpoint)
         others |= data_file_kinds(data)
     looked_at = "; ".join(", ".join(group) for group in layout.groups)
     found_note = f"; found only {', '.join(sorted(others))} files" if others else ""
@@ -246,6 +252,14 @@ def _listed_sizes(found: dict[str, dict], paths: list[str]) -> tuple[int, ...]:
     return tuple(int(found[p].get("size") or 0) for p in paths)
 
 
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+def _on_hub(endpoint: str | None) -> str:
+    """' on <endpoint>' for a Hub other than huggingface.co, for messages."""
+    return f" on {endpoint}" if endpoint and endpoint.rstrip("/") != DEFAULT_ENDPOINT else ""
+
+
 def hub_root(spec: SourceSpec) -> str:
     """The dataset's root under hf://, at the source's revision (HfFileSystem's `repo@revision`,
     a branch's slashes encoded). A mirror is one snapshot, laid out without a revision."""
@@ -255,17 +269,18 @@ def hub_root(spec: SourceSpec) -> str:
     return root
 
 
-def pin_revision(spec: SourceSpec) -> str | None:
-    """The commit the Hub serves for the source's revision (its default branch when unset), or
-    None for a mirror; raises SourceUnavailable naming the source when the Hub cannot say."""
+def pin_revision(spec: SourceSpec, endpoint: str | None = None) -> str | None:
+    """The commit the Hub at `endpoint` serves for the source's revision (its default branch when
+    unset), or None for a mirror; raises SourceUnavailable naming the source when it cannot say."""
     if spec.hf is None or spec.hf_mirror:
         return None
-    what = f"source {spec.name} (hf://{hub_root(spec)})"
+    what = f"source {spec.name} (hf://{hub_root(spec)}{_on_hub(endpoint)})"
     if hub_offline():
         raise offline_refusal(what, "asked which commit to read")
     from huggingface_hub import HfApi
 
-    info = with_retries(lambda: HfApi(token=hf_token()).dataset_info(spec.hf, revision=spec.revision), what)
+    api = HfApi(endpoint=endpoint, token=hf_token())
+    info = with_retries(lambda: api.dataset_info(spec.hf, revision=spec.revision), what)
     return info.sha
 
 
@@ -274,7 +289,7 @@ OFFLINE_TOKENIZER_FIX = ("Fix: data.tokenizer as a local tokenizer.json, or `gpt
                          "Hugging Face cache.")
 
 
-def pin_model_revision(repo: str, revision: str | None, what: str) -> str:
+def pin_model_revision(repo: str, revision: str | None, what: str, endpoint: str | None = None) -> str:
     """The commit the Hub serves for a model repo's revision (its default branch when unset), as
     pin_revision does for a dataset; `what` names the setting in any error."""
     if hub_offline():
@@ -282,12 +297,12 @@ def pin_model_revision(repo: str, revision: str | None, what: str) -> str:
                                 + OFFLINE_TOKENIZER_FIX)
     from huggingface_hub import HfApi
 
-    info = with_retries(lambda: HfApi(token=hf_token()).model_info(repo, revision=revision), what,
+    info = with_retries(lambda: HfApi(endpoint=endpoint, token=hf_token()).model_info(repo, revision=revision), what,
                         offline_fix=OFFLINE_TOKENIZER_FIX)
     return info.sha
 
 
-def download_hub_file(repo: str, filename: str, revision: str | None, what: str) -> str:
+def download_hub_file(repo: str, filename: str, revision: str | None, what: str, endpoint: str | None = None) -> str:
     """The local path of one file of a model repo at `revision`, through the Hugging Face cache
     (under HF_HUB_OFFLINE, a cached copy or a LocalEntryNotFoundError), with the sources' retries."""
     from huggingface_hub import hf_hub_download
@@ -295,7 +310,7 @@ def download_hub_file(repo: str, filename: str, revision: str | None, what: str)
 
     def download() -> str:
         try:
-            return hf_hub_download(repo, filename, revision=revision, token=hf_token())
+            return hf_hub_download(repo, filename, revision=revision, token=hf_token(), endpoint=endpoint)
         except LocalEntryNotFoundError as e:
             # Not cached, and the Hub did not serve it: its answer (a 404, a 401, no network) is
             # what says why, not "not in the cache", so it is what with_retries classifies.

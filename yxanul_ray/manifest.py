@@ -54,7 +54,7 @@ def list_sources(job: JobSpec) -> SourceListing:
     coordinator that dies in Ray and a worker group retried until run.max_failures is spent. The
     coordinator takes the driver's listing (and lists again only after a restart). Raises
     SourceUnavailable naming the source."""
-    files = {name: resolve_files(spec) for name, spec in job.sources.items()}
+    files = {name: resolve_files(spec, job.data.hf_endpoint) for name, spec in job.sources.items()}
     return SourceListing(files, {name: manifest_now(job.sources[name], f) for name, f in files.items()})
 
 

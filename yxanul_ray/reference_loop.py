@@ -57,7 +57,7 @@ def _run(job: JobSpec) -> tuple[float, list[ReferenceStage]]:
     optimizer = make_optimizer(model, job.optimizer, "cpu")
     cur, opt = job.curriculum, job.optimizer
     t0 = time.perf_counter()
-    files = {s: resolve_files(spec) for s, spec in job.sources.items()}
+    files = {s: resolve_files(spec, job.data.hf_endpoint) for s, spec in job.sources.items()}
     eos_id = load_tokenizer(job.data.tokenizer).eos_id
     held_out = holdout_rows(job, files, eos_id, cur.validation_seq_len, cur.validation_rows) \
         if cur.validation_rows else {}

@@ -46,7 +46,8 @@ class ResumeReview:
 
 def with_saved_revisions(saved: JobSpec, job: JobSpec) -> JobSpec:
     """`job` reading each Hub source, and a Hub tokenizer, at the commit the saved run read, where
-    `job` names none (a config leaves the revision unset; the run pinned one when it started)."""
+    `job` names none (a config leaves the revision unset; the run pinned one when it started),
+    and on the Hub it read (data.hf_endpoint), where `job` names none."""
     sources = {name: dataclasses.replace(spec, revision=saved.sources[name].revision)
                if spec.revision is None and name in saved.sources and spec.hf == saved.sources[name].hf else spec
                for name, spec in job.sources.items()}
@@ -54,7 +55,10 @@ def with_saved_revisions(saved: JobSpec, job: JobSpec) -> JobSpec:
     tokenizer = job.data.tokenizer
     if hub_now and hub_then and hub_now.revision is None and hub_now.path == hub_then.path:
         tokenizer = saved.data.tokenizer
-    return dataclasses.replace(job, sources=sources, data=dataclasses.replace(job.data, tokenizer=tokenizer))
+    # The run's commits are commits of the Hub it read: unset now, the resume asks that Hub again.
+    endpoint = job.data.hf_endpoint or saved.data.hf_endpoint
+    return dataclasses.replace(job, sources=sources, data=dataclasses.replace(job.data, tokenizer=tokenizer,
+                                                                              hf_endpoint=endpoint))
 
 
 def review_resume(saved: JobSpec, job: JobSpec, state: TrainState,
@@ -100,6 +104,11 @@ def review_resume(saved: JobSpec, job: JobSpec, state: TrainState,
                              "give the ids that run trained on")
         differ("data.tokenizer", saved.data.tokenizer, name_now, stream, conflicts)
     differ("data.max_doc_chars", saved.data.max_doc_chars, job.data.max_doc_chars, stream, conflicts)
+    if saved.data.hf_endpoint and job.data.hf_endpoint != saved.data.hf_endpoint:
+        # The same commits on another Hub (a mirror of it) are the same files; the file lists,
+        # compared below, say whether they are there.
+        differ("data.hf_endpoint", saved.data.hf_endpoint, job.data.hf_endpoint, "the run's commits are read from "
+               "there", notes)
     # The seed orders a source's files in every pass after its first (and drew the initial
     # weights, which the checkpoint replaces): it matters once a cursor is past a first pass.
     if furthest_pass(state) > 0:

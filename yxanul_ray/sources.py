@@ -134,7 +134,7 @@ def _open(files: SourceFiles, path: str, token: _Redacted):
     if files.kind == "uri":
         fs, _ = fsspec_filesystem(files.uri)
         return fs.open(path, "rb")
-    fs = hf_filesystem(files.mirror, token.value)
+    fs = hf_filesystem(files.mirror, token.value, files.endpoint)
     return with_retries(lambda: fs.open(path, "rb", block_size=8 << 20), f"source {files.source} ({path})")
 
 

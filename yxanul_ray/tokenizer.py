@@ -116,10 +116,11 @@ class HfTokenizer:
             json.dump({"tokenizer_class": "PreTrainedTokenizerFast"}, f)
 
 
-def tokenizer_file(spec: str) -> str:
-    """The local path of the tokenizer.json a path or Hub id names (not `gpt2`, not a content).
-    A *.json that is not there is a file, never a Hub id (asking the Hub would retry for ~23 s)."""
-    return hub_tokenizer_file(spec) if hub_tokenizer(spec) else local_tokenizer_file(spec)
+def tokenizer_file(spec: str, endpoint: str | None = None) -> str:
+    """The local path of the tokenizer.json a path or Hub id (on the Hub at `endpoint`, the job's
+    data.hf_endpoint) names; not `gpt2`, not a content. A *.json that is not there is a file,
+    never a Hub id (asking the Hub would retry for ~23 s)."""
+    return hub_tokenizer_file(spec, endpoint) if hub_tokenizer(spec) else local_tokenizer_file(spec)
 
 
 def local_tokenizer_file(spec: str) -> str:
@@ -178,21 +179,22 @@ def hub_tokenizer(spec: str) -> HubTokenizer | None:
     return HubTokenizer(repo, revision or None, folder)
 
 
-def hub_tokenizer_file(spec: str) -> str:
+def hub_tokenizer_file(spec: str, endpoint: str | None = None) -> str:
     """The local path of a Hub tokenizer's tokenizer.json at its revision, downloaded into (or read
     from) the Hugging Face cache with the sources' token, so an offline machine reads a cached one."""
     from yxanul_ray.hub import download_hub_file
 
     hub = hub_tokenizer(spec)
     where = f"hf://{hub.repo}/{hub.filename}" + (f" at {hub.revision}" if hub.revision else "")
-    return download_hub_file(hub.repo, hub.filename, hub.revision, what=f"data.tokenizer {spec!r} ({where})")
+    return download_hub_file(hub.repo, hub.filename, hub.revision, what=f"data.tokenizer {spec!r} ({where})",
+                             endpoint=endpoint)
 
 
-def tokenizer_identity(spec: str) -> str:
+def tokenizer_identity(spec: str, endpoint: str | None = None) -> str:
     """What decides a tokenizer's ids, for comparing a resumed run's with the checkpoint's: a
     tokenizer.json's content (its sha256), local or from the Hub, so that a file that moved or a
     Hub commit with the same file compares equal and an edited one does not; `gpt2` as named."""
-    return run_tokenizer(spec)[1]
+    return run_tokenizer(spec, endpoint)[1]
 
 
 def _content_identity(content: bytes) -> str:
@@ -206,15 +208,15 @@ def identity_compares(saved_identity: str) -> bool:
     return saved_identity == "gpt2" or saved_identity.startswith("sha256:")
 
 
-def run_tokenizer(spec: str) -> tuple[str, str]:
+def run_tokenizer(spec: str, endpoint: str | None = None) -> tuple[str, str]:
     """(what the run's tokenize tasks load, tokenizer_identity) from one read of `spec`: `gpt2`
     as named; a local or Hub tokenizer.json's content itself, which load_tokenizer takes in place
     of a path or id. So every task of the run tokenizes with the tokenizer read here: a
     tokenizer.json rewritten mid-run, or a Hub repo updated, changes no later stage's ids, and the
-    tasks ask the Hub nothing."""
+    tasks ask the Hub nothing. A Hub id is read from the Hub at `endpoint` (data.hf_endpoint)."""
     if spec == "gpt2":
         return spec, spec
-    with open(tokenizer_file(spec), "rb") as f:
+    with open(tokenizer_file(spec, endpoint), "rb") as f:
         content = f.read()
     return content.decode("utf-8-sig"), _content_identity(content)
 

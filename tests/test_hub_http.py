@@ -1,0 +1,180 @@
+"""The hf:// path over HTTP: huggingface_hub's own client code (HfApi, HfFileSystem,
+hf_hub_download) against a stand-in Hub on a loopback port (tests/fake_hub.py), since the real
+one is unreachable here. What a mirror on disk cannot show: the tree listing, ranged reads, and
+that every process of a run (the driver, the coordinator, Ray's read tasks) asks the same Hub,
+the one the job names, whatever HF_ENDPOINT each process's environment has."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tests.fake_hub import FakeHub
+from tests.helpers import train_tokenizer_json
+from tests.pipeline_helpers import run_stage, write_docs
+from yxanul_ray.checkpoint import TrainState
+from yxanul_ray.config import ConfigError, job_from_dict
+from yxanul_ray.driver import check_tokenizer, pin_hub_revisions
+from yxanul_ray.hub import resolve_files
+from yxanul_ray.local_data import local_stage
+from yxanul_ray.manifest import list_sources
+from yxanul_ray.resume_check import review_resume, with_saved_revisions
+from yxanul_ray.sources import _Redacted, read_file_docs, read_holdout_docs
+from yxanul_ray.stage_data import read_spec
+from yxanul_ray.tokenizer import load_tokenizer, run_tokenizer
+
+SHA = "c" * 40
+TOK = load_tokenizer("gpt2")
+
+
+def job_of(sources: dict, **data):
+    return job_from_dict({
+        "sources": sources,
+        "data": data,
+        "curriculum": {"target_tokens": 256, "stages": [
+            {"name": "s", "seq_len": 8, "tokens": 256, "batch_size": 8, "mix": {next(iter(sources)): 1.0}}]},
+        "model": {"preset": "tiny"},
+    }, "<test>")
+
+
+def process_default_hub(monkeypatch, endpoint: str) -> None:
+    """What HF_ENDPOINT=endpoint in a process's environment makes of huggingface_hub's defaults
+    (read once, at its import)."""
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", endpoint)
+    monkeypatch.setattr("huggingface_hub.constants.HUGGINGFACE_CO_URL_TEMPLATE",
+                        endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+
+
+def names(files, root: str) -> list[str]:
+    return [p.split(root + "/", 1)[1] for p in files.paths]
+
+
+def test_the_hub_lists_what_a_mirror_of_the_same_folder_lists(tmp_path):
+    """Card configs (a list of globs), the split conventions, and jsonl, listed by HfFileSystem
+    over HTTP and by the mirror's reader on disk: the same files, in the same order, sizes alike."""
+    repo = tmp_path / "datasets" / "org" / "corpus"
+    write_docs(str(repo / "data" / "train-00000-of-00002.parquet"), ["a"] * 3)
+    write_docs(str(repo / "data" / "train-00001-of-00002.parquet"), ["b"] * 4)
+    write_docs(str(repo / "data" / "test-00000-of-00001.parquet"), ["c"])
+    write_docs(str(repo / "extra" / "x" / "part-0.parquet"), ["d"] * 2)
+    (repo / "jsonl").mkdir()
+    (repo / "jsonl" / "0.jsonl").write_text(json.dumps({"text": "e"}) + "\n")
+    with pa.OSFile(str(repo / "jsonl" / "1.jsonl.zst"), "wb") as raw, pa.CompressedOutputStream(raw, "zstd") as z:
+        z.write((json.dumps({"text": "f"}) + "\n").encode())
+    cases = [({"split": "train"}, None), ({"split": "test"}, None),
+             ({"hf_config": "both"}, "- config_name: both\n  data_files: [data/train-*, extra/**/*.parquet]\n"),
+             ({"format": "jsonl"}, "- config_name: default\n  data_files: jsonl/*\n")]
+    with FakeHub({"org/corpus": (SHA, str(repo))}) as hub:
+        for settings, card in cases:
+            (repo / "README.md").write_text(f"---\nconfigs:\n{card}---\n" if card else "# no configs\n")
+            on_hub = resolve_files(job_of({"a": {"hf": "org/corpus", "revision": SHA, **settings}}).sources["a"],
+                                   hub.endpoint)
+            mirrored = resolve_files(job_of({"a": {"hf": "org/corpus", "hf_mirror": str(tmp_path), **settings}})
+                                     .sources["a"])
+            assert on_hub.endpoint == hub.endpoint and mirrored.endpoint is None
+            assert names(on_hub, f"org/corpus@{SHA}") == names(mirrored, "org/corpus") != [], settings
+            assert on_hub.sizes == mirrored.sizes, settings
+    assert names(on_hub, f"org/corpus@{SHA}") == ["jsonl/0.jsonl", "jsonl/1.jsonl.zst"]
+    assert all("huggingface.co" not in line for line in hub.asked)
+
+
+def test_a_large_file_read_over_http_gives_the_local_documents_and_its_holdout_reads_its_end(tmp_path):
+    """Training reads the file in ranged blocks; the held-out documents, the file's last 16, take
+    its footer and last row groups, not the whole file (the 8 MiB read-ahead block included)."""
+    repo = tmp_path / "repo"
+    rng = np.random.default_rng(0)
+    texts = [rng.bytes(1500).hex() for _ in range(8000)]  # 3,000 chars each, hardly compressible: ~24 MiB
+    path = repo / "data" / "train-00000-of-00001.parquet"
+    write_docs(str(path), texts, row_group_size=500)
+    size = os.path.getsize(path)
+    assert size > 20 << 20
+    local = job_of({"a": {"path": str(path), "validation_docs": 16}})
+    with FakeHub({"org/corpus": (SHA, str(repo))}) as hub:
+        remote = job_of({"a": {"hf": "org/corpus", "revision": SHA, "validation_docs": 16}}, hf_endpoint=hub.endpoint)
+        files = list_sources(remote).files["a"]  # what the coordinator lists, at the job's endpoint
+        spec, local_spec = read_spec(remote, files), read_spec(local, resolve_files(local.sources["a"]))
+        held_out = read_holdout_docs(spec)
+        assert held_out == read_holdout_docs(local_spec) == texts[-16:]
+        holdout_bytes = hub.bytes_sent[f"org/corpus/{path.relative_to(repo)}"]
+        assert holdout_bytes < size / 2, (holdout_bytes, size)
+
+        def docs(s):
+            return [t for table in read_file_docs(s, _Redacted(None), 0, 0, 0, None, False)
+                    for t in table.column("text").to_pylist()]
+
+        assert docs(spec) == docs(local_spec) == texts[:-16]
+    assert all("huggingface.co" not in line for line in hub.asked)
+
+
+@pytest.mark.ray
+def test_a_stage_on_the_hub_reads_the_endpoint_the_job_names_in_every_read_task(ray_cluster, tmp_path, ray_packers):
+    """The job names the Hub (data.hf_endpoint); this process's and Ray's workers' environments
+    name none, so their default is huggingface.co, unreachable here. The stage's read tasks run in
+    Ray's processes and must take the endpoint from the job, as the listing did."""
+    assert "HF_ENDPOINT" not in os.environ
+    repo = tmp_path / "repo"
+    texts = [f"served document {i} " * 4 for i in range(40)]
+    write_docs(str(repo / "data" / "train-00000-of-00002.parquet"), texts[:20])
+    write_docs(str(repo / "data" / "train-00001-of-00002.parquet"), texts[20:])
+    local = job_of({"a": {"path": str(repo / "data" / "*.parquet"), "validation_docs": 0}})
+    with FakeHub({"org/corpus": (SHA, str(repo))}) as hub:
+        job = job_of({"a": {"hf": "org/corpus", "revision": SHA, "validation_docs": 0}}, hf_endpoint=hub.endpoint)
+        files = list_sources(job).files
+        _, per_rank, _ = run_stage(job, 0, {}, 2, ray_packers, files)
+    batches, _ = local_stage(local, 0, {}, {"a": resolve_files(local.sources["a"])}, TOK.eos_id)
+    local_rows = np.concatenate([b["tokens"] for b in batches])
+    ray_rows = np.concatenate([b["tokens"] for rank in per_rank for b in rank])
+    assert ray_rows.shape == local_rows.shape == (32, 9)
+    assert sorted(map(bytes, ray_rows)) == sorted(map(bytes, local_rows))
+    served = [line for line in hub.asked if line.startswith("GET org/corpus/data/")]
+    assert {line.split()[1] for line in served} == {"org/corpus/data/train-00000-of-00002.parquet",
+                                                    "org/corpus/data/train-00001-of-00002.parquet"}
+
+
+def test_the_run_pins_this_process_s_hub_and_every_later_reader_asks_it(tmp_path, monkeypatch, capsys):
+    """Unset, data.hf_endpoint is this process's HF_ENDPOINT, pinned into the job the coordinator,
+    its tokenizer read and a resume take; a local job pins none; a bad one is a ConfigError."""
+    repo = tmp_path / "repo"
+    write_docs(str(repo / "data" / "train-00000-of-00001.parquet"), ["x"] * 4)
+    tok_repo = tmp_path / "tok"
+    tok_repo.mkdir()
+    train_tokenizer_json(str(tok_repo / "tokenizer.json"))
+    with FakeHub({"org/corpus": (SHA, str(repo))}, models={"org/tok": (SHA, str(tok_repo))}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        process_default_hub(monkeypatch, hub.endpoint)
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        job = job_of({"a": {"hf": "org/corpus"}}, tokenizer="org/tok")
+        pinned = pin_hub_revisions(job)
+        assert pinned.data.hf_endpoint == hub.endpoint and pinned.sources["a"].revision == SHA
+        assert pinned.data.tokenizer == f"org/tok@{SHA}"
+        assert f"Hub: {hub.endpoint} (from HF_ENDPOINT; every process of the run reads it)" in capsys.readouterr().out
+        check_tokenizer(pinned)
+        # The coordinator's process has the cluster's environment: huggingface.co, unless the job says.
+        process_default_hub(monkeypatch, "https://huggingface.co")
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "another-node's-cache"))
+        content, identity = run_tokenizer(pinned.data.tokenizer, pinned.data.hf_endpoint)
+        assert load_tokenizer(content).vocab_size == 320 and identity.startswith("sha256:")
+        assert list_sources(pinned).files["a"].endpoint == hub.endpoint
+        # A resume whose config names no Hub reads the run's; one that names another notes it.
+        saved = job_from_dict({**pinned.to_dict(), "path": "job.json"}, "job.json")
+        assert with_saved_revisions(saved, job).data.hf_endpoint == hub.endpoint
+    moved = job_of({"a": {"hf": "org/corpus"}}, tokenizer="org/tok", hf_endpoint="https://hf-mirror.example")
+    resumed = with_saved_revisions(saved, moved)
+    assert resumed.data.hf_endpoint == "https://hf-mirror.example"
+    assert resumed.sources["a"].revision == SHA
+    review = review_resume(saved, resumed, TrainState(), None, None)
+    assert review.conflicts == [] and any(n.startswith(f"data.hf_endpoint: checkpoint {hub.endpoint!r}, now "
+                                                       "'https://hf-mirror.example'") for n in review.notes)
+    # A job that reads no Hub pins none; job.json does not name one.
+    local = job_of({"a": {"path": str(repo / "data" / "*.parquet")}})
+    assert pin_hub_revisions(local).data.hf_endpoint is None
+    process_default_hub(monkeypatch, "hub.internal:8080")
+    with pytest.raises(ConfigError, match=r"<test>: HF_ENDPOINT: 'hub.internal:8080' is not an http\(s\) URL"):
+        pin_hub_revisions(job)
+    with pytest.raises(ConfigError, match=r"data.hf_endpoint: holds credentials, which would reach the logs and "
+                                          r"job.json; give them as HF_TOKEN instead"):
+        job_of({"a": {"hf": "org/corpus"}}, hf_endpoint="https://user:hf_secret@hub.example")

@@ -56,7 +56,7 @@ CHILD = """
 import json, sys, time
 from yxanul_ray.config import job_from_dict
 from yxanul_ray.hub import resolve_files
-from yxanul_ray.sources import _Redacted, read_file_docs, read_holdout_docs
+from yxanul_ray.sources import Redacted, read_file_docs, read_holdout_docs
 from yxanul_ray.stage_data import read_spec
 path, fmt, what = sys.argv[1:4]
 job = job_from_dict({"sources": {"a": {"path": path, "format": fmt, "validation_docs": 64}},
@@ -68,7 +68,7 @@ def status_mib(field):  # VmHWM, not ru_maxrss: that counts the forking parent's
 before_mib = status_mib("VmRSS")
 start = time.perf_counter()
 if what == "pass":
-    rows = sum(t.num_rows for t in read_file_docs(spec, _Redacted(None), 0, 0, 0, None, False))
+    rows = sum(t.num_rows for t in read_file_docs(spec, Redacted(None), 0, 0, 0, None, False))
 else:
     rows = len(read_holdout_docs(spec))
 print(json.dumps({"s": time.perf_counter() - start, "rows": rows, "before_mib": before_mib,

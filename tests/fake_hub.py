@@ -28,9 +28,15 @@ class FakeHub:
     """`with FakeHub({"org/corpus": (commit, folder)}, models={...}) as hub:` serves each folder
     as a dataset (or model) repo; `hub.endpoint` is what HF_ENDPOINT (or `endpoint=`) names."""
 
-    def __init__(self, datasets: dict[str, tuple[str, str]], models: dict[str, tuple[str, str]] | None = None):
+    def __init__(self, datasets: dict[str, tuple[str, str]], models: dict[str, tuple[str, str]] | None = None,
+                 token: str | None = None):
         self.repos = {("datasets", r): v for r, v in datasets.items()}
         self.repos.update({("models", r): v for r, v in (models or {}).items()})
+        self.token = token
+        """Set: every repo is gated, and a request without `Authorization: Bearer <token>` is
+        answered 401, as the Hub answers for a gated or private repo."""
+        self.refused: list[str] = []
+        """Requests answered 401 for want of the token."""
         self.asked: list[str] = []
         self.bytes_sent: Counter[str] = Counter()
         """Content bytes sent per file (repo/path), ranged reads included."""
@@ -85,14 +91,18 @@ def _handler(hub: FakeHub):
         protocol_version = "HTTP/1.1"  # keep-alive, as the Hub serves it
 
         def do_HEAD(self):  # noqa: N802 - http.server's name
-            self._answer(head=True)
+            if self._authorized("HEAD"):
+                self._answer(head=True)
 
         def do_GET(self):  # noqa: N802 - http.server's name
-            self._answer(head=False)
+            if self._authorized("GET"):
+                self._answer(head=False)
 
         def do_POST(self):  # noqa: N802 - http.server's name
             length = int(self.headers.get("Content-Length") or 0)
             form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+            if not self._authorized("POST"):
+                return
             parts = self.path.split("?")[0].split("/")
             # /api/{kind}/{org}/{name}/paths-info/{rev}
             hub.record("POST " + self.path)
@@ -117,6 +127,15 @@ def _handler(hub: FakeHub):
                 return self._file("models", f"{parts[1]}/{parts[2]}", parts[4], "/".join(parts[5:]), head)
             hub.record(("HEAD " if head else "") + self.path)
             self._json(404, {"error": "not found"}, code="RepoNotFound")
+
+        def _authorized(self, method: str) -> bool:
+            if hub.token is None or self.headers.get("Authorization") == f"Bearer {hub.token}":
+                return True
+            with hub._lock:
+                hub.refused.append(f"{method} {self.path}")
+            self._json(401, {"error": "Access to this dataset is restricted; you must be authenticated."},
+                       code="GatedRepo")
+            return False
 
         def _api(self, kind: str, repo_id: str, rest: list[str], query: dict) -> None:
             revision = rest[1] if len(rest) >= 2 else "main"

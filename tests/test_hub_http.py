@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -19,12 +20,12 @@ from tests.pipeline_helpers import run_stage, write_docs
 from yxanul_ray.checkpoint import TrainState
 from yxanul_ray.config import ConfigError, job_from_dict
 from yxanul_ray.driver import check_tokenizer, pin_hub_revisions
-from yxanul_ray.hub import resolve_files
+from yxanul_ray.hub import SourceUnavailable, resolve_files
 from yxanul_ray.local_data import local_stage
 from yxanul_ray.manifest import list_sources
 from yxanul_ray.resume_check import review_resume, with_saved_revisions
-from yxanul_ray.sources import _Redacted, read_file_docs, read_holdout_docs
-from yxanul_ray.stage_data import read_spec
+from yxanul_ray.sources import Redacted, read_file_docs, read_holdout_docs
+from yxanul_ray.stage_data import iter_worker_batches, read_spec
 from yxanul_ray.tokenizer import load_tokenizer, run_tokenizer
 
 SHA = "c" * 40
@@ -78,6 +79,14 @@ def test_the_hub_lists_what_a_mirror_of_the_same_folder_lists(tmp_path):
             assert on_hub.endpoint == hub.endpoint and mirrored.endpoint is None
             assert names(on_hub, f"org/corpus@{SHA}") == names(mirrored, "org/corpus") != [], settings
             assert on_hub.sizes == mirrored.sizes, settings
+        # A commit this Hub lacks (a resume on another Hub, say), and a dataset it lacks: the
+        # Hub's own answer, not HfFileSystem's "repository not found" FileNotFoundError.
+        for settings, answer in ((("org/corpus", "e" * 40), "404 RevisionNotFound"),
+                                 (("org/corpos", SHA), "404 RepoNotFound")):
+            spec = job_of({"a": {"hf": settings[0], "revision": settings[1]}}).sources["a"]
+            with pytest.raises(SourceUnavailable, match=rf"source a \(hf://datasets/{settings[0]}@{settings[1]} on "
+                                                        rf"{hub.endpoint}\): the Hub answered HTTP {answer}$"):
+                resolve_files(spec, hub.endpoint)
     assert names(on_hub, f"org/corpus@{SHA}") == ["jsonl/0.jsonl", "jsonl/1.jsonl.zst"]
     assert all("huggingface.co" not in line for line in hub.asked)
 
@@ -103,7 +112,7 @@ def test_a_large_file_read_over_http_gives_the_local_documents_and_its_holdout_r
         assert holdout_bytes < size / 2, (holdout_bytes, size)
 
         def docs(s):
-            return [t for table in read_file_docs(s, _Redacted(None), 0, 0, 0, None, False)
+            return [t for table in read_file_docs(s, Redacted(None), 0, 0, 0, None, False)
                     for t in table.column("text").to_pylist()]
 
         assert docs(spec) == docs(local_spec) == texts[:-16]
@@ -178,3 +187,49 @@ def test_the_run_pins_this_process_s_hub_and_every_later_reader_asks_it(tmp_path
     with pytest.raises(ConfigError, match=r"data.hf_endpoint: holds credentials, which would reach the logs and "
                                           r"job.json; give them as HF_TOKEN instead"):
         job_of({"a": {"hf": "org/corpus"}}, hf_endpoint="https://user:hf_secret@hub.example")
+
+
+@pytest.mark.ray
+def test_a_gated_dataset_is_read_with_the_driver_s_token_and_no_log_holds_it(ray_cluster, tmp_path, monkeypatch):
+    """HF_TOKEN is in the environment of the process that starts the run (this one), not in the
+    cluster's. The coordinator is handed it and reads the gated dataset with it: its held-out
+    documents, and a stage's read tasks in Ray's worker processes. No Ray log holds it."""
+    import ray
+
+    from yxanul_ray.coordinator import CurriculumCoordinator
+    from yxanul_ray.driver import hub_token
+
+    token = "hf_" + os.urandom(16).hex()
+    repo = tmp_path / "repo"
+    texts = [f"gated document {i} " * 4 for i in range(40)]
+    write_docs(str(repo / "data" / "train-00000-of-00001.parquet"), texts)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    with FakeHub({"org/gated": (SHA, str(repo))}, token=token) as hub:
+        job = job_of({"a": {"hf": "org/gated", "revision": SHA, "validation_docs": 4}}, hf_endpoint=hub.endpoint)
+        with pytest.raises(SourceUnavailable, match=r"source a \(hf://datasets/org/gated@c{40} on http://127\.0\.0\.1:"
+                                                    r"\d+\): the Hub answered HTTP 401 GatedRepo; check HF_TOKEN"):
+            list_sources(job)
+        assert hub_token(job) is None
+        monkeypatch.setenv("HF_TOKEN", token)
+        assert repr(hub_token(job)) == "<redacted>" and token not in repr(job.to_dict())
+        refused = len(hub.refused)
+        coord = CurriculumCoordinator.remote(job.to_dict(), 2, list_sources(job), hub_token(job))
+        try:
+            held_out = ray.get(coord.validation_rows.remote(8, 4), timeout=120)["a"]
+            assert held_out.shape == (4, 9)
+            got = [ray.get(coord.stage_input.remote(0, rank), timeout=120) for rank in range(2)]
+            with ThreadPoolExecutor(max_workers=2) as pool:  # the ranks of a split read together
+                reads = [pool.submit(lambda g=g: list(iter_worker_batches(g["iterator"], g["schedule"],
+                                                                           g["source_ids"]))) for g in got]
+                per_rank = [r.result(timeout=120) for r in reads]
+        finally:
+            ray.kill(coord)
+        assert sum(len(b["tokens"]) for rank in per_rank for b in rank) == 32
+        assert hub.refused[refused:] == [] or all("/agent-harnesses" in r for r in hub.refused[refused:])
+        assert any(line.startswith("GET org/gated/data/") for line in hub.asked)
+    logs = ray._private.worker.global_worker.node.get_logs_dir_path()
+    for folder, _, names in os.walk(logs):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as f:
+                assert token.encode() not in f.read(), name

@@ -164,14 +164,14 @@ def test_jsonl_holdout_is_exactly_the_rows_training_skips(tmp_path):
     """A blank line among a jsonl file's last rows (a file ending in two newlines, say): training
     counts it as a row, so the held-out documents must too. Before, validation skipped blank
     lines and so took one document more from the rows training read."""
-    from yxanul_ray.sources import _Redacted, read_file_docs, read_holdout_docs
+    from yxanul_ray.sources import Redacted, read_file_docs, read_holdout_docs
 
     texts = [f"jsonl document {i}" for i in range(6)]
     (tmp_path / "j").mkdir()
     (tmp_path / "j" / "part-0.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts) + "\n")
     job = one_source_job(str(tmp_path / "j" / "*.jsonl"), fmt="jsonl", holdout=2)
     spec = read_spec(job, resolve_files(job.sources["a"]))
-    trained = [t for table in read_file_docs(spec, _Redacted(None), 0, 0, 0, None, False)
+    trained = [t for table in read_file_docs(spec, Redacted(None), 0, 0, 0, None, False)
                for t in table.column("text").to_pylist() if t]
     held_out = read_holdout_docs(spec)
     assert trained == texts[:5] and held_out == texts[5:]
@@ -182,7 +182,7 @@ def test_jsonl_rows_are_streamed_with_the_same_row_numbers(tmp_path):
     1.6 GiB peak RSS for an 815 MB file). Rows keep their numbers, so cursors from before still
     point at the same documents: blank lines count, text after the last newline counts unless
     blank, and a resume inside the file with a holdout at its end reads just the rows between."""
-    from yxanul_ray.sources import _Redacted, read_file_docs
+    from yxanul_ray.sources import Redacted, read_file_docs
 
     doc = [json.dumps({"text": f"row {i}"}) for i in range(8)]
     body = "\n".join([doc[0], "", doc[2], doc[3], "{broken", doc[5], doc[6], doc[7]])
@@ -192,7 +192,7 @@ def test_jsonl_rows_are_streamed_with_the_same_row_numbers(tmp_path):
         path.write_text(body + tail)
         job = one_source_job(str(path), fmt="jsonl", holdout=2)
         spec = read_spec(job, resolve_files(job.sources["a"]))
-        tables = list(read_file_docs(spec, _Redacted(None), 0, 0, 0, SourceCursor(row=2), False))
+        tables = list(read_file_docs(spec, Redacted(None), 0, 0, 0, SourceCursor(row=2), False))
         rows = [(r, t, bad) for table in tables for r, t, bad in zip(*(table.column(c).to_pylist()
                                                                         for c in ("row", "text", "bad")))]
         kept = last_row - 1  # the last two rows are held out
@@ -208,7 +208,7 @@ def test_compressed_jsonl_reads_as_plain_and_a_cut_one_is_skipped_from_where_it_
     as one unreadable_file row, as a corrupt parquet file does."""
     import gzip
 
-    from yxanul_ray.sources import _Redacted, read_file_docs, read_holdout_docs
+    from yxanul_ray.sources import Redacted, read_file_docs, read_holdout_docs
 
     texts = [f"compressed document {i} " * 20 for i in range(6000)]  # 2.8 MB: more than one 1 MiB read
     body = "".join(json.dumps({"text": t}) + "\n" for t in texts).encode()
@@ -224,7 +224,7 @@ def test_compressed_jsonl_reads_as_plain_and_a_cut_one_is_skipped_from_where_it_
     def read(folder: str):
         job = one_source_job(str(tmp_path / folder / "*.jsonl.*"), fmt="jsonl", holdout=3)
         spec = read_spec(job, resolve_files(job.sources["a"]))
-        tables = list(read_file_docs(spec, _Redacted(None), 0, 0, 0, SourceCursor(row=1), False))
+        tables = list(read_file_docs(spec, Redacted(None), 0, 0, 0, SourceCursor(row=1), False))
         cols = {c: [v for t in tables for v in t.column(c).to_pylist()] for c in ("row", "text", "bad")}
         return spec, cols
 
@@ -262,7 +262,7 @@ def test_a_batch_of_long_documents_is_tokenized_a_slice_at_a_time_to_the_same_id
 def test_a_large_row_group_is_read_in_batches_with_the_same_row_numbers(tmp_path):
     """A row group of more rows than one decoded batch (pandas writes a whole file as one): rows
     keep their numbers across batches, from a cursor inside it to the holdout at its end."""
-    from yxanul_ray.sources import PARQUET_BATCH_ROWS, _Redacted, read_file_docs, read_holdout_docs
+    from yxanul_ray.sources import PARQUET_BATCH_ROWS, Redacted, read_file_docs, read_holdout_docs
 
     n = 3 * PARQUET_BATCH_ROWS + 5
     texts = [f"row {i}" for i in range(n)]
@@ -270,7 +270,7 @@ def test_a_large_row_group_is_read_in_batches_with_the_same_row_numbers(tmp_path
     job = one_source_job(str(tmp_path / "a" / "*.parquet"), holdout=10)
     spec = read_spec(job, resolve_files(job.sources["a"]))
     start = PARQUET_BATCH_ROWS + 7
-    tables = list(read_file_docs(spec, _Redacted(None), 0, 0, 0, SourceCursor(row=start), False))
+    tables = list(read_file_docs(spec, Redacted(None), 0, 0, 0, SourceCursor(row=start), False))
     rows = [r for table in tables for r in table.column("row").to_pylist()]
     read = [t for table in tables for t in table.column("text").to_pylist()]
     assert rows == list(range(start, n - 10)) and read == texts[start:n - 10]

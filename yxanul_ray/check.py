@@ -44,7 +44,7 @@ def sample_job(job: JobSpec, steps: int) -> JobSpec:
 def connectivity(job: JobSpec) -> tuple[list[Check], dict]:
     """Each source: list files and read its first document; time to first row."""
     from yxanul_ray.hub import SourceUnavailable, resolve_files
-    from yxanul_ray.sources import _Redacted, read_file_docs
+    from yxanul_ray.sources import Redacted, read_file_docs
     from yxanul_ray.stage_data import read_spec
 
     checks, files = [], {}
@@ -55,7 +55,7 @@ def connectivity(job: JobSpec) -> tuple[list[Check], dict]:
             rs = dataclasses.replace(read_spec(job, f), holdout_docs=0)
             from yxanul_ray.hub import hf_token
 
-            token = _Redacted(hf_token() if f.kind == "hf" else None)
+            token = Redacted(hf_token() if f.kind == "hf" else None)
             first = None
             for i in range(len(f.paths)):
                 for table in read_file_docs(rs, token, 0, i, i, None, False):

@@ -39,6 +39,7 @@ from yxanul_ray.cursors import SourceCursor, SourceStats
 from yxanul_ray.local_data import holdout_rows
 from yxanul_ray.manifest import SourceListing, list_sources, manifest_differences
 from yxanul_ray.raycluster import actor_was_restarted
+from yxanul_ray.sources import Redacted
 from yxanul_ray.stage_data import StageData, build_stage_data, source_ids
 from yxanul_ray.stage_packers import StagePackers
 from yxanul_ray.tokenizer import identity_compares, load_tokenizer, run_tokenizer
@@ -60,7 +61,8 @@ class _Build:
 
 @ray.remote(num_cpus=0, max_concurrency=64)
 class CurriculumCoordinator:
-    def __init__(self, job: dict, world_size: int, listing: SourceListing | None = None):
+    def __init__(self, job: dict, world_size: int, listing: SourceListing | None = None,
+                 hub_token: Redacted | None = None):
         from yxanul_ray.raycluster import quiet_ray_data
 
         quiet_ray_data()
@@ -70,6 +72,13 @@ class CurriculumCoordinator:
         # there. Ray Train turns the same warning off in its own controller.
         os.environ["RAY_WARN_BLOCKING_GET_INSIDE_ASYNC"] = "0"
         self.job = job_from_dict(job, job.get("path") or "<job>")
+        if hub_token is not None and hub_token.value:
+            # The driver's HF_TOKEN, which it pinned and listed the Hub sources with. This process
+            # has the cluster's environment, which need not hold one (a `ray start` in another
+            # shell, a node without the secret), and it is the one that reads the Hub for the run:
+            # a restart's listing, the tokenizer, the held-out documents, and the token its read
+            # tasks carry (sources.make_datasource). Never logged: Redacted prints no value.
+            os.environ["HF_TOKEN"] = hub_token.value
         self.world = world_size
         restarted = actor_was_restarted()
         if listing is None or restarted:

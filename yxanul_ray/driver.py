@@ -220,6 +220,15 @@ def pin_hub_endpoint(job: JobSpec) -> JobSpec:
     return dataclasses.replace(job, data=dataclasses.replace(job.data, hf_endpoint=endpoint))
 
 
+def hub_token(job: JobSpec):
+    """This process's HF_TOKEN, redacted, for a coordinator that reads the Hub; None otherwise.
+    The coordinator runs with the cluster's environment, not this shell's (see coordinator.py)."""
+    from yxanul_ray.hub import hf_token
+    from yxanul_ray.sources import Redacted
+
+    return Redacted(hf_token()) if reads_the_hub(job) and hf_token() else None
+
+
 def _is_commit(revision: str | None) -> bool:
     return revision is not None and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
 
@@ -429,7 +438,7 @@ def start_and_fit(job: JobSpec, listing: SourceListing, resume: str | None, run_
     # checkpoint, as a worker's does, instead of the run (see coordinator.py).
     coordinator = CurriculumCoordinator.options(name=f"yxanul-coordinator-{run_name}",
                                                 max_restarts=job.run.max_failures).remote(
-        job.to_dict(), job.run.workers, listing)
+        job.to_dict(), job.run.workers, listing, hub_token(job))
     if resume is None:
         from yxanul_ray.stage_data import STAGES_AHEAD
 

@@ -77,9 +77,16 @@ def hf_token() -> str | None:
     return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
 
 
-def _status(exc: BaseException) -> int | None:
-    resp = getattr(exc, "response", None)
-    return getattr(resp, "status_code", None)
+def _http_error(exc: BaseException) -> tuple[int | None, str]:
+    """(HTTP status, the Hub's error code, e.g. RevisionNotFound or GatedRepo) of a failed Hub
+    call, or of the one HfFileSystem wraps in a FileNotFoundError when a repo or its revision
+    cannot be read; (None, '') for any other error."""
+    for error in (exc, exc.__cause__):
+        response = getattr(error, "response", None)
+        status = getattr(response, "status_code", None)
+        if status is not None:
+            return status, response.headers.get("X-Error-Code") or ""
+    return None, ""
 
 
 def _is_network_error(exc: BaseException) -> bool:
@@ -100,7 +107,7 @@ def with_retries(fn: Callable[[], T], what: str, *, attempts: int = 6, base_dela
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - classified below, re-raised when not transient
-            status = _status(exc)
+            status, code = _http_error(exc)
             if status in RETRYABLE_STATUS and tries < attempts:
                 sleep(base_delay_s * 2 ** (tries - 1))
                 continue
@@ -112,8 +119,10 @@ def with_retries(fn: Callable[[], T], what: str, *, attempts: int = 6, base_dela
                     f"{what}: the Hugging Face Hub is unreachable ({type(exc).__name__}: {exc}). {offline_fix}"
                 ) from None
             if status is not None:
-                hint = " (check HF_TOKEN for gated or private datasets)" if status in (401, 403) else ""
-                raise SourceUnavailable(f"{what}: the Hub answered HTTP {status}{hint}") from None
+                hint = ("; check HF_TOKEN, in the environment of the process that starts the run, for gated or "
+                        "private datasets") if status in (401, 403) else ""
+                code = f" {code}" if code else ""
+                raise SourceUnavailable(f"{what}: the Hub answered HTTP {status}{code}{hint}") from None
             raise
 
 

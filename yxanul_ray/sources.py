@@ -49,7 +49,7 @@ DOC_SCHEMA = pa.schema([
 ])
 
 
-class _Redacted:
+class Redacted:
     """Holds a secret (HF_TOKEN) so that it travels to read tasks but never prints."""
 
     def __init__(self, value: str | None):
@@ -128,7 +128,7 @@ class _DocBatch:
         return table
 
 
-def _open(files: SourceFiles, path: str, token: _Redacted):
+def _open(files: SourceFiles, path: str, token: Redacted):
     if files.kind == "local":
         return open(path, "rb")
     if files.kind == "uri":
@@ -138,7 +138,7 @@ def _open(files: SourceFiles, path: str, token: _Redacted):
     return with_retries(lambda: fs.open(path, "rb", block_size=8 << 20), f"source {files.source} ({path})")
 
 
-def read_file_docs(spec: ReadSpec, token: _Redacted, epoch: int, file_pos: int, file_index: int,
+def read_file_docs(spec: ReadSpec, token: Redacted, epoch: int, file_pos: int, file_index: int,
                    start: SourceCursor | None, end_marker: bool) -> Iterator[pa.Table]:
     """Yield document rows of one file (from `start` when the cursor is inside it)."""
     files = spec.files
@@ -284,11 +284,11 @@ def _jsonl_rows(f, path: str, spec: ReadSpec, first_row: int, holdout: int, sour
 
 def read_holdout_docs(spec: ReadSpec) -> list[str]:
     """The held-out validation documents of a source (the last `holdout_docs` of its last file)."""
-    files, token = spec.files, _Redacted(None)
+    files, token = spec.files, Redacted(None)
     if files.kind == "hf":
         from yxanul_ray.hub import hf_token
 
-        token = _Redacted(hf_token())
+        token = Redacted(hf_token())
     path = files.paths[-1]
     out: list[str] = []
     with _open(files, path, token) as f:
@@ -373,7 +373,7 @@ def make_datasource(spec: ReadSpec, start: SourceCursor, reads: int):
 
     from yxanul_ray.hub import hf_token
 
-    token = _Redacted(hf_token() if spec.files.kind == "hf" else None)
+    token = Redacted(hf_token() if spec.files.kind == "hf" else None)
 
     class DocumentDatasource(Datasource):
         """One read task per file, in stream order from the cursor, across wrap epochs if need be."""

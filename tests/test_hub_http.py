@@ -93,7 +93,7 @@ def test_the_hub_lists_what_a_mirror_of_the_same_folder_lists(tmp_path):
 
 def test_a_large_file_read_over_http_gives_the_local_documents_and_its_holdout_reads_its_end(tmp_path):
     """Training reads the file in ranged blocks; the held-out documents, the file's last 16, take
-    its footer and last row groups, not the whole file (the 8 MiB read-ahead block included)."""
+    its footer and last row group, not the whole file nor an 8 MiB read-ahead block."""
     repo = tmp_path / "repo"
     rng = np.random.default_rng(0)
     texts = [rng.bytes(1500).hex() for _ in range(8000)]  # 3,000 chars each, hardly compressible: ~24 MiB
@@ -109,7 +109,7 @@ def test_a_large_file_read_over_http_gives_the_local_documents_and_its_holdout_r
         held_out = read_holdout_docs(spec)
         assert held_out == read_holdout_docs(local_spec) == texts[-16:]
         holdout_bytes = hub.bytes_sent[f"org/corpus/{path.relative_to(repo)}"]
-        assert holdout_bytes < size / 2, (holdout_bytes, size)
+        assert holdout_bytes < 4 << 20, (holdout_bytes, size)  # 1.69 MiB of 23.1: the footer and one row group
 
         def docs(s):
             return [t for table in read_file_docs(s, Redacted(None), 0, 0, 0, None, False)

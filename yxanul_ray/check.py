@@ -206,7 +206,7 @@ def run_check(job: JobSpec, *, test_all: bool = False, stage: int | None = None,
     """All checks; returns (checks, machine-readable report)."""
     from yxanul_ray.driver import absolute_paths, check_tokenizer, pin_hub_endpoint
 
-    job = pin_hub_endpoint(job)  # the Hub this process, the coordinator-less stages and their tasks all read
+    job = pin_hub_endpoint(job)  # one Hub for this process and the stage samples' read tasks
     check_tokenizer(job)  # a ConfigError, as `train` gives it before any cluster work
     n = len(job.curriculum.stages)
     indices = list(range(n)) if transitions else stages_to_test(n, test_all, stage)

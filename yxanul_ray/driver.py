@@ -202,11 +202,11 @@ def pin_hub_endpoint(job: JobSpec) -> JobSpec:
     coordinator and the read tasks run in Ray's processes, whose environment is the cluster's,
     not this shell's: they read the endpoint from the job, so every process asks the Hub whose
     commits the run pinned. Raises ConfigError for an endpoint that is not an http(s) URL."""
+    from yxanul_ray.hub import DEFAULT_ENDPOINT
+
     if not reads_the_hub(job):
         return job
     endpoint, origin = job.data.hf_endpoint, "data.hf_endpoint"
-    from yxanul_ray.hub import DEFAULT_ENDPOINT
-
     if endpoint is None:
         from huggingface_hub import constants
 

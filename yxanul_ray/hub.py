@@ -151,10 +151,10 @@ def resolve_files(spec: SourceSpec, endpoint: str | None = None) -> SourceFiles:
         _check_format(spec, paths)
         return SourceFiles(spec.name, "local", tuple(os.path.abspath(p) for p in paths), spec.format,
                            sizes=tuple(os.path.getsize(p) for p in paths))
+    endpoint = None if spec.hf_mirror else endpoint  # a mirror is a folder: no Hub to ask
     what = f"source {spec.name} (hf://{hub_root(spec)}{_on_hub(endpoint)})"
     if hub_offline() and not spec.hf_mirror:
         raise offline_refusal(what, "asked for the source's files")
-    endpoint = None if spec.hf_mirror else endpoint
     fs = hf_filesystem(spec.hf_mirror, hf_token(), endpoint)
     root = hub_root(spec)
     try:

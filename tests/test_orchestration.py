@@ -551,3 +551,45 @@ def test_a_resumed_run_stopped_before_its_first_checkpoint_names_the_one_it_resu
     assert m, out[-3000:]
     assert os.path.dirname(m.group(1)) == storage and m.group(2) == ckpt
     assert not glob.glob(os.path.join(storage, "*", "checkpoint_*"))
+
+
+@pytest.mark.timeout(600)
+def test_a_hub_run_reads_with_the_driver_s_endpoint_and_token_not_the_cluster_s(ray_cluster, tmp_path, monkeypatch):
+    """`python jobs/train.py` with HF_ENDPOINT and HF_TOKEN in its own environment only, joining
+    a cluster whose processes have neither (CI's head, or this session's): the demo's first two
+    stages read as Hub datasets from a stand-in Hub that gates them (tests/fake_hub.py, serving
+    the demo corpus). The coordinator and the read tasks must ask the driver's Hub with the
+    driver's token: the run reaches its target, its sources give what the local files give, and
+    the token is printed nowhere. Before, the read tasks asked huggingface.co, then asked
+    without the token, and the run failed."""
+    import ray
+
+    from tests.fake_hub import FakeHub
+
+    monkeypatch.chdir(REPO)  # the demo config's corpus path is relative to the repo
+    load_demo()
+    config = demo_subset(str(tmp_path / "local.yaml"), 0, 2, scale=0.5)
+    local_job = load_job(config)
+    raw = yaml.safe_load(open(config))
+    for name, source in raw["sources"].items():
+        source.pop("path"), source.pop("format", None)
+        source["hf"] = f"org/{name}"
+    hub_config = write_yaml(str(tmp_path / "hub.yaml"), raw)
+    token, commit = "hf_" + uuid.uuid4().hex, "b" * 40
+    demo = os.path.join(REPO, "data", "demo")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE")}
+    with FakeHub({f"org/{s}": (commit, os.path.join(demo, s)) for s in raw["sources"]}, token=token) as hub:
+        env.update(HF_ENDPOINT=hub.endpoint, HF_TOKEN=token, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
+        proc = subprocess.run([sys.executable, "jobs/train.py", "--config", hub_config,
+                               "--set", f"run.storage_path={tmp_path / 'runs'}"],
+                              cwd=REPO, capture_output=True, text=True, timeout=500, env=env)
+    out = ANSI.sub("", proc.stdout + proc.stderr)
+    assert proc.returncode == 0, failure_lines(out)
+    assert f"Hub: {hub.endpoint} (from HF_ENDPOINT; every process of the run reads it)" in out
+    assert_curriculum_completed(out, local_job)
+    assert source_summary(out) == undisturbed_source_summary(local_job)
+    data_reads = [line for line in hub.asked if line.startswith("GET org/") and ".parquet bytes" in line]
+    assert len(data_reads) >= 3 and not [r for r in hub.refused if "/agent-harnesses" not in r]
+    assert token not in out
+    for checkpoint_file in glob.glob(str(tmp_path / "runs" / "*" / "checkpoint_*" / "*.json")):
+        assert token not in open(checkpoint_file).read(), checkpoint_file

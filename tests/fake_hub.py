@@ -6,7 +6,7 @@ a mirror on disk.
 
 It answers what a dataset's reader and a tokenizer's download ask ({kind}: datasets or models):
 - GET  /api/{kind}/{repo}[/revision/{rev}]            repo info: its commit
-- GET  /api/{kind}/{repo}/tree/{rev}[/{path}]          a folder's entries (recursive or not)
+- GET  /api/{kind}/{repo}/tree/{rev}[/{path}]          a folder's entries (recursive or not), paged
 - POST /api/{kind}/{repo}/paths-info/{rev}             entries for named paths
 - GET  /datasets/{repo}/resolve/{rev}/{path} (and HEAD; a model's without `/datasets`): a file,
   or the byte range asked for
@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 import urllib.parse
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,7 +30,7 @@ class FakeHub:
     as a dataset (or model) repo; `hub.endpoint` is what HF_ENDPOINT (or `endpoint=`) names."""
 
     def __init__(self, datasets: dict[str, tuple[str, str]], models: dict[str, tuple[str, str]] | None = None,
-                 token: str | None = None):
+                 token: str | None = None, page_size: int = 1000, latency_s: float = 0.0):
         self.repos = {("datasets", r): v for r, v in datasets.items()}
         self.repos.update({("models", r): v for r, v in (models or {}).items()})
         self.token = token
@@ -37,6 +38,10 @@ class FakeHub:
         answered 401, as the Hub answers for a gated or private repo."""
         self.refused: list[str] = []
         """Requests answered 401 for want of the token."""
+        self.page_size = page_size
+        """Tree entries per answer, as the Hub pages them (1,000), the rest behind a Link header."""
+        self.latency_s = latency_s
+        """Added to every answer: a round trip to a Hub that is not on this machine."""
         self.asked: list[str] = []
         self.bytes_sent: Counter[str] = Counter()
         """Content bytes sent per file (repo/path), ranged reads included."""
@@ -91,14 +96,17 @@ def _handler(hub: FakeHub):
         protocol_version = "HTTP/1.1"  # keep-alive, as the Hub serves it
 
         def do_HEAD(self):  # noqa: N802 - http.server's name
+            time.sleep(hub.latency_s)
             if self._authorized("HEAD"):
                 self._answer(head=True)
 
         def do_GET(self):  # noqa: N802 - http.server's name
+            time.sleep(hub.latency_s)
             if self._authorized("GET"):
                 self._answer(head=False)
 
         def do_POST(self):  # noqa: N802 - http.server's name
+            time.sleep(hub.latency_s)
             length = int(self.headers.get("Content-Length") or 0)
             form = urllib.parse.parse_qs(self.rfile.read(length).decode())
             if not self._authorized("POST"):
@@ -155,7 +163,14 @@ def _handler(hub: FakeHub):
                 recursive = query.get("recursive", ["false"])[0].lower() == "true"
                 if rel and os.path.isfile(os.path.join(folder, rel)):
                     return self._json(200, [_entry(folder, rel)])
-                return self._json(200, _children(folder, rel, recursive))
+                entries = _children(folder, rel, recursive)
+                start = int(query.get("cursor", ["0"])[0])
+                page = entries[start:start + hub.page_size]
+                if start + hub.page_size >= len(entries):
+                    return self._json(200, page)
+                rest = {k: v[0] for k, v in query.items()} | {"cursor": str(start + hub.page_size)}
+                following = f"{hub.endpoint}{self.path.split('?')[0]}?{urllib.parse.urlencode(rest)}"
+                return self._json(200, page, link=f'<{following}>; rel="next"')
             self._json(404, {"error": "not found"}, code="EntryNotFound")
 
         def _file(self, kind: str, repo_id: str, revision: str, rel: str, head: bool) -> None:
@@ -196,13 +211,15 @@ def _handler(hub: FakeHub):
             if not head:
                 self.wfile.write(body)
 
-        def _json(self, status: int, body, code: str | None = None) -> None:
+        def _json(self, status: int, body, code: str | None = None, link: str | None = None) -> None:
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             if code:
                 self.send_header("X-Error-Code", code)
+            if link:
+                self.send_header("Link", link)
             self.end_headers()
             self.wfile.write(data)
 

@@ -13,10 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow as pa
 import pytest
+import yaml
 
 from tests.fake_hub import FakeHub
 from tests.helpers import train_tokenizer_json
 from tests.pipeline_helpers import run_stage, write_docs
+from tests.test_hub_layout import FINEWEB_EDU_CARD
 from yxanul_ray.checkpoint import TrainState
 from yxanul_ray.config import ConfigError, job_from_dict
 from yxanul_ray.driver import check_tokenizer, pin_hub_revisions
@@ -233,3 +235,34 @@ def test_a_gated_dataset_is_read_with_the_driver_s_token_and_no_log_holds_it(ray
         for name in names:
             with open(os.path.join(folder, name), "rb") as f:
                 assert token.encode() not in f.read(), name
+
+
+def fineweb_shaped_repo(root, folders: int = 96, per_folder: int = 25) -> None:
+    """A repo laid out as HuggingFaceFW/fineweb-edu is: its card's configs, `data/<crawl>/` folders
+    of shards (2,400 here, against its 2,410), and a `sample/10BT/` config. The shards are a few
+    bytes each: only their names and sizes are listed."""
+    for crawl in range(folders):
+        folder = root / "data" / f"CC-MAIN-2024-{crawl:02d}"
+        folder.mkdir(parents=True)
+        for shard in range(per_folder):
+            (folder / f"{shard:03d}_00000.parquet").write_bytes(b"P" * (1 + (crawl * per_folder + shard) % 97))
+    (root / "sample" / "10BT").mkdir(parents=True)
+    for shard in range(14):
+        (root / "sample" / "10BT" / f"{shard:03d}_00000.parquet").write_bytes(b"P")
+    (root / "README.md").write_text("---\n" + yaml.safe_dump(FINEWEB_EDU_CARD) + "---\n# FineWeb-Edu (shape)\n")
+
+
+def test_a_fineweb_sized_listing_over_paged_http_is_the_mirror_s_whole_listing(tmp_path):
+    """2,400 shards in 96 folders, listed through the Hub's paged tree endpoint (1,000 entries a
+    page, the rest behind a Link header): every shard, in the mirror's order, with its size."""
+    repo = tmp_path / "datasets" / "org" / "corpus"
+    fineweb_shaped_repo(repo)
+    with FakeHub({"org/corpus": (SHA, str(repo))}) as hub:
+        for config, count in ((None, 2400), ("sample-10BT", 14)):
+            on_hub = resolve_files(job_of({"a": {"hf": "org/corpus", "revision": SHA, "hf_config": config}})
+                                   .sources["a"], hub.endpoint)
+            mirrored = resolve_files(job_of({"a": {"hf": "org/corpus", "hf_mirror": str(tmp_path),
+                                                   "hf_config": config}}).sources["a"])
+            assert len(on_hub.paths) == count and names(on_hub, f"org/corpus@{SHA}") == names(mirrored, "org/corpus")
+            assert on_hub.sizes == mirrored.sizes
+    assert any("cursor=" in line for line in hub.asked)  # the listing went past a first page

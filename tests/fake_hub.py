@@ -71,6 +71,14 @@ class FakeHub:
         return None
 
 
+def as_process_default(monkeypatch, endpoint: str) -> None:
+    """What HF_ENDPOINT=endpoint in this process's environment makes of huggingface_hub's
+    defaults, which it reads once, at its import."""
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", endpoint)
+    monkeypatch.setattr("huggingface_hub.constants.HUGGINGFACE_CO_URL_TEMPLATE",
+                        endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+
+
 def _entry(folder: str, rel: str) -> dict:
     full = os.path.join(folder, rel)
     if os.path.isdir(full):

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from tests.fake_hub import FakeHub
+from tests.fake_hub import FakeHub, as_process_default
 from tests.helpers import train_tokenizer_json
 from tests.pipeline_helpers import run_stage, write_docs
 from tests.test_hub_layout import FINEWEB_EDU_CARD
@@ -42,14 +42,6 @@ def job_of(sources: dict, **data):
             {"name": "s", "seq_len": 8, "tokens": 256, "batch_size": 8, "mix": {next(iter(sources)): 1.0}}]},
         "model": {"preset": "tiny"},
     }, "<test>")
-
-
-def process_default_hub(monkeypatch, endpoint: str) -> None:
-    """What HF_ENDPOINT=endpoint in a process's environment makes of huggingface_hub's defaults
-    (read once, at its import)."""
-    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", endpoint)
-    monkeypatch.setattr("huggingface_hub.constants.HUGGINGFACE_CO_URL_TEMPLATE",
-                        endpoint + "/{repo_id}/resolve/{revision}/{filename}")
 
 
 def names(files, root: str) -> list[str]:
@@ -156,7 +148,7 @@ def test_the_run_pins_this_process_s_hub_and_every_later_reader_asks_it(tmp_path
     train_tokenizer_json(str(tok_repo / "tokenizer.json"))
     with FakeHub({"org/corpus": (SHA, str(repo))}, models={"org/tok": (SHA, str(tok_repo))}) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
-        process_default_hub(monkeypatch, hub.endpoint)
+        as_process_default(monkeypatch, hub.endpoint)
         monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf-cache"))
         job = job_of({"a": {"hf": "org/corpus"}}, tokenizer="org/tok")
         pinned = pin_hub_revisions(job)
@@ -165,7 +157,7 @@ def test_the_run_pins_this_process_s_hub_and_every_later_reader_asks_it(tmp_path
         assert f"Hub: {hub.endpoint} (from HF_ENDPOINT; every process of the run reads it)" in capsys.readouterr().out
         check_tokenizer(pinned)
         # The coordinator's process has the cluster's environment: huggingface.co, unless the job says.
-        process_default_hub(monkeypatch, "https://huggingface.co")
+        as_process_default(monkeypatch, "https://huggingface.co")
         monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "another-node's-cache"))
         content, identity = run_tokenizer(pinned.data.tokenizer, pinned.data.hf_endpoint)
         assert load_tokenizer(content).vocab_size == 320 and identity.startswith("sha256:")
@@ -183,7 +175,7 @@ def test_the_run_pins_this_process_s_hub_and_every_later_reader_asks_it(tmp_path
     # A job that reads no Hub pins none; job.json does not name one.
     local = job_of({"a": {"path": str(repo / "data" / "*.parquet")}})
     assert pin_hub_revisions(local).data.hf_endpoint is None
-    process_default_hub(monkeypatch, "hub.internal:8080")
+    as_process_default(monkeypatch, "hub.internal:8080")
     with pytest.raises(ConfigError, match=r"<test>: HF_ENDPOINT: 'hub.internal:8080' is not an http\(s\) URL"):
         pin_hub_revisions(job)
     with pytest.raises(ConfigError, match=r"data.hf_endpoint: holds credentials, which would reach the logs and "

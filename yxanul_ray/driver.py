@@ -210,7 +210,7 @@ def pin_hub_endpoint(job: JobSpec) -> JobSpec:
     if endpoint is None:
         from huggingface_hub import constants
 
-        endpoint, origin = constants.ENDPOINT, "HF_ENDPOINT" if os.environ.get("HF_ENDPOINT") else "the default"
+        endpoint, origin = constants.ENDPOINT, "HF_ENDPOINT"  # unset, huggingface.co: valid, not printed
     endpoint = endpoint.rstrip("/")
     problem = hub_endpoint_problem(endpoint)
     if problem:
@@ -226,7 +226,8 @@ def hub_token(job: JobSpec):
     from yxanul_ray.hub import hf_token
     from yxanul_ray.sources import Redacted
 
-    return Redacted(hf_token()) if reads_the_hub(job) and hf_token() else None
+    token = hf_token()
+    return Redacted(token) if token and reads_the_hub(job) else None
 
 
 def _is_commit(revision: str | None) -> bool:

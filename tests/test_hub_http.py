@@ -21,7 +21,7 @@ from tests.pipeline_helpers import run_stage, write_docs
 from tests.test_hub_layout import FINEWEB_EDU_CARD
 from yxanul_ray.checkpoint import TrainState
 from yxanul_ray.config import ConfigError, job_from_dict
-from yxanul_ray.driver import check_tokenizer, pin_hub_revisions
+from yxanul_ray.driver import check_tokenizer, partial_copies, pin_hub_revisions
 from yxanul_ray.hub import SourceUnavailable, resolve_files
 from yxanul_ray.local_data import local_stage
 from yxanul_ray.manifest import list_sources
@@ -83,6 +83,35 @@ def test_the_hub_lists_what_a_mirror_of_the_same_folder_lists(tmp_path):
                 resolve_files(spec, hub.endpoint)
     assert names(on_hub, f"org/corpus@{SHA}") == ["jsonl/0.jsonl", "jsonl/1.jsonl.zst"]
     assert all("huggingface.co" not in line for line in hub.asked)
+
+
+def test_the_hub_s_parquet_copy_is_read_one_config_at_a_time(tmp_path):
+    """The refs/convert/parquet branch holds `<config>/<split>/NNNN.parquet` and no card, so the
+    layout conventions find the train folder of every config. Before, a source naming no config
+    listed them all, and trained on gsm8k's `main` and `socratic` questions both."""
+    repo = tmp_path / "datasets" / "org" / "corpus"
+    for rel in ("main/train/0000.parquet", "main/train/0001.parquet", "main/test/0000.parquet",
+                "socratic/train/0000.parquet"):
+        write_docs(str(repo / rel), [f"text of {rel}"] * 2)
+    single = tmp_path / "single" / "datasets" / "org" / "corpus"
+    for rel in ("default/partial-train/0000.parquet", "default/partial-train/0001.parquet"):
+        write_docs(str(single / rel), [f"text of {rel}"])
+    with FakeHub({"org/corpus": (SHA, str(repo)), "org/single": (SHA, str(single))}) as hub:
+        def listed(**settings):
+            spec = job_of({"a": {"hf": "org/corpus", "revision": SHA, **settings}}).sources["a"]
+            return names(resolve_files(spec, hub.endpoint), f"{spec.hf}@{SHA}")
+
+        with pytest.raises(SourceUnavailable, match=r"split 'train' is in 2 config folders \(main, socratic\), "
+                                                    r"laid out as the Hub's parquet copy .*fix: sources.a.hf_config"):
+            listed()
+        assert listed(hf_config="main") == ["main/train/0000.parquet", "main/train/0001.parquet"]
+        assert listed(hf_config="socratic") == ["socratic/train/0000.parquet"]
+        assert listed(split="test") == ["main/test/0000.parquet"]  # one config has that split
+        assert listed(hf="org/single") == ["default/partial-train/0000.parquet", "default/partial-train/0001.parquet"]
+        # A copy of only a split's first part is named at the start, as it runs dry sooner than the dataset.
+        for hf, config, partial in (("org/single", None, ["a"]), ("org/corpus", "main", [])):
+            job = job_of({"a": {"hf": hf, "revision": SHA, "hf_config": config}}, hf_endpoint=hub.endpoint)
+            assert partial_copies(job, list_sources(job)) == partial
 
 
 def test_a_large_file_read_over_http_gives_the_local_documents_and_its_holdout_reads_its_end(tmp_path):

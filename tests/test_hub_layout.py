@@ -16,7 +16,7 @@ from datasets.utils.metadata import MetadataConfigs
 from tests.pipeline_helpers import write_docs
 from yxanul_ray.config import job_from_dict
 from yxanul_ray.hub import SourceUnavailable, resolve_files
-from yxanul_ray.hub_layout import LayoutError, layout_groups, split_patterns
+from yxanul_ray.hub_layout import LayoutError, check_one_config, conversion_configs, layout_groups, split_patterns
 from yxanul_ray.local_data import local_stage
 from yxanul_ray.tokenizer import load_tokenizer
 
@@ -83,6 +83,19 @@ def test_a_card_without_configs_falls_back_on_the_layout_conventions():
     assert "cfg/**/dev/**" in layout.groups[1] and "cfg/**/valid[-._ 0-9]*" in layout.groups[2]
     assert len(layout.groups) == 3  # every file is the train split's alone
     assert layout_groups("", "train")[-1] == ("**",)
+
+
+def test_the_parquet_copy_s_configs_are_told_from_its_file_names():
+    copy = ["main/train/0000.parquet", "main/partial-train/0001.parquet", "socratic/train/0000.parquet"]
+    assert conversion_configs(copy) == ["main", "socratic"]
+    assert conversion_configs(["data/train/part-0.parquet", "main/train/0000.parquet"]) == []  # not all alike
+    assert conversion_configs(["data/x/train/0000.parquet"]) == conversion_configs([]) == []
+    conventions = split_patterns({}, None, "train", "src")
+    with pytest.raises(LayoutError, match=r"2 config folders \(main, socratic\).*fix: sources.src.hf_config"):
+        check_one_config(copy, conventions, None, "train", "src")
+    check_one_config(copy, conventions, "main", "train", "src")  # the source names its config
+    check_one_config(copy, split_patterns({"configs": [{"data_files": "*/*/*"}]}, None, "train", "src"),
+                     None, "train", "src")  # the card's own config, whatever it globs
 
 
 def mirror_source(root, *, config=None, split="train", fmt="parquet") -> dict:

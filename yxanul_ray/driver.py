@@ -291,7 +291,21 @@ def checked_at_pinned_commits(job: JobSpec) -> tuple[JobSpec, SourceListing]:
 
     job = pin_hub_revisions(job)
     check_tokenizer(job)
-    return job, list_sources(job)  # a source that does not list is an error here too (manifest.list_sources)
+    listing = list_sources(job)  # a source that does not list is an error here too (manifest.list_sources)
+    for name in partial_copies(job, listing):
+        print(f"note: source {name} reads the Hub's parquet copy of split {job.sources[name].split!r}, which holds "
+              "only its first part (a partial-<split> folder); past it the source repeats its documents, in a new "
+              "order (a wrap, counted)", flush=True)
+    return job, listing
+
+
+def partial_copies(job: JobSpec, listing: SourceListing) -> list[str]:
+    """The Hub sources whose files are a split the Hub converted to parquet only in part."""
+    from yxanul_ray.hub import hub_root
+    from yxanul_ray.hub_layout import is_partial_copy
+
+    return [name for name, files in listing.files.items() if files.kind == "hf" and is_partial_copy(
+        [p.removeprefix(hub_root(job.sources[name]) + "/") for p in files.paths])]
 
 
 def check_resume(job: JobSpec, checkpoint: str) -> tuple[JobSpec, SourceListing]:

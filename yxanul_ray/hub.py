@@ -24,6 +24,7 @@ from yxanul_ray.config import SourceSpec
 from yxanul_ray.hub_layout import (
     FORMAT_SUFFIXES,
     LayoutError,
+    check_one_config,
     data_file_kinds,
     named_as_other_format,
     of_format,
@@ -170,6 +171,11 @@ def resolve_files(spec: SourceSpec, endpoint: str | None = None) -> SourceFiles:
         data = [p for p, info in found.items() if info.get("type") != "directory"]
         files = of_format(data, spec.format)
         if files:
+            try:
+                relative = [f.removeprefix(root + "/") for f in files]
+                check_one_config(relative, layout, spec.hf_config, spec.split, spec.name)
+            except LayoutError as e:
+                raise SourceUnavailable(f"{what}: {e}") from None
             return SourceFiles(spec.name, "hf", tuple(files), spec.format, mirror=spec.hf_mirror,
                                sizes=_listed_sizes(found, files), endpoint=endpoint)
         others |= data_file_kinds(data)

@@ -13,6 +13,7 @@ names a source's format reads (compressed jsonl included) is decided here too.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 SPLIT_KEYWORDS = {"train": ("train", "training"), "validation": ("validation", "valid", "dev", "val"),
@@ -42,6 +43,8 @@ class PatternGroups:
     groups: tuple[tuple[str, ...], ...]
     origin: str
     """Where they came from, for messages: "the card's config 'x'" or "the layout conventions"."""
+    by_conventions: bool = False
+    """The card names no configs, so no config was chosen unless the source names one."""
 
 
 def split_patterns(card: dict, config: str | None, split: str, source: str) -> PatternGroups:
@@ -50,7 +53,8 @@ def split_patterns(card: dict, config: str | None, split: str, source: str) -> P
     configs = _card_configs(card)
     if not configs:
         base = config or ""
-        return PatternGroups(layout_groups(base, split), f"the layout conventions{f' under {base}/' if base else ''}")
+        return PatternGroups(layout_groups(base, split), f"the layout conventions{f' under {base}/' if base else ''}",
+                             by_conventions=True)
     chosen = _chosen_config(configs, config, source)
     name = chosen.get("config_name", "default")
     base = str(chosen.get("data_dir") or "").strip("/")
@@ -77,6 +81,41 @@ def layout_groups(base: str, split: str) -> tuple[tuple[str, ...], ...]:
     if split == "train":
         groups.append(("**",))
     return tuple(tuple(_join(base, p) for p in group) for group in groups)
+
+
+_CONVERSION_FILE = re.compile(r"([^/]+)/(?:partial-)?[^/]+/[0-9]{4}\.parquet")
+
+
+def conversion_configs(relative_paths) -> list[str]:
+    """The config folders of files laid out as the Hub's parquet copy of a dataset (its
+    refs/convert/parquet branch: `<config>/<split>/NNNN.parquet`, or `<config>/partial-<split>/`
+    where only a split's first gigabytes were converted), sorted; [] where any file is laid out
+    otherwise. That branch has no card, so the layout conventions find one split's folder in
+    every config: read together, a source would train on all of them, at a mix the run never set."""
+    matches = [_CONVERSION_FILE.fullmatch(p) for p in relative_paths]
+    if not matches or not all(matches):
+        return []
+    return sorted({m.group(1) for m in matches})
+
+
+def is_partial_copy(relative_paths) -> bool:
+    """Whether the files are a split the Hub's parquet copy holds only in part
+    (`<config>/partial-<split>/`): fewer documents than the dataset, so a source runs dry sooner."""
+    return bool(conversion_configs(relative_paths)) and all(p.split("/")[1].startswith("partial-")
+                                                             for p in relative_paths)
+
+
+def check_one_config(relative_paths, layout: PatternGroups, config: str | None, split: str, source: str) -> None:
+    """Raise LayoutError when the files found for a source that names no config span several
+    configs of the parquet copy's layout (conversion_configs), naming them and the setting."""
+    if config is not None or not layout.by_conventions:
+        return
+    configs = conversion_configs(relative_paths)
+    if len(configs) > 1:
+        raise LayoutError(f"split {split!r} is in {len(configs)} config folders ({', '.join(configs)}), laid out as "
+                          "the Hub's parquet copy of a dataset (refs/convert/parquet), one folder per config; read "
+                          "together they would train on every config's documents; "
+                          f"fix: sources.{source}.hf_config, one of them")
 
 
 def of_format(paths, fmt: str) -> list[str]:

@@ -231,6 +231,13 @@ def _check_text_field(pf, text_field: str, source: str, path: str) -> None:
                        f"{', '.join(pf.schema_arrow.names)}); set sources.{source}.text_field")
 
 
+COMPRESSED_READ_BYTES = 64 << 10
+"""Decompressed bytes asked for at a time. A stream that stops decoding (a file cut short) loses
+the whole read it fails in, so this bounds the readable text lost before the cut (in the cut-file
+test: 1 MiB reads lost 608 of the 4,736 documents gzip decodes there, 64 KiB reads 97). Lines
+came as fast: 174 MiB of gzip or zstd jsonl in 0.11 or 0.03 s either way."""
+
+
 def _jsonl_lines(f, path: str) -> Iterator[bytes]:
     """A jsonl file's rows, streamed (a shard can be gigabytes): its lines without their newline;
     text after the last newline is a row unless it is blank. Training and the held-out documents
@@ -238,7 +245,7 @@ def _jsonl_lines(f, path: str) -> Iterator[bytes]:
     codec = JSONL_CODECS.get(path[path.rfind("."):])
     if codec:
         f = pa.CompressedInputStream(pa.PythonFile(f, mode="r"), codec)
-    for line in io.BufferedReader(f, buffer_size=1 << 20):
+    for line in io.BufferedReader(f, buffer_size=COMPRESSED_READ_BYTES if codec else 1 << 20):
         if line.endswith(b"\n"):
             yield line[:-1]
         elif line.strip():

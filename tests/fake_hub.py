@@ -42,6 +42,10 @@ class FakeHub:
         """Tree entries per answer, as the Hub pages them (1,000), the rest behind a Link header."""
         self.latency_s = latency_s
         """Added to every answer: a round trip to a Hub that is not on this machine."""
+        self.most_at_once = 0
+        """The most requests in their round trip (latency_s) at one time: 1 for a client that asks
+        in turn."""
+        self._in_flight = 0
         self.asked: list[str] = []
         self.bytes_sent: Counter[str] = Counter()
         """Content bytes sent per file (repo/path), ranged reads included."""
@@ -56,6 +60,17 @@ class FakeHub:
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def round_trip(self) -> None:
+        """The added latency of one answer, counting the requests waiting on it together."""
+        with self._lock:
+            self._in_flight += 1
+            self.most_at_once = max(self.most_at_once, self._in_flight)
+        try:
+            time.sleep(self.latency_s)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
 
     def record(self, line: str, file: str | None = None, sent: int = 0) -> None:
         with self._lock:
@@ -104,17 +119,17 @@ def _handler(hub: FakeHub):
         protocol_version = "HTTP/1.1"  # keep-alive, as the Hub serves it
 
         def do_HEAD(self):  # noqa: N802 - http.server's name
-            time.sleep(hub.latency_s)
+            hub.round_trip()
             if self._authorized("HEAD"):
                 self._answer(head=True)
 
         def do_GET(self):  # noqa: N802 - http.server's name
-            time.sleep(hub.latency_s)
+            hub.round_trip()
             if self._authorized("GET"):
                 self._answer(head=False)
 
         def do_POST(self):  # noqa: N802 - http.server's name
-            time.sleep(hub.latency_s)
+            hub.round_trip()
             length = int(self.headers.get("Content-Length") or 0)
             form = urllib.parse.parse_qs(self.rfile.read(length).decode())
             if not self._authorized("POST"):

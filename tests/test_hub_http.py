@@ -114,6 +114,27 @@ def test_the_hub_s_parquet_copy_is_read_one_config_at_a_time(tmp_path):
             assert partial_copies(job, list_sources(job)) == partial
 
 
+def test_a_run_s_start_asks_the_hub_about_its_sources_at_once(tmp_path):
+    """Pinning and listing are a round trip or a few per source, asked together, so a run's start
+    waits for the slowest source, not for their sum (the time that saves is measured in the
+    journal, not asserted here)."""
+    repos = {}
+    for name in ("fineweb", "math", "code"):
+        write_docs(str(tmp_path / name / "data" / "train-00000-of-00001.parquet"), [f"{name} document"])
+        repos[f"org/{name}"] = (SHA, str(tmp_path / name))
+    with FakeHub(repos, latency_s=0.5) as hub:
+        job = job_of({n: {"hf": f"org/{n}"} for n in ("fineweb", "math", "code")}, hf_endpoint=hub.endpoint)
+        job = pin_hub_revisions(job)
+        assert [s.revision for s in job.sources.values()] == [SHA] * 3 and hub.most_at_once == 3
+        hub.most_at_once = 0
+        listing = list_sources(job)
+        assert hub.most_at_once >= 2 and [len(f.paths) for f in listing.files.values()] == [1, 1, 1]
+        # The first error in the config's order is the one raised, as when asked in turn.
+        missing = job_of({n: {"hf": f"org/{n}x"} for n in ("fineweb", "math")}, hf_endpoint=hub.endpoint)
+        with pytest.raises(SourceUnavailable, match=r"^source fineweb \(hf://datasets/org/finewebx on .*404"):
+            pin_hub_revisions(missing)
+
+
 def test_a_large_file_read_over_http_gives_the_local_documents_and_its_holdout_reads_its_end(tmp_path):
     """Training reads the file in ranged blocks; the held-out documents, the file's last 16, take
     its footer and last row group, not the whole file nor an 8 MiB read-ahead block."""

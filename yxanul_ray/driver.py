@@ -12,6 +12,7 @@ import functools
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from yxanul_ray.config import ConfigError, JobSpec, hub_endpoint_problem, job_from_dict, read_yaml
@@ -165,27 +166,33 @@ def pin_hub_revisions(job: JobSpec) -> JobSpec:
     its revision names, or the Hub's current one. Every listing of the run, a restarted
     coordinator's and a resume's included, then reads the same files and tokenizer, and job.json
     records the commit."""
-    from yxanul_ray.hub import pin_model_revision, pin_revision
+    from yxanul_ray.hub import HUB_CALLS_AT_ONCE, pin_model_revision, pin_revision
     from yxanul_ray.tokenizer import hub_tokenizer
 
     job = pin_hub_endpoint(job)
     endpoint = job.data.hf_endpoint
     tokenizer = job.data.tokenizer
-    if (hub := hub_tokenizer(tokenizer)) and not _is_commit(hub.revision):
-        sha = pin_model_revision(hub.repo, hub.revision, f"data.tokenizer {tokenizer!r}", endpoint)
-        print(f"data.tokenizer: hf://{hub.path} at commit {sha} ({hub.revision or 'the default branch'} now; pinned "
-              "for this run and its resumes)", flush=True)
-        job = dataclasses.replace(job, data=dataclasses.replace(job.data, tokenizer=hub.at(sha)))
-
-    sources = dict(job.sources)
-    for name, spec in job.sources.items():
-        if _is_commit(spec.revision):
-            continue
-        sha = pin_revision(spec, endpoint)  # None for local files and mirrors
-        if sha:
-            print(f"source {name}: hf://datasets/{spec.hf} at commit {sha} ({spec.revision or 'the default branch'} "
-                  "now; pinned for this run and its resumes)", flush=True)
-            sources[name] = dataclasses.replace(spec, revision=sha)
+    hub = hub_tokenizer(tokenizer)
+    with ThreadPoolExecutor(max_workers=HUB_CALLS_AT_ONCE) as pool:
+        # Asked at once, a round trip each: the start waits for the slowest answer, not their sum.
+        # Answers (and the first error) are taken in the config's order, as when asked in turn.
+        tokenizer_sha = (pool.submit(pin_model_revision, hub.repo, hub.revision, f"data.tokenizer {tokenizer!r}",
+                                     endpoint) if hub and not _is_commit(hub.revision) else None)
+        source_shas = {name: pool.submit(pin_revision, spec, endpoint)  # None for local files and mirrors
+                       for name, spec in job.sources.items() if not _is_commit(spec.revision)}
+        if tokenizer_sha is not None:
+            sha = tokenizer_sha.result()
+            print(f"data.tokenizer: hf://{hub.path} at commit {sha} ({hub.revision or 'the default branch'} now; "
+                  "pinned for this run and its resumes)", flush=True)
+            job = dataclasses.replace(job, data=dataclasses.replace(job.data, tokenizer=hub.at(sha)))
+        sources = dict(job.sources)
+        for name, answer in source_shas.items():
+            spec = job.sources[name]
+            if sha := answer.result():
+                was = spec.revision or "the default branch"
+                print(f"source {name}: hf://datasets/{spec.hf} at commit {sha} ({was} now; pinned for this run and its "
+                      "resumes)", flush=True)
+                sources[name] = dataclasses.replace(spec, revision=sha)
     return dataclasses.replace(job, sources=sources)
 
 

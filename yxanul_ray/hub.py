@@ -34,6 +34,8 @@ from yxanul_ray.storage import StorageError, fsspec_filesystem, is_uri
 
 T = TypeVar("T")
 
+HUB_CALLS_AT_ONCE = 8
+"""Sources (and the tokenizer) asked about at once when a run starts: pinned, then listed."""
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 _NETWORK_ERRORS = ("ConnectError", "ConnectTimeout", "ReadTimeout", "TimeoutException", "NetworkError",
                    "ConnectionError", "RemoteDisconnected", "ProtocolError", "TransportError")

@@ -107,6 +107,11 @@ def test_the_hub_s_parquet_copy_is_read_one_config_at_a_time(tmp_path):
         assert listed(hf_config="main") == ["main/train/0000.parquet", "main/train/0001.parquet"]
         assert listed(hf_config="socratic") == ["socratic/train/0000.parquet"]
         assert listed(split="test") == ["main/test/0000.parquet"]  # one config has that split
+        # A misspelt config is named as one, with the folders there are; before, the error said the
+        # dataset had no parquet files and suggested this very copy.
+        with pytest.raises(SourceUnavailable, match=r"config 'mian' is not a folder of the dataset, whose card names "
+                                                    r"no configs \(its folders: main, socratic\); fix: sources.a.hf_"):
+            listed(hf_config="mian")
         assert listed(hf="org/single") == ["default/partial-train/0000.parquet", "default/partial-train/0001.parquet"]
         # A copy of only a split's first part is named at the start, as it runs dry sooner than the dataset.
         for hf, config, partial in (("org/single", None, ["a"]), ("org/corpus", "main", [])):

@@ -181,6 +181,15 @@ def resolve_files(spec: SourceSpec, endpoint: str | None = None) -> SourceFiles:
             return SourceFiles(spec.name, "hf", tuple(files), spec.format, mirror=spec.hf_mirror,
                                sizes=_listed_sizes(found, files), endpoint=endpoint)
         others |= data_file_kinds(data)
+    config_dir = f"{root}/{spec.hf_config}"
+    if layout.by_conventions and spec.hf_config and not with_retries(lambda: fs.isdir(config_dir), what):
+        # A card without configs makes hf_config a folder (the parquet copy's one per config):
+        # a misspelt one is named as such, not as a dataset without files of the format.
+        folders = with_retries(lambda: sorted(e["name"].rsplit("/", 1)[-1] for e in fs.ls(root, detail=True)
+                                              if e.get("type") == "directory"), what)
+        raise SourceUnavailable(f"{what}: config {spec.hf_config!r} is not a folder of the dataset, whose card names "
+                                f"no configs (its folders: {', '.join(folders) or 'none'}); "
+                                f"fix: sources.{spec.name}.hf_config, one of them")
     looked_at = "; ".join(", ".join(group) for group in layout.groups)
     found_note = f"; found only {', '.join(sorted(others))} files" if others else ""
     readable = [fmt for fmt, suffixes in FORMAT_SUFFIXES.items() if any(o in suffixes for o in others)]

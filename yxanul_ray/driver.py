@@ -308,11 +308,11 @@ def checked_at_pinned_commits(job: JobSpec) -> tuple[JobSpec, SourceListing]:
 
 def partial_copies(job: JobSpec, listing: SourceListing) -> list[str]:
     """The Hub sources whose files are a split the Hub converted to parquet only in part."""
-    from yxanul_ray.hub import hub_root
+    from yxanul_ray.hub import hub_relative
     from yxanul_ray.hub_layout import is_partial_copy
 
-    return [name for name, files in listing.files.items() if files.kind == "hf" and is_partial_copy(
-        [p.removeprefix(hub_root(job.sources[name]) + "/") for p in files.paths])]
+    return [name for name, files in listing.files.items()
+            if files.kind == "hf" and is_partial_copy(hub_relative(job.sources[name], files.paths))]
 
 
 def check_resume(job: JobSpec, checkpoint: str) -> tuple[JobSpec, SourceListing]:

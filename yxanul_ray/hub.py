@@ -174,8 +174,7 @@ def resolve_files(spec: SourceSpec, endpoint: str | None = None) -> SourceFiles:
         files = of_format(data, spec.format)
         if files:
             try:
-                relative = [f.removeprefix(root + "/") for f in files]
-                check_one_config(relative, layout, spec.hf_config, spec.split, spec.name)
+                check_one_config(hub_relative(spec, files), layout, spec.hf_config, spec.split, spec.name)
             except LayoutError as e:
                 raise SourceUnavailable(f"{what}: {e}") from None
             return SourceFiles(spec.name, "hf", tuple(files), spec.format, mirror=spec.hf_mirror,
@@ -284,6 +283,12 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 def _on_hub(endpoint: str | None) -> str:
     """' on <endpoint>' for a Hub other than huggingface.co, for messages."""
     return f" on {endpoint}" if endpoint and endpoint.rstrip("/") != DEFAULT_ENDPOINT else ""
+
+
+def hub_relative(spec: SourceSpec, paths) -> list[str]:
+    """A Hub source's listed paths relative to the dataset's root (`main/train/0000.parquet`)."""
+    prefix = hub_root(spec) + "/"
+    return [p.removeprefix(prefix) for p in paths]
 
 
 def hub_root(spec: SourceSpec) -> str:

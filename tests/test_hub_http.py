@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import yaml
+from huggingface_hub import constants as hf_constants
 
 from tests.fake_hub import FakeHub, as_process_default
 from tests.helpers import train_tokenizer_json
@@ -254,6 +255,7 @@ def test_a_gated_dataset_is_read_with_the_driver_s_token_and_no_log_holds_it(ray
     write_docs(str(repo / "data" / "train-00000-of-00001.parquet"), texts)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-login" / "token"))
     with FakeHub({"org/gated": (SHA, str(repo))}, token=token) as hub:
         job = job_of({"a": {"hf": "org/gated", "revision": SHA, "validation_docs": 4}}, hf_endpoint=hub.endpoint)
         with pytest.raises(SourceUnavailable, match=r"source a \(hf://datasets/org/gated@c{40} on http://127\.0\.0\.1:"
@@ -282,6 +284,31 @@ def test_a_gated_dataset_is_read_with_the_driver_s_token_and_no_log_holds_it(ray
         for name in names:
             with open(os.path.join(folder, name), "rb") as f:
                 assert token.encode() not in f.read(), name
+
+
+def test_the_run_s_token_is_the_one_huggingface_hub_would_send(tmp_path, monkeypatch):
+    """HF_TOKEN first; else the token `hf auth login` saved (HF_TOKEN_PATH), which huggingface_hub
+    sends unasked and the driver pins and lists with, so it is the one the coordinator is handed
+    (test_orchestration runs a job with only that file); none where implicit tokens are off."""
+    from yxanul_ray.driver import hub_token
+    from yxanul_ray.hub import hf_token
+
+    job = job_of({"a": {"hf": "org/gated", "revision": SHA}})
+    token_file = tmp_path / "token"
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(token_file))
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    assert hf_token() is None and hub_token(job) is None
+    token_file.write_text("hf_from_login\n")
+    assert hf_token() == "hf_from_login" and hub_token(job).value == "hf_from_login"
+    assert repr(hub_token(job)) == "<redacted>"
+    monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", "hf_old_name")
+    assert hf_token() == "hf_old_name"
+    monkeypatch.setenv("HF_TOKEN", "hf_from_env")
+    assert hf_token() == "hf_from_env"
+    monkeypatch.delenv("HF_TOKEN"), monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN")
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", True)
+    assert hf_token() is None
 
 
 def fineweb_shaped_repo(root, folders: int = 96, per_folder: int = 25) -> None:

@@ -555,13 +555,15 @@ def test_a_resumed_run_stopped_before_its_first_checkpoint_names_the_one_it_resu
 
 @pytest.mark.timeout(600)
 def test_a_hub_run_reads_with_the_driver_s_endpoint_and_token_not_the_cluster_s(ray_cluster, tmp_path, monkeypatch):
-    """`python jobs/train.py` with HF_ENDPOINT and HF_TOKEN in its own environment only, joining
-    a cluster whose processes have neither (CI's head, or this session's): the demo's first two
+    """`python jobs/train.py` with HF_ENDPOINT in its own environment only, and the token that
+    `hf auth login` saved where only it looks (HF_TOKEN_PATH), joining a cluster whose processes
+    have neither (CI's head, or this session's: as another node would). The demo's first two
     stages read as Hub datasets from a stand-in Hub that gates them (tests/fake_hub.py, serving
     the demo corpus). The coordinator and the read tasks must ask the driver's Hub with the
     driver's token: the run reaches its target, its sources give what the local files give, and
     the token is printed nowhere. Before, the read tasks asked huggingface.co, then asked
-    without the token, and the run failed."""
+    without the token (HF_TOKEN, then a login's token file), and the run failed. HF_TOKEN in the
+    environment takes the same path from hub.hf_token on (test_hub_http)."""
     import ray
 
     from tests.fake_hub import FakeHub
@@ -578,8 +580,12 @@ def test_a_hub_run_reads_with_the_driver_s_endpoint_and_token_not_the_cluster_s(
     token, commit = "hf_" + uuid.uuid4().hex, "b" * 40
     demo = os.path.join(REPO, "data", "demo")
     env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE")}
+    token_file = tmp_path / "hf-home" / "token"  # where `hf auth login` would save it
+    token_file.parent.mkdir()
+    token_file.write_text(token)
     with FakeHub({f"org/{s}": (commit, os.path.join(demo, s)) for s in raw["sources"]}, token=token) as hub:
-        env.update(HF_ENDPOINT=hub.endpoint, HF_TOKEN=token, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
+        env.update(HF_ENDPOINT=hub.endpoint, HF_TOKEN_PATH=str(token_file),
+                   RAY_ADDRESS=ray.get_runtime_context().gcs_address)
         proc = subprocess.run([sys.executable, "jobs/train.py", "--config", hub_config,
                                "--set", f"run.storage_path={tmp_path / 'runs'}"],
                               cwd=REPO, capture_output=True, text=True, timeout=500, env=env)

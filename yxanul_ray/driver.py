@@ -228,8 +228,9 @@ def pin_hub_endpoint(job: JobSpec) -> JobSpec:
 
 
 def hub_token(job: JobSpec):
-    """This process's HF_TOKEN, redacted, for a coordinator that reads the Hub; None otherwise.
-    The coordinator runs with the cluster's environment, not this shell's (see coordinator.py)."""
+    """This process's Hub token (HF_TOKEN, or a login's token file: hub.hf_token), redacted, for a
+    coordinator that reads the Hub; None otherwise. The coordinator runs with the cluster's
+    environment and files, not this shell's and this machine's (see coordinator.py)."""
     from yxanul_ray.hub import hf_token
     from yxanul_ray.sources import Redacted
 

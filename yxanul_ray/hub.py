@@ -76,8 +76,17 @@ def offline_refusal(what: str, question: str) -> SourceUnavailable:
 
 
 def hf_token() -> str | None:
-    """From the environment only; never logged, never written to a config or checkpoint."""
-    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+    """The token this process's Hub calls send: HF_TOKEN (or HUGGING_FACE_HUB_TOKEN) from the
+    environment, else the one `hf auth login` saved on this machine, which huggingface_hub sends
+    unasked unless HF_HUB_DISABLE_IMPLICIT_TOKEN is set. The driver pins and lists with it, so it
+    hands this one to the coordinator (driver.hub_token): the cluster's other nodes have no such
+    file. Never logged, never written to a config or checkpoint."""
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if token:
+        return token
+    from huggingface_hub import constants, get_token
+
+    return None if constants.HF_HUB_DISABLE_IMPLICIT_TOKEN else get_token()
 
 
 def _http_error(exc: BaseException) -> tuple[int | None, str]:
@@ -122,8 +131,8 @@ def with_retries(fn: Callable[[], T], what: str, *, attempts: int = 6, base_dela
                     f"{what}: the Hugging Face Hub is unreachable ({type(exc).__name__}: {exc}). {offline_fix}"
                 ) from None
             if status is not None:
-                hint = ("; check HF_TOKEN, in the environment of the process that starts the run, for gated or "
-                        "private datasets") if status in (401, 403) else ""
+                hint = ("; check HF_TOKEN, in the environment of the process that starts the run (or `hf auth "
+                        "login` there), for gated or private datasets") if status in (401, 403) else ""
                 code = f" {code}" if code else ""
                 raise SourceUnavailable(f"{what}: the Hub answered HTTP {status}{code}{hint}") from None
             raise

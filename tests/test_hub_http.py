@@ -20,6 +20,7 @@ from tests.fake_hub import FakeHub, as_process_default
 from tests.helpers import train_tokenizer_json
 from tests.pipeline_helpers import run_stage, write_docs
 from tests.test_hub_layout import FINEWEB_EDU_CARD
+from yxanul_ray.check import connectivity
 from yxanul_ray.checkpoint import TrainState
 from yxanul_ray.config import ConfigError, job_from_dict
 from yxanul_ray.driver import check_tokenizer, partial_copies, pin_hub_revisions
@@ -123,7 +124,8 @@ def test_the_hub_s_parquet_copy_is_read_one_config_at_a_time(tmp_path):
 def test_a_run_s_start_asks_the_hub_about_its_sources_at_once(tmp_path):
     """Pinning and listing are a round trip or a few per source, asked together, so a run's start
     waits for the slowest source, not for their sum (the time that saves is measured in the
-    journal, not asserted here)."""
+    journal, not asserted here). `check`'s connectivity lists and reads each source's first
+    document the same way, its checks in the config's order."""
     repos = {}
     for name in ("fineweb", "math", "code"):
         write_docs(str(tmp_path / name / "data" / "train-00000-of-00001.parquet"), [f"{name} document"])
@@ -135,6 +137,14 @@ def test_a_run_s_start_asks_the_hub_about_its_sources_at_once(tmp_path):
         hub.most_at_once = 0
         listing = list_sources(job)
         assert hub.most_at_once >= 2 and [len(f.paths) for f in listing.files.values()] == [1, 1, 1]
+        hub.most_at_once = 0
+        mixed = job_of({"fineweb": {"hf": "org/fineweb"}, "math": {"hf": "org/mathx"}, "code": {"hf": "org/code"}},
+                       hf_endpoint=hub.endpoint)
+        checks, files = connectivity(mixed)
+        assert hub.most_at_once >= 2 and list(files) == ["fineweb", "code"]
+        assert [(c.name, c.ok) for c in checks] == [("connectivity fineweb", True), ("connectivity math", False),
+                                                    ("connectivity code", True)]
+        assert "org/mathx" in checks[1].detail and "404" in checks[1].detail
         # The first error in the config's order is the one raised, as when asked in turn.
         missing = job_of({n: {"hf": f"org/{n}x"} for n in ("fineweb", "math")}, hf_endpoint=hub.endpoint)
         with pytest.raises(SourceUnavailable, match=r"^source fineweb \(hf://datasets/org/finewebx on .*404"):

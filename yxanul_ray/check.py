@@ -42,41 +42,51 @@ def sample_job(job: JobSpec, steps: int) -> JobSpec:
 
 
 def connectivity(job: JobSpec) -> tuple[list[Check], dict]:
-    """Each source: list files and read its first document; time to first row."""
-    from yxanul_ray.hub import SourceUnavailable, resolve_files
+    """Each source: list files and read its first document; time to first row. The sources are
+    asked at once, as the run's start asks the Hub (manifest.list_sources): each waits on its own
+    round trips, not on the others'. Checks come back in the config's order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from yxanul_ray.hub import HUB_CALLS_AT_ONCE
+
+    names = list(job.sources)
+    with ThreadPoolExecutor(max_workers=max(1, min(HUB_CALLS_AT_ONCE, len(names)))) as pool:
+        results = list(pool.map(lambda name: _source_connectivity(job, name), names))
+    checks = [check for check, _ in results]
+    files = {name: f for name, (_, f) in zip(names, results) if f is not None}
+    return checks, files
+
+
+def _source_connectivity(job: JobSpec, name: str):
+    """(its Check, its SourceFiles or None): list the source's files and read its first document."""
+    from yxanul_ray.hub import SourceUnavailable, hf_token, resolve_files
     from yxanul_ray.sources import Redacted, read_file_docs
     from yxanul_ray.stage_data import read_spec
 
-    checks, files = [], {}
-    for name, spec in job.sources.items():
-        t0 = time.perf_counter()
-        try:
-            f = resolve_files(spec, job.data.hf_endpoint)
-            rs = dataclasses.replace(read_spec(job, f), holdout_docs=0)
-            from yxanul_ray.hub import hf_token
-
-            token = Redacted(hf_token() if f.kind == "hf" else None)
-            first = None
-            for i in range(len(f.paths)):
-                for table in read_file_docs(rs, token, 0, i, i, None, False):
-                    texts = [t for t, bad in zip(table.column("text").to_pylist(), table.column("bad").to_pylist())
-                             if not bad]
-                    if texts:
-                        first = texts[0]
-                        break
-                if first is not None:
+    spec = job.sources[name]
+    t0 = time.perf_counter()
+    try:
+        f = resolve_files(spec, job.data.hf_endpoint)
+        rs = dataclasses.replace(read_spec(job, f), holdout_docs=0)
+        token = Redacted(hf_token() if f.kind == "hf" else None)
+        first = None
+        for i in range(len(f.paths)):
+            for table in read_file_docs(rs, token, 0, i, i, None, False):
+                texts = [t for t, bad in zip(table.column("text").to_pylist(), table.column("bad").to_pylist())
+                         if not bad]
+                if texts:
+                    first = texts[0]
                     break
-            if first is None:
-                raise SourceUnavailable(f"source {name}: no readable document in {len(f.paths)} file(s) "
-                                        f"(empty files or only malformed rows)")
-            files[name] = f
-            where = spec.hf or spec.path
-            checks.append(Check(f"connectivity {name}", True, f"{len(f.paths)} file(s) at {where}; first row in "
-                                f"{time.perf_counter() - t0:.2f} s"))
-        except (SourceUnavailable, KeyError, OSError, ValueError) as e:
-            msg = str(e).strip("'\"")
-            checks.append(Check(f"connectivity {name}", False, msg))
-    return checks, files
+            if first is not None:
+                break
+        if first is None:
+            raise SourceUnavailable(f"source {name}: no readable document in {len(f.paths)} file(s) "
+                                    f"(empty files or only malformed rows)")
+        where = spec.hf or spec.path
+        return Check(f"connectivity {name}", True, f"{len(f.paths)} file(s) at {where}; first row in "
+                     f"{time.perf_counter() - t0:.2f} s"), f
+    except (SourceUnavailable, KeyError, OSError, ValueError) as e:
+        return Check(f"connectivity {name}", False, str(e).strip("'\"")), None
 
 
 def run_stage_sample(job: JobSpec, k: int, cursors: dict, files: dict, packers, sample_rows: int) -> dict:

@@ -282,6 +282,22 @@ def test_cli_missing_file(capsys):
     assert "no such config file" in capsys.readouterr().err
 
 
+def test_a_config_path_that_is_no_text_file_is_one_line_naming_it(tmp_path, capsys):
+    """A directory (a run's, say) or a binary file given as the config: exit 2 and one line that
+    names the path and the fix, not an IsADirectoryError or UnicodeDecodeError traceback."""
+    folder, binary = tmp_path / "run_dir", tmp_path / "model.yaml"
+    folder.mkdir()
+    binary.write_bytes(b"run:\n\x00\xff\xfe")
+    assert main(["plan", str(folder)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {folder}: a directory, not a config file; fix: the path of a YAML config (configs/demo.yaml, say), "
+        "or --resume for a run's checkpoint")
+    assert main(["plan", str(binary)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {binary}: not UTF-8 text (byte 0xff at offset 6), so not a YAML config; fix: the path of the "
+        "config, or save it as UTF-8")
+
+
 def test_ctrl_c_before_a_run_begins_is_one_line_and_exit_130():
     """Ctrl-C while a command reads its config or data (before any run could name a checkpoint):
     the user's own stop, so one line and the shell's code for it, not a traceback."""

@@ -245,6 +245,15 @@ def read_yaml(path: str) -> dict:
         raw = yaml.safe_load(read_text(path))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a directory, not a config file; fix: the path of a YAML config "
+                          "(configs/demo.yaml, say), or --resume for a run's checkpoint") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: this user may not read it; fix: its permissions, or a copy this user can read") \
+            from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}), so not a "
+                          "YAML config; fix: the path of the config, or save it as UTF-8") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

@@ -131,7 +131,7 @@ def test_checkpoint_without_generators_leaves_them_alone(tmp_path):
 
 def test_latest_whole_checkpoint_and_where_a_stopped_run_goes_on_from(tmp_path):
     """A run stopped while Ray Train copied a checkpoint into storage leaves one without all its
-    files: the newest whole one is named, and the command that resumes it."""
+    files, or with one cut short: the newest whole one is named, and the command that resumes it."""
     run = tmp_path / "demo-20261127-120000"
     assert latest_checkpoint(str(run)) is None
     assert resume_hint(str(run), 4, 68_000) == (f"no checkpoint was written under {run}; a new run starts from the "
@@ -146,6 +146,9 @@ def test_latest_whole_checkpoint_and_where_a_stopped_run_goes_on_from(tmp_path):
     partial = run / "checkpoint_2026-11-27_12-00-09.000002"
     save_checkpoint(str(partial), {}, {}, TrainState(step=12, tokens=24_000, stage=1, step_in_stage=6), {"run": {}})
     os.remove(partial / "optimizer.pt")  # the copy stopped before it
+    cut = run / "checkpoint_2026-11-27_12-00-07.000002"
+    save_checkpoint(str(cut), {}, {}, TrainState(step=10, tokens=20_000, stage=1, step_in_stage=4), {"run": {}})
+    (cut / "model.pt").write_bytes((cut / "model.pt").read_bytes()[:100])  # the copy stopped inside it
     (run / "tensorboard").mkdir()
     assert latest_checkpoint(str(run)) == latest_checkpoint(f"file://{run}").removeprefix("file://") == str(whole)
     assert resume_hint(str(run), 4, 68_000) == resume_hint(str(run), 4, 68_000, resumed) == (

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.helpers import CONFIGS, REPO, demo_subset, train_tokenizer_json
 from yxanul_ray.checkpoint import TrainState, save_checkpoint
@@ -253,6 +254,57 @@ def test_a_hub_tokenizer_resumes_by_its_content_and_an_earlier_versions_checkpoi
         review = review_resume(earlier, load_job(DEMO, [f"data.tokenizer={renamed}"]), earlier_state,
                                tokenizer_now=tokenizer_identity(first))
         assert fields_of(review.conflicts) == ["data.tokenizer"]
+
+
+def test_a_checkpoint_with_a_file_cut_short_or_missing_is_refused_naming_it_and_the_latest_whole_one(tmp_path,
+                                                                                                      capsys):
+    """A checkpoint copied in part (a file cut short or left out, another file under a name)
+    was found only by the train workers, once per run.max_failures: exit 1 after ~30 s and ~200
+    lines. Now `--resume` and `export` refuse it before any cluster work, naming the file, and
+    the fix names the run's latest whole checkpoint; a run's directory names that one too."""
+    run = tmp_path / "demo-20261127-120000"
+    names = ("checkpoint_2026-11-27_12-00-05.000001", "checkpoint_2026-11-27_12-00-09.000002")
+    for name in names:
+        save_checkpoint(str(run / name), {"w": torch.ones(64)}, {"state": {}}, state_at(1),
+                        absolute_paths(load_job(DEMO)).to_dict())
+    whole, damaged = (run / name for name in names)
+    pristine = {f.name: f.read_bytes() for f in damaged.iterdir()}
+    fix = f"fix: pass the run's latest whole checkpoint: --resume {whole}, or copy this one again"
+    damages = {
+        "model.pt cut short": (lambda: (damaged / "model.pt").write_bytes(pristine["model.pt"][:-200]),
+                               "model.pt is cut short or is not a file torch.save wrote (File is not a zip file)"),
+        "rng.pt not torch's": (lambda: (damaged / "rng.pt").write_text("hi\n"),
+                               "rng.pt is cut short or is not a file torch.save wrote (File is not a zip file)"),
+        "optimizer.pt left out": (lambda: (damaged / "optimizer.pt").unlink(),
+                                  "optimizer.pt is not there (a copy made in part, or a run stopped while Ray Train "
+                                  "copied it into storage)"),
+        "state.json cut short": (lambda: (damaged / "state.json").write_bytes(pristine["state.json"][:40]),
+                                 "state.json is not whole JSON ("),
+        "job.json not text": (lambda: (damaged / "job.json").write_bytes(b"\xff\xfe"),
+                              "job.json is not UTF-8 text (byte 0xff at offset 0)"),
+    }
+    for what, (damage, said) in damages.items():
+        damage()
+        with pytest.raises(ConfigError) as refused:
+            checkpoint_path(str(damaged))
+        assert str(refused.value).startswith(f"--resume {damaged}: {said}"), what
+        assert str(refused.value).endswith(fix), what
+        with pytest.raises(ConfigError, match="^--resume .*: " + said.split(" (")[0]):
+            check_resume(absolute_paths(load_job(DEMO)), str(damaged))
+        assert cli_main(["export", str(damaged), str(tmp_path / "hf")]) == 2
+        assert capsys.readouterr().err.strip().endswith(f"yxanul-ray export {whole}, or copy this one again"), what
+        with pytest.raises(ConfigError, match=f"the latest: --resume {whole}$"):  # the run's directory
+            checkpoint_path(str(run))
+        for name, content in pristine.items():
+            (damaged / name).write_bytes(content)
+        assert checkpoint_path(str(damaged)) == str(damaged)
+    # The entrypoint, as a user runs it: one line, exit 2, no traceback.
+    (damaged / "model.pt").write_bytes(pristine["model.pt"][:1000])
+    proc = subprocess.run([sys.executable, "jobs/train.py", "--resume", str(damaged)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == (f"error: --resume {damaged}: model.pt is cut short or is not a file torch.save "
+                                   f"wrote (File is not a zip file); {fix}")
 
 
 def test_resume_given_a_run_directory_names_its_latest_checkpoint(tmp_path, capsys):

@@ -258,15 +258,24 @@ def checkpoints_in(run_dir: str) -> list[str]:
 def latest_checkpoint(run_dir: str, names: list[str] | None = None) -> str | None:
     """The path of the newest whole checkpoint in a run's directory (of `names`, checkpoints_in's
     listing where the caller has it already), or None. Ray Train copies a checkpoint into storage
-    in the background, so a run stopped during the copy leaves one that lacks files: it is passed
-    over, for the one before it."""
+    in the background, so a run stopped during the copy leaves one that lacks files or has one cut
+    short: it is passed over, for the one before it."""
     from yxanul_ray.storage import files_under, storage_join
 
     for name in reversed(checkpoints_in(run_dir) if names is None else names):
         path = storage_join(run_dir, name)
-        if set(REQUIRED_FILES) <= set(files_under(path)):
+        if set(REQUIRED_FILES) <= set(files_under(path)) and _reads_whole(path):
             return path
     return None
+
+
+def _reads_whole(path: str) -> bool:
+    try:
+        load_state(path)
+        check_tensor_files(path)
+    except (NotACheckpoint, DamagedCheckpoint):
+        return False
+    return True
 
 
 class NotACheckpoint(FileNotFoundError):
@@ -277,17 +286,72 @@ class NotACheckpoint(FileNotFoundError):
         self.path, self.missing = path, missing
 
 
+class DamagedCheckpoint(ValueError):
+    """A file of the checkpoint at `path` that is there but does not read as what this project
+    wrote: a copy cut short, or another file under its name."""
+
+    def __init__(self, path: str, name: str, why: str):
+        super().__init__(f"{path}: {name} {why}")
+        self.path, self.name, self.why = path, name, why
+
+
 def load_state(path: str) -> tuple[TrainState, dict]:
     """TrainState and the job dict, without touching the tensors (cheap, for the driver); `path`
-    a directory or a storage URI. NotACheckpoint if either file is not there."""
+    a directory or a storage URI. NotACheckpoint if either file is not there, DamagedCheckpoint
+    if either does not read."""
     from yxanul_ray.storage import read_text, storage_join
 
+    texts = {}
+    for name in ("state.json", "job.json"):
+        try:
+            texts[name] = read_text(storage_join(path, name))
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotACheckpoint(path, name) from None
+        except UnicodeDecodeError as e:
+            raise DamagedCheckpoint(path, name, f"is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                                    f"{e.start})") from None
     try:
-        state = TrainState.from_dict(json.loads(read_text(storage_join(path, "state.json"))))
-        job = json.loads(read_text(storage_join(path, "job.json")))
-    except (FileNotFoundError, NotADirectoryError) as e:
-        raise NotACheckpoint(path, os.path.basename(e.filename or "state.json")) from None
+        raw_state = json.loads(texts["state.json"])
+        job = json.loads(texts["job.json"])
+    except json.JSONDecodeError as e:
+        name = "state.json" if e.doc is texts["state.json"] else "job.json"
+        raise DamagedCheckpoint(path, name, f"is not whole JSON ({e.msg} at line {e.lineno}, column {e.colno}; "
+                                f"{len(e.doc):,} characters)") from None
+    try:
+        state = TrainState.from_dict(raw_state)
+    except TypeError as e:  # not a mapping, or keys TrainState does not have
+        raise DamagedCheckpoint(path, "state.json", f"does not hold a trainer state ({e})") from None
+    if not isinstance(job, dict):
+        raise DamagedCheckpoint(path, "job.json", f"does not hold a job's settings (a {type(job).__name__})")
     return state, job
+
+
+TENSOR_FILES = ("model.pt", "optimizer.pt", "rng.pt")
+
+
+def check_tensor_files(path: str) -> None:
+    """Before a resume or an export reads them: NotACheckpoint if model.pt or optimizer.pt is not
+    there; DamagedCheckpoint if one of them, or rng.pt, is not a whole torch.save archive. Only
+    each archive's directory is read (the last bytes of a zip file), not the tensors: a copy cut
+    short has lost it, and another kind of file has none. The train workers would otherwise fail
+    loading, and Ray Train would start them again for each of run.max_failures."""
+    import zipfile
+
+    from yxanul_ray.storage import files_under, open_random_access, storage_join
+
+    present = set(files_under(path))
+    for name in TENSOR_FILES:
+        if name not in present:
+            if name in REQUIRED_FILES:
+                raise NotACheckpoint(path, name)
+            continue  # rng.pt: checkpoints of earlier versions lack it
+        try:
+            with open_random_access(storage_join(path, name)) as f, zipfile.ZipFile(f) as archive:
+                entries = archive.namelist()
+        except (zipfile.BadZipFile, EOFError, OSError) as e:
+            raise DamagedCheckpoint(path, name, f"is cut short or is not a file torch.save wrote ({e})") from None
+        if not any(entry.endswith("/data.pkl") for entry in entries):
+            raise DamagedCheckpoint(path, name, "is a zip archive but not one torch.save wrote (no data.pkl in it)")
 
 
 def load_tensors(path: str, map_location="cpu") -> tuple[dict, dict]:

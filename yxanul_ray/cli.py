@@ -110,16 +110,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from yxanul_ray.checkpoint import NotACheckpoint, load_state, load_tensors
+    from yxanul_ray.checkpoint import load_tensors
     from yxanul_ray.config import job_from_dict
-    from yxanul_ray.driver import not_a_checkpoint
+    from yxanul_ray.driver import checked_checkpoint
     from yxanul_ray.export import export_hf, trained_tokenizer
     from yxanul_ray.storage import local_copy, storage_join
 
-    try:
-        state, job_dict = load_state(args.checkpoint)
-    except NotACheckpoint as e:  # a run's directory, say: the fix names its latest checkpoint
-        raise not_a_checkpoint(args.checkpoint, e.missing, "yxanul-ray export") from None
+    # A run's directory given instead, or a checkpoint copied in part: one line, the fix naming
+    # the run's latest whole checkpoint.
+    state, job_dict = checked_checkpoint(args.checkpoint, "yxanul-ray export")
     job = job_from_dict(job_dict, storage_join(args.checkpoint, "job.json"))
     # Before the tensors are read (a bucket's checkpoint is downloaded whole).
     tokenizer = trained_tokenizer(args.checkpoint, job.data.tokenizer, state.coordinator.get("tokenizer"),

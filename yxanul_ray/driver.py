@@ -264,16 +264,44 @@ def check_storage(job: JobSpec) -> None:
 
 
 def checkpoint_path(path: str, given_as: str = "--resume") -> str:
-    """`path` as given, if it is a checkpoint (it holds state.json); else not_a_checkpoint's
-    ConfigError, before any cluster work. Only for a caller that needs the path checked before it
-    reads the checkpoint; load_state's callers map its NotACheckpoint instead (one read)."""
-    from yxanul_ray.storage import read_text
+    """`path` as given, if it is a whole checkpoint (checked_checkpoint); else a ConfigError,
+    before any cluster work."""
+    checked_checkpoint(path, given_as)
+    return path
+
+
+def checked_checkpoint(path: str, given_as: str = "--resume"):
+    """(TrainState, the saved job's dict) of the checkpoint at `path`, once every file a resume or
+    an export reads is there and reads (checkpoint.load_state, check_tensor_files); else a
+    ConfigError that names the file and the fix (`given_as`: how the user gave the path). The
+    train workers would otherwise fail loading it, once per run.max_failures."""
+    from yxanul_ray.checkpoint import DamagedCheckpoint, NotACheckpoint, check_tensor_files, load_state
 
     try:
-        read_text(storage_join(path, "state.json"))
-    except (FileNotFoundError, NotADirectoryError):
-        raise not_a_checkpoint(path, "state.json", given_as) from None
-    return path
+        state, saved_raw = load_state(path)
+        check_tensor_files(path)
+    except NotACheckpoint as e:
+        if e.missing == "state.json":  # a run's directory, say: the fix names its latest checkpoint
+            raise not_a_checkpoint(path, e.missing, given_as) from None
+        why = "is not there (a copy made in part, or a run stopped while Ray Train copied it into storage)"
+        raise damaged_checkpoint(DamagedCheckpoint(path, e.missing, why), given_as) from None
+    except DamagedCheckpoint as e:
+        raise damaged_checkpoint(e, given_as) from None
+    return state, saved_raw
+
+
+def damaged_checkpoint(damage, given_as: str = "--resume") -> ConfigError:
+    """The error for a checkpoint with a file that is not there or does not read
+    (checkpoint.DamagedCheckpoint): the fix names the run's latest other checkpoint that is
+    whole, where there is one."""
+    from yxanul_ray.checkpoint import checkpoints_in, latest_checkpoint
+    from yxanul_ray.storage import storage_split
+
+    run_dir, name = storage_split(damage.path)
+    others = latest_checkpoint(run_dir, [other for other in checkpoints_in(run_dir) if other != name])
+    fix = (f"pass the run's latest whole checkpoint: {given_as} {others}, or copy this one again" if others else
+           "pass another checkpoint of the run, or copy this one again from where it was written")
+    return ConfigError(f"{given_as} {damage.path}: {damage.name} {damage.why}; fix: {fix}")
 
 
 def not_a_checkpoint(path: str, missing: str, given_as: str = "--resume") -> ConfigError:
@@ -321,14 +349,10 @@ def check_resume(job: JobSpec, checkpoint: str) -> tuple[JobSpec, SourceListing]
     names none) and its sources' listing, for the coordinator. Raise ConfigError if it cannot
     continue that run (see resume_check), its sources' files included, or if its tokenizer at the
     run's commit does not load or fit the model (check_tokenizer); print the changes it will follow."""
-    from yxanul_ray.checkpoint import NotACheckpoint, load_state
     from yxanul_ray.resume_check import review_resume, with_saved_revisions
     from yxanul_ray.tokenizer import tokenizer_identity
 
-    try:
-        state, saved_raw = load_state(checkpoint)
-    except NotACheckpoint as e:  # a run's directory, say: the fix names its latest checkpoint
-        raise not_a_checkpoint(checkpoint, e.missing) from None
+    state, saved_raw = checked_checkpoint(checkpoint)
     saved_path = storage_join(checkpoint, "job.json")
     try:
         saved = job_from_dict(saved_raw, saved_path)

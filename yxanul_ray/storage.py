@@ -36,6 +36,17 @@ def storage_join(base: str, *parts: str) -> str:
     return "/".join([head.rstrip("/"), *parts]) + sep + query
 
 
+def storage_split(path: str) -> tuple[str, str]:
+    """(the directory a path is in, its name), for a directory's path or a URI (its options kept
+    on the directory, as storage_join puts them)."""
+    if not is_uri(path):
+        path = os.path.normpath(path)
+        return os.path.dirname(path), os.path.basename(path)
+    head, sep, query = path.partition("?")
+    parent, _, name = head.rstrip("/").rpartition("/")
+    return parent + sep + query, name
+
+
 def open_storage(uri: str):
     """(pyarrow filesystem, path in it) for a URI; StorageError if pyarrow cannot open it (an
     unknown scheme or option, or a bucket whose region cannot be found)."""
@@ -63,6 +74,24 @@ def read_text(path: str) -> str:
         raise StorageError(f"{path}: cannot be read ({e}); check the bucket, its endpoint and this machine's "
                            "credentials") from None
     raise FileNotFoundError(2, "No such file", path.partition("?")[0])
+
+
+@contextlib.contextmanager
+def open_random_access(path: str):
+    """A file (in a directory or at a URI) open for seeking and reading: for reading the end of a
+    large file (a zip archive's directory) without the rest of it."""
+    if not is_uri(path):
+        with open(path, "rb") as f:
+            yield f
+        return
+    fs, fs_path = open_storage(path)
+    try:
+        f = fs.open_input_file(fs_path)
+    except OSError as e:
+        raise StorageError(f"{path}: cannot be read ({e}); check the bucket, its endpoint and this machine's "
+                           "credentials") from None
+    with f:
+        yield f
 
 
 @functools.lru_cache(maxsize=32)

@@ -515,6 +515,55 @@ def test_missing_text_field_names_source_file_and_field(ray_cluster, tmp_path, r
     assert "source a" in str(err.value) and "'content'" in str(err.value) and "part-0.parquet" in str(err.value)
 
 
+def test_a_text_field_the_first_file_lacks_is_refused_before_any_cluster_work(tmp_path):
+    """Before, the read tasks raised it once the cluster and the first stages had started (the
+    demo: exit 1 after 38 s and 1,774 log lines). Now the driver reads each source's first file
+    (a parquet footer; a jsonl file's first documents, past malformed rows) and refuses the
+    config, naming the source, the file and its fields. Locally, at a URI, as jsonl and
+    compressed jsonl, and on the Hub's code path (a mirror); a right field passes, and a first
+    file that does not read is left to the read tasks, which count and skip it."""
+    import gzip
+
+    from yxanul_ray.driver import check_text_fields
+    from yxanul_ray.manifest import list_sources
+
+    def refusal(path: str, fmt: str = "parquet", text_field: str = "content") -> str | None:
+        job = job_from_dict({**_as_raw(one_source_job(path, fmt=fmt)), "sources": {
+            "a": {"path": path, "format": fmt, "text_field": text_field, "validation_docs": 0}}}, "<test>")
+        try:
+            check_text_fields(job, list_sources(job))
+        except ConfigError as e:
+            return str(e)
+        return None
+
+    write_docs(str(tmp_path / "p" / "part-0.parquet"), ["some text"])
+    said = f"'content' is not among the columns in {tmp_path}/p/part-0.parquet (text); fix: sources.a.text_field"
+    assert refusal(str(tmp_path / "p" / "*.parquet")) == f"<test>: sources.a.text_field: {said}, the field that " \
+                                                          "holds each document's text"
+    assert said in refusal(f"file://{tmp_path}/p/*.parquet")  # the file as its filesystem names it
+    assert refusal(str(tmp_path / "p" / "*.parquet"), text_field="text") is None
+    rows = b"{not json\n" + b"".join(json.dumps({"id": i, "text": f"doc {i}"}).encode() + b"\n" for i in range(3))
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "part-0.jsonl").write_bytes(rows)
+    (tmp_path / "j" / "part-1.jsonl.gz").write_bytes(gzip.compress(rows))
+    for name in ("part-0.jsonl", "part-1.jsonl.gz"):
+        assert (f"'content' is not among the keys of its first 3 documents in {tmp_path}/j/{name} (id, text)"
+                in refusal(str(tmp_path / "j" / name), "jsonl"))
+        assert refusal(str(tmp_path / "j" / name), "jsonl", "text") is None
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "part-0.parquet").write_bytes(b"PAR1")
+    write_docs(str(tmp_path / "bad" / "part-1.parquet"), ["some text"])
+    assert refusal(str(tmp_path / "bad" / "*.parquet"), text_field="text") is None
+    repo = tmp_path / "datasets" / "org" / "corpus"
+    write_docs(str(repo / "data" / "train-00000-of-00001.parquet"), ["mirrored"])
+    job = job_from_dict({**_as_raw(one_source_job(str(tmp_path / "p" / "*.parquet"))), "sources": {
+        "a": {"hf": "org/corpus", "hf_mirror": str(tmp_path), "text_field": "content", "validation_docs": 0}}},
+        "<test>")
+    with pytest.raises(ConfigError, match=r"^<test>: sources\.a\.text_field: 'content' is not among the columns in "
+                                          r".*train-00000-of-00001\.parquet \(text\)"):
+        check_text_fields(job, list_sources(job))
+
+
 def _as_raw(job) -> dict:
     d = job.to_dict()
     d.pop("path")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import itertools
 import json
 import logging
 import warnings
@@ -287,6 +288,49 @@ def _jsonl_rows(f, path: str, spec: ReadSpec, first_row: int, holdout: int, sour
         skipped_from = max(first_row, pending[0][0] if pending else row + 1)
         log.warning("source %s: skipped %s from row %d: it cannot be decompressed (%s)", source, path, skipped_from, e)
         yield skipped_from, None, UNREADABLE_FILE
+
+
+FIELD_CHECK_JSONL_ROWS = 64
+"""A jsonl file's first rows whose keys the start-up check reads (text_field_problem)."""
+
+
+def text_field_problem(spec: ReadSpec, token: Redacted) -> str | None:
+    """Why the source's `text_field` is not a field of its first file, for the driver to refuse
+    the config before any cluster work; None where it is one. A parquet file's columns are in its
+    footer, the only part read; a jsonl file's are the keys of its first documents. A first file
+    that does not read as its format gives None: the read tasks count and skip such a file."""
+    files = spec.files
+    path = files.paths[0]
+    with _open(files, path, token) as f:
+        if files.format == "parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                names = pq.ParquetFile(f, pre_buffer=False).schema_arrow.names
+            except pa.ArrowInvalid:
+                return None
+            what = "columns"
+        else:
+            keys: dict[str, None] = {}
+            documents = 0
+            try:
+                for raw in itertools.islice(_jsonl_lines(f, path), FIELD_CHECK_JSONL_ROWS):
+                    try:
+                        obj = json.loads(raw)
+                    except ValueError:  # a malformed row, counted when read
+                        continue
+                    if isinstance(obj, dict):
+                        documents += 1
+                        keys.update(dict.fromkeys(obj))
+            except pa.ArrowInvalid:  # a compressed file that does not decode
+                pass
+            if not documents:
+                return None
+            names, what = list(keys), f"keys of its first {documents} documents"
+    if spec.text_field in names:
+        return None
+    shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+    return f"{spec.text_field!r} is not among the {what} in {path} ({shown or 'none'})"
 
 
 def read_holdout_docs(spec: ReadSpec) -> list[str]:

@@ -301,36 +301,45 @@ def text_field_problem(spec: ReadSpec, token: Redacted) -> str | None:
     that does not read as its format gives None: the read tasks count and skip such a file."""
     files = spec.files
     path = files.paths[0]
-    with _open(files, path, token) as f:
-        if files.format == "parquet":
-            import pyarrow.parquet as pq
+    try:
+        with _open(files, path, token) as f:
+            if files.format == "parquet":
+                import pyarrow.parquet as pq
 
-            try:
-                names = pq.ParquetFile(f, pre_buffer=False).schema_arrow.names
-            except pa.ArrowInvalid:
-                return None
-            what = "columns"
-        else:
-            keys: dict[str, None] = {}
-            documents = 0
-            try:
-                for raw in itertools.islice(_jsonl_lines(f, path), FIELD_CHECK_JSONL_ROWS):
-                    try:
-                        obj = json.loads(raw)
-                    except ValueError:  # a malformed row, counted when read
-                        continue
-                    if isinstance(obj, dict):
-                        documents += 1
-                        keys.update(dict.fromkeys(obj))
-            except pa.ArrowInvalid:  # a compressed file that does not decode
-                pass
-            if not documents:
-                return None
-            names, what = list(keys), f"keys of its first {documents} documents"
+                names, what = pq.ParquetFile(f, pre_buffer=False).schema_arrow.names, "columns"
+            else:
+                names, documents = _first_jsonl_keys(f, path)
+                what = f"keys of its first {documents} documents"
+    except (pa.ArrowInvalid, OSError):
+        # Not parquet, cut short, unreadable, or a network error mid-read: the read tasks skip
+        # and count such a file, or retry the read, and say which. (A refusal from the Hub is a
+        # SourceUnavailable, said as it is.)
+        return None
+    if not names:
+        return None
     if spec.text_field in names:
         return None
     shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
     return f"{spec.text_field!r} is not among the {what} in {path} ({shown or 'none'})"
+
+
+def _first_jsonl_keys(f, path: str) -> tuple[list[str], int]:
+    """(the keys of a jsonl file's first documents, in order, how many documents): its first
+    FIELD_CHECK_JSONL_ROWS rows, past malformed ones (counted when the file is read)."""
+    keys: dict[str, None] = {}
+    documents = 0
+    try:
+        for raw in itertools.islice(_jsonl_lines(f, path), FIELD_CHECK_JSONL_ROWS):
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                documents += 1
+                keys.update(dict.fromkeys(obj))
+    except pa.ArrowInvalid:  # a compressed file that stops decoding: the documents before it
+        pass
+    return list(keys), documents
 
 
 def read_holdout_docs(spec: ReadSpec) -> list[str]:

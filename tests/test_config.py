@@ -225,6 +225,19 @@ def test_unknown_model_override(tmp_path, placeholder_sources):
     _fails(tmp_path, data, "model.overrides.d_modle", "unknown model field")
 
 
+def test_model_numbers_that_would_train_as_nan_are_refused(tmp_path, placeholder_sources):
+    """rope_theta 0 (or below) and a negative norm_eps made every logit NaN from the first step,
+    silently; init_std 0 a model of zeros, a negative one a failure in every train worker."""
+    for key, value in (("rope_theta", 0.0), ("rope_theta", -10000.0), ("norm_eps", -1e-6), ("init_std", 0.0),
+                       ("init_std", -0.02)):
+        data = base_config(placeholder_sources)
+        data["model"]["overrides"] = {key: value}
+        _fails(tmp_path, data, f"model.overrides.{key}: must be > 0, got {value}")
+    data = base_config(placeholder_sources)
+    data["model"]["overrides"] = {"rope_theta": 500000.0, "norm_eps": 1e-5, "init_std": 0.01}
+    assert load_job(write_yaml(str(tmp_path / "ok.yaml"), data)).model.shape.rope_theta == 500000.0
+
+
 def test_fp8_shape_rejected_at_config_time(tmp_path, placeholder_sources):
     data = base_config(placeholder_sources)
     data["model"]["overrides"] = {"d_model": 40, "n_heads": 4, "n_kv_heads": 2}

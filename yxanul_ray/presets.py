@@ -37,6 +37,11 @@ class ModelShape:
         for f in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden", "max_seq_len"):
             if getattr(self, f) <= 0:
                 out.append((f, f"must be > 0, got {getattr(self, f)}"))
+        # Each of these trains on silently as NaN (rope_theta <= 0, norm_eps < 0) or as a model
+        # of zeros (init_std 0), or fails in every train worker (init_std < 0).
+        for f in ("rope_theta", "norm_eps", "init_std"):
+            if not getattr(self, f) > 0:
+                out.append((f, f"must be > 0, got {getattr(self, f)}"))
         if out:
             return out
         if self.d_model % self.n_heads:

@@ -225,7 +225,7 @@ def test_unknown_model_override(tmp_path, placeholder_sources):
     _fails(tmp_path, data, "model.overrides.d_modle", "unknown model field")
 
 
-def test_model_numbers_that_would_train_as_nan_are_refused(tmp_path, placeholder_sources):
+def test_numbers_that_would_train_as_nan_or_fail_in_the_workers_are_refused(tmp_path, placeholder_sources):
     """rope_theta 0 (or below) and a negative norm_eps made every logit NaN from the first step,
     silently; init_std 0 a model of zeros, a negative one a failure in every train worker."""
     for key, value in (("rope_theta", 0.0), ("rope_theta", -10000.0), ("norm_eps", -1e-6), ("init_std", 0.0),
@@ -233,6 +233,11 @@ def test_model_numbers_that_would_train_as_nan_are_refused(tmp_path, placeholder
         data = base_config(placeholder_sources)
         data["model"]["overrides"] = {key: value}
         _fails(tmp_path, data, f"model.overrides.{key}: must be > 0, got {value}")
+    # AdamW with eps 0 turns a parameter whose gradient is 0 into 0/0; a log interval of 0 was a
+    # ZeroDivisionError in every train worker.
+    for override, said in (("optimizer.eps=0", "optimizer.eps: must be > 0, got 0"),
+                           ("run.log_every_steps=0", "run.log_every_steps: must be >= 1, got 0")):
+        _fails(tmp_path, base_config(placeholder_sources), said, overrides=[override])
     data = base_config(placeholder_sources)
     data["model"]["overrides"] = {"rope_theta": 500000.0, "norm_eps": 1e-5, "init_std": 0.01}
     assert load_job(write_yaml(str(tmp_path / "ok.yaml"), data)).model.shape.rope_theta == 500000.0

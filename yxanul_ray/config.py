@@ -464,6 +464,8 @@ def _validate(job: JobSpec) -> None:
         fail("optimizer.warmup_tokens", "must be >= 0")
     if not 0 <= opt.min_lr_ratio <= 1:
         fail("optimizer.min_lr_ratio", "must be in [0, 1]")
+    if not opt.eps > 0:  # 0: a parameter whose gradient is 0 (an embedding row no batch used) becomes 0/0, NaN
+        fail("optimizer.eps", f"must be > 0, got {opt.eps}")
     if opt.grad_clip < 0 or opt.weight_decay < 0:
         fail("optimizer.grad_clip" if opt.grad_clip < 0 else "optimizer.weight_decay", "must be >= 0")
 
@@ -472,6 +474,8 @@ def _validate(job: JobSpec) -> None:
         fail("run.workers", "must be >= 1")
     if run.cpus_per_worker <= 0:
         fail("run.cpus_per_worker", "must be > 0")
+    if run.log_every_steps < 1:
+        fail("run.log_every_steps", f"must be >= 1, got {run.log_every_steps}")
     if run.checkpoint_every_tokens < 0:
         fail("run.checkpoint_every_tokens", "must be >= 0 (0: stage boundaries only)")
     if run.max_failures < -1:

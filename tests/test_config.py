@@ -236,7 +236,9 @@ def test_numbers_that_would_train_as_nan_or_fail_in_the_workers_are_refused(tmp_
     # AdamW with eps 0 turns a parameter whose gradient is 0 into 0/0; a log interval of 0 was a
     # ZeroDivisionError in every train worker.
     for override, said in (("optimizer.eps=0", "optimizer.eps: must be > 0, got 0"),
-                           ("run.log_every_steps=0", "run.log_every_steps: must be >= 1, got 0")):
+                           ("run.log_every_steps=0", "run.log_every_steps: must be >= 1, got 0"),
+                           ("curriculum.validation_rows=-3", "curriculum.validation_rows: must be >= 0 (0: no "
+                                                             "validation), got -3")):
         _fails(tmp_path, base_config(placeholder_sources), said, overrides=[override])
     data = base_config(placeholder_sources)
     data["model"]["overrides"] = {"rope_theta": 500000.0, "norm_eps": 1e-5, "init_std": 0.01}

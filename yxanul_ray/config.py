@@ -515,6 +515,8 @@ def _validate_curriculum(job: JobSpec, shape: ModelShape, fail) -> None:
         fail("curriculum.overlap", f"must be in [0, 1), got {cur.overlap}")
     if not 0 < cur.validation_seq_len <= shape.max_seq_len:
         fail("curriculum.validation_seq_len", f"must be in 1..{shape.max_seq_len}")
+    if cur.validation_rows < 0:
+        fail("curriculum.validation_rows", f"must be >= 0 (0: no validation), got {cur.validation_rows}")
     seen: set[str] = set()
     for i, st in enumerate(cur.stages):
         where = f"curriculum.stages[{i}]"

@@ -180,7 +180,9 @@ class RunSpec:
     workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 0.25
-    """Logical CPUs per train worker. On 2 cores, 1.0 starves Ray Data and the job hangs."""
+    """Logical CPUs per train worker, held for the whole run. Small, so Ray Data's tasks (data.data_cpus
+    each) get the rest; on a cluster the run starts itself (twice the cores, at least 4), workers and
+    one data task that do not fit are refused (driver.check_local_gpus)."""
     checkpoint_every_tokens: int = 0
     """Checkpoint this often (0: only at stage boundaries and the end)."""
     storage_path: str = "runs"

@@ -406,20 +406,46 @@ def check_resume(job: JobSpec, checkpoint: str) -> tuple[JobSpec, SourceListing]
 
 
 def check_local_gpus(ray, job: JobSpec) -> None:
-    """GPU workers on a cluster started here need this machine's GPUs: Ray Train would otherwise
-    wait for GPU nodes that no autoscaler will add, retrying its worker group every 60 s (on this
-    CPU machine, 93 s without a line of progress before it was stopped). A joined cluster may add
-    them (cluster.yaml's autoscaler), so it is left to wait."""
+    """GPU workers on a cluster started here need this machine's GPUs, and the train workers and
+    one data task at a time its logical CPUs: Ray Train would otherwise wait for nodes that no
+    autoscaler will add, retrying its worker group every 60 s (on this CPU machine, 93 s without
+    a line of progress before it was stopped), and Ray Data for CPUs to run a task on. A joined
+    cluster may add them (cluster.yaml's autoscaler), so it is left to wait."""
     from yxanul_ray.raycluster import started_here
 
-    if not (job.run.use_gpu and started_here()):
+    if not started_here():
         return
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    if gpus < job.run.workers:
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    if job.run.use_gpu and gpus < job.run.workers:
         fix = f"--set run.workers={gpus}" if gpus else "--set run.use_gpu=false (CPU workers)"
         raise ConfigError(f"{job.path}: run.use_gpu: {job.run.workers} GPU worker(s), but no Ray cluster was running "
                           f"and the one started here, this machine alone, has {gpus} GPU(s); fix: {fix}, or start or "
                           "join a cluster with GPU nodes (`ray start`, `ray job submit`)")
+    cpus = resources.get("CPU", 0)
+    shortfall = cpu_shortfall(job, cpus)
+    if shortfall:
+        problem, fix = shortfall
+        raise ConfigError(f"{job.path}: {problem}, but no Ray cluster was running and the one started here has "
+                          f"{cpus:g} logical CPUs; fix: {fix}")
+
+
+def cpu_shortfall(job: JobSpec, cpus: float) -> tuple[str, str] | None:
+    """(what the train workers and one data task at a time ask for beyond `cpus` logical CPUs,
+    the fix), or None. Train workers hold theirs for the whole run; Ray Data's tasks need
+    data.data_cpus each beside them."""
+    run, data_cpus = job.run, job.data.data_cpus
+    train = run.workers * run.cpus_per_worker
+    if train + data_cpus <= cpus:
+        return None
+    if data_cpus > cpus:
+        return (f"data.data_cpus: each data task asks for {data_cpus:g} logical CPUs",
+                f"--set data.data_cpus={min(0.25, cpus):g}")
+    fits = (cpus - data_cpus) / run.workers
+    fix = (f"--set run.cpus_per_worker={fits:g}" if fits >= 0.1 else
+           f"--set run.workers={max(1, int((cpus - data_cpus) // run.cpus_per_worker))}")
+    return (f"run.cpus_per_worker: {run.workers} train worker(s) x {run.cpus_per_worker:g} logical CPUs and a data "
+            f"task of {data_cpus:g} (data.data_cpus) ask for {train + data_cpus:g}", fix)
 
 
 def warn_of_node_local_paths(ray, job: JobSpec) -> None:

@@ -40,6 +40,12 @@ def test_export_writes_the_tokenizer_the_run_trained_on_and_refuses_another(tmp_
     checkpoint = checkpoint_trained_with(tmp_path, placeholder_sources, trained, tokenizer_identity(trained))
     assert cli_main(["export", checkpoint, str(tmp_path / "hf1")]) == 0
     assert exported_vocab(tmp_path / "hf1") == 320
+    # An OUT_DIR that cannot be a directory (a file is there): one line, not a FileExistsError.
+    (tmp_path / "a-file").write_text("")
+    assert cli_main(["export", checkpoint, str(tmp_path / "a-file")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: yxanul-ray export OUT_DIR {tmp_path / 'a-file'}: cannot be made a directory (File exists); fix: a "
+        "directory this user can create, or an existing one (its files of the same name are replaced)")
 
     # Moved (as a `ray job submit` working dir is, once the job ends): an error with the fix, no traceback.
     shutil.move(str(tmp_path / "tok"), str(tmp_path / "moved"))

@@ -7,6 +7,7 @@ not a cluster start. Exit codes: 0 success, 1 a failed check or run, 2 bad input
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
@@ -120,9 +121,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     # the run's latest whole checkpoint.
     state, job_dict = checked_checkpoint(args.checkpoint, "yxanul-ray export")
     job = job_from_dict(job_dict, storage_join(args.checkpoint, "job.json"))
-    # Before the tensors are read (a bucket's checkpoint is downloaded whole).
+    # Before the tensors are read (a bucket's checkpoint is downloaded whole): the tokenizer, then
+    # where the export goes.
     tokenizer = trained_tokenizer(args.checkpoint, job.data.tokenizer, state.coordinator.get("tokenizer"),
                                   args.tokenizer, job.data.hf_endpoint)
+    try:
+        os.makedirs(args.out_dir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"yxanul-ray export OUT_DIR {args.out_dir}: cannot be made a directory ({e.strerror or e}); "
+                          "fix: a directory this user can create, or an existing one (its files of the same name are "
+                          "replaced)") from None
     with local_copy(args.checkpoint) as path:  # a URI's checkpoint downloaded first
         model_state, _ = load_tensors(path)
     export_hf(model_state, job.model.shape, tokenizer, args.out_dir)

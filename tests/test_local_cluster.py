@@ -4,6 +4,7 @@ nodes nobody will add."""
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from tests.helpers import CONFIGS
 from yxanul_ray import raycluster
 from yxanul_ray.config import ConfigError, load_job
-from yxanul_ray.driver import check_local_gpus, cpu_shortfall
+from yxanul_ray.driver import check_local_resources, cpu_shortfall
 
 pytestmark = pytest.mark.ray
 DEMO = os.path.join(CONFIGS, "demo.yaml")
@@ -25,11 +26,11 @@ def test_gpu_workers_on_a_cluster_without_gpus_started_here_are_refused(ray_clus
     with pytest.raises(ConfigError, match=r"demo.yaml: run.use_gpu: 2 GPU worker\(s\), but no Ray cluster was running "
                                           r"and the one started here, this machine alone, has 0 GPU\(s\); fix: --set "
                                           r"run.use_gpu=false"):
-        check_local_gpus(ray_cluster, gpu_job)
-    check_local_gpus(ray_cluster, load_job(DEMO))  # CPU workers: nothing to say
+        check_local_resources(ray_cluster, gpu_job)
+    check_local_resources(ray_cluster, load_job(DEMO))  # CPU workers: nothing to say
     # A joined cluster (CI's head here) may have an autoscaler that adds GPU nodes: it waits.
     monkeypatch.setattr(raycluster, "_started_here", False)
-    check_local_gpus(ray_cluster, gpu_job)
+    check_local_resources(ray_cluster, gpu_job)
 
 
 def test_train_workers_and_data_tasks_that_cannot_fit_a_cluster_started_here_are_refused(ray_cluster,
@@ -38,16 +39,17 @@ def test_train_workers_and_data_tasks_that_cannot_fit_a_cluster_started_here_are
     """Logical CPUs asked beyond a cluster started here: Ray would wait for a node no autoscaler
     will add, the run silent. Refused with the value that fits; a joined cluster waits."""
     cpus = ray_cluster.cluster_resources()["CPU"]
+    fits = math.floor((cpus - 0.25) / 2 * 1000) / 1000
     monkeypatch.setattr(raycluster, "_started_here", True)
     greedy = load_job(DEMO, ["run.cpus_per_worker=100"])
     with pytest.raises(ConfigError, match=rf"demo.yaml: run.cpus_per_worker: 2 train worker\(s\) x 100 logical CPUs "
                                           rf"and a data task of 0.25 \(data.data_cpus\) ask for 200.25, but no Ray "
                                           rf"cluster was running and the one started here has {cpus:g} logical CPUs; "
-                                          rf"fix: --set run.cpus_per_worker={(cpus - 0.25) / 2:g}$"):
-        check_local_gpus(ray_cluster, greedy)
-    check_local_gpus(ray_cluster, load_job(DEMO))  # the demo's defaults fit
+                                          rf"fix: --set run.cpus_per_worker={fits:g}$"):
+        check_local_resources(ray_cluster, greedy)
+    check_local_resources(ray_cluster, load_job(DEMO))  # the demo's defaults fit
     monkeypatch.setattr(raycluster, "_started_here", False)
-    check_local_gpus(ray_cluster, greedy)
+    check_local_resources(ray_cluster, greedy)
     assert cpu_shortfall(load_job(DEMO), 4) is None
     assert cpu_shortfall(load_job(DEMO, ["run.workers=64"]), 4)[1] == "--set run.workers=15"
     assert cpu_shortfall(load_job(DEMO, ["data.data_cpus=8"]), 4) == (

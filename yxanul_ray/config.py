@@ -182,7 +182,7 @@ class RunSpec:
     cpus_per_worker: float = 0.25
     """Logical CPUs per train worker, held for the whole run. Small, so Ray Data's tasks (data.data_cpus
     each) get the rest; on a cluster the run starts itself (twice the cores, at least 4), workers and
-    one data task that do not fit are refused (driver.check_local_gpus)."""
+    one data task that do not fit are refused (driver.check_local_resources)."""
     checkpoint_every_tokens: int = 0
     """Checkpoint this often (0: only at stage boundaries and the end)."""
     storage_path: str = "runs"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import os
 import sys
 import time
@@ -405,7 +406,7 @@ def check_resume(job: JobSpec, checkpoint: str) -> tuple[JobSpec, SourceListing]
     return job, listing
 
 
-def check_local_gpus(ray, job: JobSpec) -> None:
+def check_local_resources(ray, job: JobSpec) -> None:
     """GPU workers on a cluster started here need this machine's GPUs, and the train workers and
     one data task at a time its logical CPUs: Ray Train would otherwise wait for nodes that no
     autoscaler will add, retrying its worker group every 60 s (on this CPU machine, 93 s without
@@ -441,7 +442,7 @@ def cpu_shortfall(job: JobSpec, cpus: float) -> tuple[str, str] | None:
     if data_cpus > cpus:
         return (f"data.data_cpus: each data task asks for {data_cpus:g} logical CPUs",
                 f"--set data.data_cpus={min(0.25, cpus):g}")
-    fits = (cpus - data_cpus) / run.workers
+    fits = math.floor((cpus - data_cpus) / run.workers * 1000) / 1000  # rounded down, so it does fit
     fix = (f"--set run.cpus_per_worker={fits:g}" if fits >= 0.1 else
            f"--set run.workers={max(1, int((cpus - data_cpus) // run.cpus_per_worker))}")
     return (f"run.cpus_per_worker: {run.workers} train worker(s) x {run.cpus_per_worker:g} logical CPUs and a data "
@@ -528,7 +529,7 @@ def start_and_fit(job: JobSpec, listing: SourceListing, resume: str | None, run_
     """Ray's start, the coordinator and the trainer, and the run: Ray Train's result."""
     ray = start_ray()
     reclaim_sigterm()  # ray.init put its own SIGTERM handler in place of run_training's
-    check_local_gpus(ray, job)
+    check_local_resources(ray, job)
     from yxanul_ray.coordinator import CurriculumCoordinator
     from yxanul_ray.train_loop import train_loop_per_worker
 

@@ -45,13 +45,10 @@ def connectivity(job: JobSpec) -> tuple[list[Check], dict]:
     """Each source: list files and read its first document; time to first row. The sources are
     asked at once, as the run's start asks the Hub (manifest.list_sources): each waits on its own
     round trips, not on the others'. Checks come back in the config's order."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from yxanul_ray.hub import HUB_CALLS_AT_ONCE
+    from yxanul_ray.hub import at_once
 
     names = list(job.sources)
-    with ThreadPoolExecutor(max_workers=max(1, min(HUB_CALLS_AT_ONCE, len(names)))) as pool:
-        results = list(pool.map(lambda name: _source_connectivity(job, name), names))
+    results = at_once(lambda name: _source_connectivity(job, name), names)
     checks = [check for check, _ in results]
     files = {name: f for name, (_, f) in zip(names, results) if f is not None}
     return checks, files

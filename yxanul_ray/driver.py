@@ -343,9 +343,7 @@ def check_text_fields(job: JobSpec, listing: SourceListing) -> None:
     after the cluster and the first stages had started (38 s and 1,774 log lines for the demo). The
     sources' files are opened at once, as they were listed; the first problem in the config's
     order is the one raised."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from yxanul_ray.hub import HUB_CALLS_AT_ONCE, hf_token
+    from yxanul_ray.hub import at_once, hf_token
     from yxanul_ray.sources import Redacted, text_field_problem
     from yxanul_ray.stage_data import read_spec
 
@@ -354,9 +352,7 @@ def check_text_fields(job: JobSpec, listing: SourceListing) -> None:
         return text_field_problem(read_spec(job, files), token)
 
     names = list(listing.files)
-    with ThreadPoolExecutor(max_workers=max(1, min(HUB_CALLS_AT_ONCE, len(names)))) as pool:
-        problems = list(pool.map(lambda name: problem(listing.files[name]), names))
-    for name, found in zip(names, problems):
+    for name, found in zip(names, at_once(lambda name: problem(listing.files[name]), names)):
         if found:
             raise ConfigError(f"{job.path}: sources.{name}.text_field: {found}; fix: sources.{name}.text_field, "
                               "the field that holds each document's text")

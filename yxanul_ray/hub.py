@@ -14,7 +14,8 @@ import hashlib
 import os
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -33,9 +34,18 @@ from yxanul_ray.hub_layout import (
 from yxanul_ray.storage import StorageError, fsspec_filesystem, is_uri
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 HUB_CALLS_AT_ONCE = 8
 """Sources (and the tokenizer) asked about at once when a run starts: pinned, then listed."""
+
+
+def at_once(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """fn over items, HUB_CALLS_AT_ONCE at a time: a few round trips each (to the Hub or a
+    bucket), so the caller waits for the slowest, not for their sum. Results come in the items'
+    order, and so does the first error raised, as when they were asked in turn."""
+    with ThreadPoolExecutor(max_workers=HUB_CALLS_AT_ONCE) as pool:
+        return list(pool.map(fn, items))
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 _NETWORK_ERRORS = ("ConnectError", "ConnectTimeout", "ReadTimeout", "TimeoutException", "NetworkError",
                    "ConnectionError", "RemoteDisconnected", "ProtocolError", "TransportError")
@@ -258,8 +268,6 @@ def content_fingerprints(files: SourceFiles) -> tuple[str, ...]:
                 return _fingerprint(f)
         except OSError as e:
             raise SourceUnavailable(f"source {files.source}: {path} cannot be read ({e})") from None
-
-    from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=8) as pool:  # a bucket answers each read in tens of ms
         return tuple(pool.map(fingerprint, files.paths))

@@ -13,11 +13,10 @@ the source's own root, so a corpus that moved compares equal.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from yxanul_ray.config import JobSpec, SourceSpec
-from yxanul_ray.hub import HUB_CALLS_AT_ONCE, SourceFiles, content_fingerprints, hub_root, resolve_files
+from yxanul_ray.hub import SourceFiles, at_once, content_fingerprints, hub_root, resolve_files
 
 
 def file_manifest(spec: SourceSpec, files: SourceFiles, fingerprints: tuple[str, ...] = ()) -> dict:
@@ -59,11 +58,9 @@ def list_sources(job: JobSpec) -> SourceListing:
         files = resolve_files(spec, job.data.hf_endpoint)
         return files, manifest_now(spec, files)
 
-    # The sources are listed at once: each listing is a few round trips to the Hub or a bucket
-    # (a card, tree pages), so the start waits for the slowest source, not for their sum. The
-    # first error in the config's order is raised, as when they were listed in turn.
-    with ThreadPoolExecutor(max_workers=HUB_CALLS_AT_ONCE) as pool:
-        both = dict(zip(job.sources, pool.map(listed, job.sources.values())))
+    # The sources are listed at once (a card, tree pages each); the first error in the config's
+    # order is raised.
+    both = dict(zip(job.sources, at_once(listed, job.sources.values())))
     return SourceListing({n: f for n, (f, _) in both.items()}, {n: m for n, (_, m) in both.items()})
 
 

@@ -264,15 +264,16 @@ def latest_checkpoint(run_dir: str, names: list[str] | None = None) -> str | Non
 
     for name in reversed(checkpoints_in(run_dir) if names is None else names):
         path = storage_join(run_dir, name)
-        if set(REQUIRED_FILES) <= set(files_under(path)) and _reads_whole(path):
+        present = set(files_under(path))
+        if set(REQUIRED_FILES) <= present and _reads_whole(path, present):
             return path
     return None
 
 
-def _reads_whole(path: str) -> bool:
+def _reads_whole(path: str, present: set[str]) -> bool:
     try:
         load_state(path)
-        check_tensor_files(path)
+        check_tensor_files(path, present)
     except (NotACheckpoint, DamagedCheckpoint):
         return False
     return True
@@ -329,17 +330,19 @@ def load_state(path: str) -> tuple[TrainState, dict]:
 TENSOR_FILES = ("model.pt", "optimizer.pt", "rng.pt")
 
 
-def check_tensor_files(path: str) -> None:
+def check_tensor_files(path: str, present: set[str] | None = None) -> None:
     """Before a resume or an export reads them: NotACheckpoint if model.pt or optimizer.pt is not
     there; DamagedCheckpoint if one of them, or rng.pt, is not a whole torch.save archive. Only
     each archive's directory is read (the last bytes of a zip file), not the tensors: a copy cut
     short has lost it, and another kind of file has none. The train workers would otherwise fail
-    loading, and Ray Train would start them again for each of run.max_failures."""
+    loading, and Ray Train would start them again for each of run.max_failures. `present`: the
+    checkpoint's file names, where the caller has listed them already (one listing per bucket
+    checkpoint, not two)."""
     import zipfile
 
     from yxanul_ray.storage import files_under, open_random_access, storage_join
 
-    present = set(files_under(path))
+    present = set(files_under(path)) if present is None else present
     for name in TENSOR_FILES:
         if name not in present:
             if name in REQUIRED_FILES:

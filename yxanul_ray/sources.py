@@ -315,12 +315,10 @@ def text_field_problem(spec: ReadSpec, token: Redacted) -> str | None:
         # and count such a file, or retry the read, and say which. (A refusal from the Hub is a
         # SourceUnavailable, said as it is.)
         return None
-    if not names:
-        return None
-    if spec.text_field in names:
+    if not names or spec.text_field in names:
         return None
     shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
-    return f"{spec.text_field!r} is not among the {what} in {path} ({shown or 'none'})"
+    return f"{spec.text_field!r} is not among the {what} in {path} ({shown})"
 
 
 def _first_jsonl_keys(f, path: str) -> tuple[list[str], int]:

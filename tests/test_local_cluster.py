@@ -92,3 +92,140 @@ def test_a_cluster_file_left_by_a_head_that_is_gone_starts_a_cluster_here(tmp_pa
         assert "cpus 2.0 started here True" in proc.stdout
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+CANCEL_PROBE = r'''
+import json, os, signal, time
+
+from yxanul_ray.raycluster import init_ray
+
+assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # as `cmd &` in a script starts it
+ray = init_ray(num_cpus=2, dashboard=False)
+marks = os.environ["PROBE_MARKS"]
+
+
+def busy(name, seconds):
+    open(os.path.join(marks, name), "w").close()
+    end = time.time() + seconds
+    while time.time() < end:
+        time.sleep(0.01)
+
+
+def slow_to_load():  # Ray holds a SIGINT back while arguments load, and raises it after
+    busy("loading", 2)
+    return 0
+
+
+class SlowToLoad:
+    def __reduce__(self):
+        return slow_to_load, ()
+
+
+@ray.remote(max_retries=0)
+def task(name, argument):
+    busy(name, 20)
+    return repr(signal.getsignal(signal.SIGINT))
+
+
+@ray.remote
+def worker_sigint():
+    return repr(signal.getsignal(signal.SIGINT))
+
+
+@ray.remote
+def cluster_asked_without_an_address():  # what Ray's State API resolves address=None to
+    from ray._private.services import canonicalize_bootstrap_address_or_die
+
+    return canonicalize_bootstrap_address_or_die(None)
+
+
+def cancel_once_started(ref, name):
+    while not os.path.exists(os.path.join(marks, name)):
+        time.sleep(0.05)
+    ray.cancel(ref)
+    try:
+        ray.get(ref)
+        return "ran to its end"
+    except ray.exceptions.TaskCancelledError:
+        return "cancelled"
+    except ray.exceptions.RayTaskError as e:
+        return f"{type(e.cause).__name__}: {e.cause}"
+
+
+print(json.dumps({"worker_sigint": ray.get(worker_sigint.remote()),
+                  "running": cancel_once_started(task.remote("running", 0), "running"),
+                  "loading_arguments": cancel_once_started(task.remote("-", SlowToLoad()), "loading"),
+                  "this_cluster": ray.get_runtime_context().gcs_address,
+                  "without_an_address": ray.get(cluster_asked_without_an_address.remote())}))
+ray.shutdown()
+'''
+
+
+@pytest.mark.timeout(300)
+def test_a_run_s_workers_shed_what_they_inherit_from_how_the_cluster_was_started(tmp_path):
+    """The job's worker setup hook (init_ray), on a cluster started by a process with SIGINT
+    ignored, beside a cluster file left by a head that is gone.
+
+    `cmd &` in a script starts a process with SIGINT ignored (CI's `ray start --head --block &`, a
+    run launched in the background), and the raylet and every worker inherit that. Ray cancels a
+    running task with SIGINT: there the task ran on to its end, and one cancelled while its
+    arguments loaded failed with "TypeError: 'Handlers' object is not callable", which Ray Data's
+    read tasks printed as unhandled errors when a stage's pipeline stopped them.
+
+    Ray's State API, asked with no address (Ray Train's placement-group cleaner asks it every
+    second), took the cluster the stale file names: the cleaner's thread died with a traceback in
+    the run's output, or held the run's end up by 12 s."""
+    import json
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # A cluster of its own, started under the ignored SIGINT: its own temp dir (a short one: a
+    # Unix socket's path is at most 107 bytes) and PID namespace, so that Ray joins no cluster
+    # it sees on the machine (CI's head, or this session's).
+    env.update(PROBE_MARKS=str(marks), RAY_TMPDIR=tempfile.mkdtemp(prefix="yr", dir="/tmp"))
+    with socket.socket() as s:  # a loopback port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        gone = f"127.0.0.1:{s.getsockname()[1]}"
+    os.makedirs(os.path.join(env["RAY_TMPDIR"], "ray"))
+    with open(os.path.join(env["RAY_TMPDIR"], "ray", "ray_current_cluster"), "w") as f:
+        f.write(gone)
+    started_in_background = ["bash", "-c", 'trap "" INT; exec "$@"', "bash"]
+    try:
+        proc = subprocess.run([*started_in_background, "unshare", "--pid", "--fork", "--mount-proc", sys.executable,
+                               "-c", CANCEL_PROBE], env=env, capture_output=True, text=True, timeout=240)
+    finally:
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    probe = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert probe["without_an_address"] == probe["this_cluster"] != gone
+    assert {k: probe[k] for k in ("worker_sigint", "running", "loading_arguments")} == {
+        "worker_sigint": "<built-in function default_int_handler>",
+        "running": "cancelled",
+        "loading_arguments": "cancelled",
+    }
+
+
+def test_the_worker_setup_hook_yields_to_one_the_job_was_submitted_with(monkeypatch):
+    """`ray job submit --runtime-env` with a worker_process_setup_hook of the user's: Ray refuses
+    to merge a second one into the job ("Failed to merge the Job's runtime env"), so the run
+    keeps the user's."""
+    import json
+
+    from ray._common.utils import load_class
+
+    ours = {"worker_process_setup_hook": "yxanul_ray.raycluster.set_up_worker_process"}
+    assert load_class(ours["worker_process_setup_hook"]) is raycluster.set_up_worker_process
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)  # a driver started by hand
+    assert raycluster.job_runtime_env() == ours
+    submitted = {"runtime_env": {"working_dir": ".", "env_vars": {"A": "1"}}, "metadata": {}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(submitted))
+    assert raycluster.job_runtime_env() == ours
+    submitted["runtime_env"]["worker_process_setup_hook"] = "mine.set_up"
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(submitted))
+    assert raycluster.job_runtime_env() == {}

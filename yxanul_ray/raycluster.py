@@ -54,26 +54,79 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
 
     if ray.is_initialized():
         return ray
+    runtime_env = job_runtime_env()
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True, **_loopback(address))
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env, **_loopback(address))
         return ray
     running = running_cluster_address()
     if running:
-        ray.init(address=running, log_to_driver=True, **_loopback(running))
+        ray.init(address=running, log_to_driver=True, runtime_env=runtime_env, **_loopback(running))
     else:
         global _started_here
         # "local": a new cluster. Without it ray.init joins the cluster its ray_current_cluster
         # file names, a file that outlives a head ended without `ray stop` (killed, or a `--block`
         # head's process ended), and fails on num_cpus ("When connecting to an existing cluster").
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
-                 _node_ip_address="127.0.0.1", log_to_driver=True)
+                 _node_ip_address="127.0.0.1", log_to_driver=True, runtime_env=runtime_env)
         _started_here = True
         # A cluster started here is this one machine: there is no node to be preempted, so
         # Ray Train's preemption watcher (an actor process of its own, polling every 5 s) has
         # nothing to watch. Read when the trainer starts its controller.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     return ray
+
+
+WORKER_SETUP_HOOK = "yxanul_ray.raycluster.set_up_worker_process"
+
+
+def set_up_worker_process() -> None:
+    """Run first in every Ray worker process of the job (its worker_process_setup_hook, which
+    job_runtime_env sets): undo two things a worker can inherit from how its cluster was started."""
+    interrupt_on_sigint()
+    ask_own_cluster()
+
+
+def interrupt_on_sigint() -> None:
+    """SIGINT raises KeyboardInterrupt, as in a Python started from a terminal. Ray cancels a
+    running task by raising SIGINT in its worker, but a process started with SIGINT ignored, as
+    `cmd &` in a script starts it (a `ray start --head --block &`, CI's head, a run launched in the
+    background), hands that on to the raylet and every worker. There a cancelled task ran on to its
+    end, and one cancelled while its arguments loaded failed with "TypeError: 'Handlers' object is
+    not callable" (Ray's deferred-SIGINT code calls the ignored handler), which Ray Data's read
+    tasks printed as unhandled errors when a stage's pipeline stopped them."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def ask_own_cluster() -> None:
+    """RAY_ADDRESS is the cluster this worker runs in. Ray's State API, asked with no address (as
+    Ray Train's placement-group cleaner asks, every second, whether its controller lives), takes
+    RAY_ADDRESS, else the cluster /tmp/ray/ray_current_cluster names: a file that a head ended
+    without `ray stop` leaves behind (CI's, any killed `ray start --head --block`), naming a GCS
+    that is gone. On a cluster started here, the cleaner's thread then died with a traceback in
+    the run's output ("Timed out while waiting for GCS to become available"), or was still waiting
+    when the run ended, and Ray Train waited 12 s for it."""
+    if not os.environ.get("RAY_ADDRESS"):
+        import ray
+
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+
+
+def job_runtime_env() -> dict:
+    """The runtime_env this process's ray.init gives the job: the worker setup above, unless a
+    `ray job submit --runtime-env` already gave the job a worker_process_setup_hook (Ray refuses
+    to merge two)."""
+    import json
+
+    submitted = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env") or {}
+    if "worker_process_setup_hook" in submitted:
+        return {}
+    return {"worker_process_setup_hook": WORKER_SETUP_HOOK}
 
 
 def started_here() -> bool:

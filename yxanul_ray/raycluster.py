@@ -111,10 +111,14 @@ def ask_own_cluster() -> None:
     that is gone. On a cluster started here, the cleaner's thread then died with a traceback in
     the run's output ("Timed out while waiting for GCS to become available"), or was still waiting
     when the run ended, and Ray Train waited 12 s for it."""
-    if not os.environ.get("RAY_ADDRESS"):
-        import ray
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    import ray
 
+    try:
         os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    except Exception:  # noqa: BLE001 - a hook that raises fails the worker's start: leave Ray's own lookup
+        pass
 
 
 def job_runtime_env() -> dict:

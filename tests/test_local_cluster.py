@@ -4,6 +4,7 @@ nodes nobody will add."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -16,6 +17,36 @@ from yxanul_ray.driver import check_local_resources, cpu_shortfall
 
 pytestmark = pytest.mark.ray
 DEMO = os.path.join(CONFIGS, "demo.yaml")
+# Ray joins any live cluster it sees on the machine (CI's head, or this session's): a cluster of
+# the test's own starts in a PID namespace of its own.
+ALONE = ["unshare", "--pid", "--fork", "--mount-proc"]
+
+
+@contextlib.contextmanager
+def ray_temp_dir_left_by_a_gone_head():
+    """(RAY_TMPDIR, address): a Ray temp dir whose `ray_current_cluster` names a loopback port
+    nothing listens on, as a head ended without `ray stop` leaves it; removed afterwards. A short
+    path: Ray's Unix sockets live under it, and a socket's path is at most 107 bytes."""
+    import shutil
+    import socket
+    import tempfile
+
+    with socket.socket() as s:  # a loopback port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        gone = f"127.0.0.1:{s.getsockname()[1]}"
+    temp = tempfile.mkdtemp(prefix="yr", dir="/tmp")
+    try:
+        os.makedirs(os.path.join(temp, "ray"))
+        with open(os.path.join(temp, "ray", "ray_current_cluster"), "w") as f:
+            f.write(gone)
+        yield temp, gone
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def env_for(ray_temp_dir: str, **extra: str) -> dict:
+    """This process's environment for a Ray of its own under `ray_temp_dir` (no RAY_ADDRESS)."""
+    return {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": ray_temp_dir, **extra}
 
 
 def test_gpu_workers_on_a_cluster_without_gpus_started_here_are_refused(ray_cluster, demo_paths_in_cwd, monkeypatch):
@@ -57,41 +88,24 @@ def test_train_workers_and_data_tasks_that_cannot_fit_a_cluster_started_here_are
 
 
 @pytest.mark.timeout(300)
-def test_a_cluster_file_left_by_a_head_that_is_gone_starts_a_cluster_here(tmp_path):
+def test_a_cluster_file_left_by_a_head_that_is_gone_starts_a_cluster_here():
     """`ray_current_cluster` outlives a head ended without `ray stop` (killed, or a `--block`
     head's process ended, as the job-submit test's is). With no head answering at the address it
     names, a run starts its own cluster. Before, ray.init took the file for a running cluster
     and every later run on the machine failed: "When connecting to an existing cluster,
     num_cpus and num_gpus must not be provided"."""
-    import shutil
-    import socket
     import subprocess
     import sys
-    import tempfile
 
-    with socket.socket() as s:  # a loopback port nothing listens on once closed
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # Ray's sockets live under its temp dir: a short one (a Unix socket's path is at most 107 bytes).
-    temp = tempfile.mkdtemp(prefix="yr", dir="/tmp")
-    try:
-        os.makedirs(os.path.join(temp, "ray"))
-        with open(os.path.join(temp, "ray", "ray_current_cluster"), "w") as f:
-            f.write(f"127.0.0.1:{port}")
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        env["RAY_TMPDIR"] = temp
+    with ray_temp_dir_left_by_a_gone_head() as (temp, _):
         code = ("from yxanul_ray.raycluster import init_ray, started_here\n"
                 "ray = init_ray(num_cpus=2, dashboard=False)\n"
                 "print('cpus', ray.cluster_resources()['CPU'], 'started here', started_here())\n"
                 "ray.shutdown()\n")
-        # In a PID namespace of its own: Ray joins any live cluster it sees on the machine (CI's
-        # head, or this session's), and the case here is the one where none is left.
-        proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code], env=env,
-                              capture_output=True, text=True, timeout=240)
+        proc = subprocess.run([*ALONE, sys.executable, "-c", code], env=env_for(temp), capture_output=True, text=True,
+                              timeout=240)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "cpus 2.0 started here True" in proc.stdout
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 CANCEL_PROBE = r'''
@@ -176,31 +190,15 @@ def test_a_run_s_workers_shed_what_they_inherit_from_how_the_cluster_was_started
     second), took the cluster the stale file names: the cleaner's thread died with a traceback in
     the run's output, or held the run's end up by 12 s."""
     import json
-    import shutil
-    import socket
     import subprocess
     import sys
-    import tempfile
 
     marks = tmp_path / "marks"
     marks.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    # A cluster of its own, started under the ignored SIGINT: its own temp dir (a short one: a
-    # Unix socket's path is at most 107 bytes) and PID namespace, so that Ray joins no cluster
-    # it sees on the machine (CI's head, or this session's).
-    env.update(PROBE_MARKS=str(marks), RAY_TMPDIR=tempfile.mkdtemp(prefix="yr", dir="/tmp"))
-    with socket.socket() as s:  # a loopback port nothing listens on once closed
-        s.bind(("127.0.0.1", 0))
-        gone = f"127.0.0.1:{s.getsockname()[1]}"
-    os.makedirs(os.path.join(env["RAY_TMPDIR"], "ray"))
-    with open(os.path.join(env["RAY_TMPDIR"], "ray", "ray_current_cluster"), "w") as f:
-        f.write(gone)
     started_in_background = ["bash", "-c", 'trap "" INT; exec "$@"', "bash"]
-    try:
-        proc = subprocess.run([*started_in_background, "unshare", "--pid", "--fork", "--mount-proc", sys.executable,
-                               "-c", CANCEL_PROBE], env=env, capture_output=True, text=True, timeout=240)
-    finally:
-        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    with ray_temp_dir_left_by_a_gone_head() as (temp, gone):
+        proc = subprocess.run([*started_in_background, *ALONE, sys.executable, "-c", CANCEL_PROBE],
+                              env=env_for(temp, PROBE_MARKS=str(marks)), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     probe = json.loads(proc.stdout.strip().splitlines()[-1])
     assert probe["without_an_address"] == probe["this_cluster"] != gone

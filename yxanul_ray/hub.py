@@ -39,6 +39,10 @@ R = TypeVar("R")
 HUB_CALLS_AT_ONCE = 8
 """Sources (and the tokenizer) asked about at once when a run starts: pinned, then listed."""
 
+RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+_NETWORK_ERRORS = ("ConnectError", "ConnectTimeout", "ReadTimeout", "TimeoutException", "NetworkError",
+                   "ConnectionError", "RemoteDisconnected", "ProtocolError", "TransportError")
+
 
 def at_once(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
     """fn over items, HUB_CALLS_AT_ONCE at a time: a few round trips each (to the Hub or a
@@ -46,9 +50,6 @@ def at_once(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
     order, and so does the first error raised, as when they were asked in turn."""
     with ThreadPoolExecutor(max_workers=HUB_CALLS_AT_ONCE) as pool:
         return list(pool.map(fn, items))
-RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
-_NETWORK_ERRORS = ("ConnectError", "ConnectTimeout", "ReadTimeout", "TimeoutException", "NetworkError",
-                   "ConnectionError", "RemoteDisconnected", "ProtocolError", "TransportError")
 
 
 class SourceUnavailable(RuntimeError):
@@ -269,8 +270,7 @@ def content_fingerprints(files: SourceFiles) -> tuple[str, ...]:
         except OSError as e:
             raise SourceUnavailable(f"source {files.source}: {path} cannot be read ({e})") from None
 
-    with ThreadPoolExecutor(max_workers=8) as pool:  # a bucket answers each read in tens of ms
-        return tuple(pool.map(fingerprint, files.paths))
+    return tuple(at_once(fingerprint, files.paths))  # a bucket answers each read in tens of ms
 
 
 def _fingerprint(f) -> str:

@@ -32,16 +32,16 @@ DAEMONS = ("raylet", "gcs_server", "dashboard", "log_monitor", "runtime_env", "m
 def process_kind(cmdline: str) -> str:
     if cmdline.startswith("ray::"):
         return cmdline.split()[0][:48]
-    # A worker process runs as default_worker.py until it names itself (`ray::IDLE`), and its
-    # arguments name the raylet's socket (`--raylet-name`): matched against DAEMONS, its start-up
-    # was charged to the raylet (in one demo run 18.8 CPU-s of 29 worker starts, the raylet's own
-    # under 1.2).
-    if "default_worker.py" in cmdline:
+    # Matched on the program, the command line up to its first long option, not on the options:
+    # the raylet's carry the worker's command (default_worker.py) and a starting worker's name the
+    # raylet's socket (--raylet-name), so a match anywhere charged the one to the other.
+    program = cmdline.split(" --", 1)[0]
+    if "default_worker.py" in program:  # a worker until it names itself (`ray::IDLE`)
         return "Ray worker, starting (not yet named)"
     for name in DAEMONS:
-        if name in cmdline:
+        if name in program:
             return name
-    if "jobs/train.py" in cmdline:
+    if "jobs/train.py" in program:
         return "driver"
     return "other: " + os.path.basename(cmdline.split()[0]) if cmdline else "kernel threads"
 

@@ -22,11 +22,13 @@ def placeholder_sources(tmp_path):
 
 @pytest.fixture
 def demo_paths_in_cwd(tmp_path, monkeypatch):
-    """Run from a directory where configs/demo.yaml's relative data/demo globs match files."""
-    for name in ("fineweb", "math", "code"):
-        d = tmp_path / "data" / "demo" / name
-        d.mkdir(parents=True)
-        (d / "part-0.parquet").write_bytes(b"")
+    """Run from a directory where the shipped configs' relative globs (configs/demo.yaml's
+    data/demo, configs/compare_cpu.yaml's data/corpus) match files."""
+    for corpus in ("demo", "corpus"):
+        for name in ("fineweb", "math", "code"):
+            d = tmp_path / "data" / corpus / name
+            d.mkdir(parents=True)
+            (d / "part-0.parquet").write_bytes(b"")
     monkeypatch.chdir(tmp_path)
     return str(tmp_path)
 

@@ -161,10 +161,16 @@ def test_bad_seq_len(tmp_path, placeholder_sources, seq_len):
     _fails(tmp_path, data, "curriculum.stages[1].seq_len", "1..2048")
 
 
-def test_batch_not_multiple_of_8(tmp_path, placeholder_sources):
+def test_batch_any_positive_size_multiple_of_8_in_fp8_stages(tmp_path, placeholder_sources):
+    # Whole rows at any count (compare's flat arm takes 1-8 rows of 2048); FP8 keeps the
+    # predecessor's multiple of 8.
     data = base_config(placeholder_sources)
     data["curriculum"]["stages"][0]["batch_size"] = 12
-    _fails(tmp_path, data, "curriculum.stages[0].batch_size", "multiple of 8")
+    assert load_job(write_yaml(str(tmp_path / "ok.yaml"), data)).curriculum.stages[0].global_batch == 12
+    data["curriculum"]["stages"][0]["fp8"] = True
+    _fails(tmp_path, data, "curriculum.stages[0].batch_size", "FP8 stage is not a multiple of 8")
+    data["curriculum"]["stages"][0].update(batch_size=0, fp8=False)
+    _fails(tmp_path, data, "curriculum.stages[0].batch_size", "must be > 0")
 
 
 def test_tokens_per_step_alternative(tmp_path, placeholder_sources):
@@ -262,7 +268,7 @@ def test_set_overrides_apply_and_validate(tmp_path, placeholder_sources):
     assert job.curriculum.stages[2].lr_scale == 0.5
     assert job.model.shape.d_model == 64
     with pytest.raises(ConfigError, match="curriculum.stages\\[0\\].batch_size"):
-        load_job(path, ["curriculum.stages.0.batch_size=10"])
+        load_job(path, ["curriculum.stages.0.batch_size=-8"])
     with pytest.raises(ConfigError, match="run.bogus"):
         load_job(path, ["run.bogus=1"])
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):

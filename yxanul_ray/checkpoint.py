@@ -39,7 +39,14 @@ class TrainState:
     loss_history: list[list[float]] = field(default_factory=list)
     """[global tokens, mean loss over the log interval] pairs, for the loss plot."""
     validation: list[dict] = field(default_factory=list)
-    """Per stage boundary: {"stage", "tokens", "loss": {source: loss}}."""
+    """Per stage end, and per token point where curriculum.validation_every_tokens asks:
+    {"stage", "step", "tokens", "seconds" (train_seconds then), "loss": {source: loss}}."""
+    train_seconds: float = 0.0
+    """Training wall time on rank 0: from the first batch in hand, stage switches included,
+    validation left out (evaluation.TrainClock)."""
+    initial_weights: str = ""
+    """Digest of the weights before the first step (evaluation.weights_digest), where the run
+    validates at token points; runs with the same digest started from the same weights."""
     coordinator: dict = field(default_factory=dict)
     """The coordinator's state: cursors at each stage's start, per-stage source stats, each
     source's file list (names and sizes), which the cursors index, and the tokenizer's identity

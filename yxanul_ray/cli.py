@@ -1,4 +1,4 @@
-"""`yxanul-ray` command line: plan, demo-data, check, train, export.
+"""`yxanul-ray` command line: plan, demo-data, check, train, compare, export.
 
 Each command validates its config before importing torch or Ray, so bad input costs a second,
 not a cluster start. Exit codes: 0 success, 1 a failed check or run, 2 bad input.
@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint (a directory or a storage URI)")
 
+    p = sub.add_parser("compare", help="does the curriculum pay? train arms derived from it, compare held-out loss")
+    add_compare_args(p)
+
     p = sub.add_parser("check", help="check every source streams, each stage's mix, transitions; estimate time")
     add_check_args(p)
 
@@ -46,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo-data", help="build the offline demo corpus (parquet) in DIR")
     p.add_argument("dir", nargs="?", default="data/demo")
     p.add_argument("--scale", type=float, default=1.0, help="corpus size multiplier (benchmarks)")
+    p.add_argument("--tokens", metavar="N", help="instead, a corpus of at least N GPT-2 tokens (e.g. 50M) from the "
+                   "manual pages, docstrings and sources this machine has, with a tokenizer.json trained on it")
+    p.add_argument("--vocab", type=int, default=8192, help="with --tokens: the tokenizer's vocabulary size")
     return parser
 
 
@@ -63,6 +69,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     prepare_demo_corpus(args.config, args.overrides)
     job = load_job(args.config, args.overrides)
     return run_training(job, resume=args.resume)
+
+
+def add_compare_args(p: argparse.ArgumentParser) -> None:
+    _add_config_args(p)
+    p.add_argument("--arms", default="curriculum,flat,compressed:0.75",
+                   help="comma-separated: curriculum, flat, seq-only, mix-only, compressed:F (flat is always run)")
+    p.add_argument("--seeds", type=int, default=1, help="initial weights per arm (run.seed, run.seed+1, ...)")
+    p.add_argument("--tokens-scale", type=float, default=1.0, metavar="F",
+                   help="every arm on F x the config's target (stage budgets and warmup scaled alike)")
+    p.add_argument("--eval-seq-len", type=int, metavar="L", help="held-out rows' seq_len (default: the last stage's)")
+    p.add_argument("--eval-every", type=float, default=0.05, metavar="F",
+                   help="validate every F x the target tokens (default 0.05)")
+    p.add_argument("--out", default="runs/compare", metavar="DIR", help="where compare.json and compare.png go")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from yxanul_ray.compare import compare_spec, run_compare
+    from yxanul_ray.driver import prepare_demo_corpus
+
+    prepare_demo_corpus(args.config, args.overrides)
+    job = load_job(args.config, args.overrides)
+    spec = compare_spec(job, args.arms, args.seeds, args.tokens_scale, args.eval_seq_len, args.eval_every, args.out)
+    return run_compare(job, spec)
 
 
 def add_check_args(p: argparse.ArgumentParser, config_optional: bool = False) -> None:
@@ -141,14 +170,32 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from yxanul_ray.demo_corpus import build_demo_corpus
 
+    if args.tokens:
+        return _local_corpus(args)
     counts = build_demo_corpus(args.dir, scale=args.scale)
     for name, (docs, chars) in counts.items():
         print(f"{name}: {docs:,} documents, {chars:,} characters -> {args.dir}/{name}/")
     return 0
 
 
-COMMANDS = {"plan": cmd_plan, "train": cmd_train, "check": cmd_check, "export": cmd_export,
-            "demo-data": cmd_demo_data}
+def _local_corpus(args: argparse.Namespace) -> int:
+    from yxanul_ray.local_corpus import build_local_corpus, parse_tokens
+
+    try:
+        tokens = parse_tokens(args.tokens)
+    except ValueError as e:
+        raise ConfigError(f"yxanul-ray demo-data --tokens: {e}") from None
+    if tokens < 100_000 or not 256 < args.vocab <= 65_536:
+        raise ConfigError("yxanul-ray demo-data: --tokens must be at least 100k and --vocab in 257..65536")
+    counts = build_local_corpus(args.dir, tokens, args.vocab, log=lambda line: print(line, flush=True))
+    for name, (docs, chars, n) in counts.items():
+        print(f"{name}: {docs:,} documents, {chars:,} characters, {n:,} GPT-2 tokens -> {args.dir}/{name}/")
+    print(f"tokenizer: {args.dir}/tokenizer.json (byte-level BPE, {args.vocab:,} tokens, trained on this corpus)")
+    return 0
+
+
+COMMANDS = {"plan": cmd_plan, "train": cmd_train, "compare": cmd_compare, "check": cmd_check,
+            "export": cmd_export, "demo-data": cmd_demo_data}
 
 
 def reporting_errors(command: Callable[[], int]) -> int:

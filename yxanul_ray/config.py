@@ -73,7 +73,8 @@ class StageSpec:
     mix: dict[str, float]
     """Share of the stage's tokens per source; sums to 1. Zero-weight sources are not read."""
     batch_size: int | None = None
-    """Global sequences per optimizer step, a multiple of 8. Exactly one of this and tokens_per_step."""
+    """Global sequences per optimizer step (a multiple of the worker count, and of 8 in an FP8
+    stage). Exactly one of this and tokens_per_step."""
     tokens_per_step: int | None = None
     micro_batch_size: int | None = None
     """Sequences per worker per forward pass (gradient accumulation fills the rest); default: all."""
@@ -111,7 +112,11 @@ class CurriculumSpec:
     validation_seq_len: int = 128
     """Fixed seq_len for held-out validation, so values compare across stages."""
     validation_rows: int = 64
-    """Held-out rows per source evaluated at each stage boundary (0: no validation)."""
+    """Held-out rows per source evaluated at each stage boundary (0: no validation). A source whose
+    `validation_docs` cannot fill them at validation_seq_len gets more, before the run starts."""
+    validation_every_tokens: int = 0
+    """0: validate at every stage end. N: validate before the first step, at the first step that
+    reaches each multiple of N trained tokens, and at the run's end (`yxanul-ray compare` sets it)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -438,8 +443,9 @@ def _validate(job: JobSpec) -> None:
         if src.hf_mirror is not None and not os.path.isdir(os.path.expanduser(src.hf_mirror)):
             fail(f"{where}.hf_mirror", f"{src.hf_mirror!r} is not a directory")
         if src.path is not None and not is_uri(src.path) and not _matches(src.path):  # a URI is listed at the start
-            fail(f"{where}.path", f"{src.path!r} matches no file; build the demo corpus with "
-                 "`yxanul-ray demo-data data/demo` or fix the path")
+            fail(f"{where}.path", f"{src.path!r} matches no file; fix the path, or build the corpus it names: "
+                 "`yxanul-ray demo-data data/demo` (the demo's), `yxanul-ray demo-data data/corpus --tokens 50M` "
+                 "(configs/compare_cpu.yaml's)")
         if src.validation_docs < 0:
             fail(f"{where}.validation_docs", "must be >= 0")
 
@@ -519,6 +525,9 @@ def _validate_curriculum(job: JobSpec, shape: ModelShape, fail) -> None:
         fail("curriculum.validation_seq_len", f"must be in 1..{shape.max_seq_len}")
     if cur.validation_rows < 0:
         fail("curriculum.validation_rows", f"must be >= 0 (0: no validation), got {cur.validation_rows}")
+    if cur.validation_every_tokens < 0:
+        fail("curriculum.validation_every_tokens", f"must be >= 0 (0: at stage ends only), got "
+             f"{cur.validation_every_tokens}")
     seen: set[str] = set()
     for i, st in enumerate(cur.stages):
         where = f"curriculum.stages[{i}]"
@@ -536,9 +545,11 @@ def _validate_curriculum(job: JobSpec, shape: ModelShape, fail) -> None:
             fail(f"{where}.tokens_per_step", f"{st.tokens_per_step} must be a positive multiple of "
                  f"seq_len {st.seq_len}")
         batch_field = "batch_size" if st.batch_size is not None else "tokens_per_step"
-        if st.global_batch <= 0 or st.global_batch % 8:
-            fail(f"{where}.{batch_field}", f"batch of {st.global_batch} sequences is not a positive "
-                 f"multiple of 8; try {max(8, round(st.global_batch / 8) * 8)}")
+        if st.global_batch <= 0:
+            fail(f"{where}.{batch_field}", f"batch of {st.global_batch} sequences must be > 0")
+        if st.fp8 and st.global_batch % 8:  # the predecessor's rule for FP8 GEMM efficiency
+            fail(f"{where}.{batch_field}", f"batch of {st.global_batch} sequences in an FP8 stage is not a multiple "
+                 f"of 8; try {max(8, round(st.global_batch / 8) * 8)}, or fp8: false")
         if st.micro_batch_size is not None and st.micro_batch_size <= 0:
             fail(f"{where}.micro_batch_size", "must be > 0")
         if st.lr_scale <= 0:

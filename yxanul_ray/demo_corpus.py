@@ -166,7 +166,8 @@ def _sequence(rng: random.Random) -> str:
             f"The sum is {n} x ({first} + {nth}) / 2 = {total}.\nAnswer: term {nth}, sum {total}")
 
 
-def write_parquet_shards(docs: list[str], out_dir: str, files: int = FILES_PER_SOURCE) -> None:
+def write_parquet_shards(docs: list[str], out_dir: str, files: int = FILES_PER_SOURCE,
+                         rows_per_group: int = ROWS_PER_GROUP) -> None:
     os.makedirs(out_dir, exist_ok=True)
     for old in os.listdir(out_dir):
         if old.endswith(".parquet"):
@@ -176,7 +177,7 @@ def write_parquet_shards(docs: list[str], out_dir: str, files: int = FILES_PER_S
         chunk = docs[i * per_file:(i + 1) * per_file]
         if chunk:
             table = pa.table({"text": pa.array(chunk, pa.string())})
-            pq.write_table(table, os.path.join(out_dir, f"part-{i:05d}.parquet"), row_group_size=ROWS_PER_GROUP)
+            pq.write_table(table, os.path.join(out_dir, f"part-{i:05d}.parquet"), row_group_size=rows_per_group)
 
 
 def build_demo_corpus(out_dir: str, scale: float = 1.0) -> dict[str, tuple[int, int]]:

@@ -95,11 +95,11 @@ def absolute_paths(job: JobSpec) -> JobSpec:
     return dataclasses.replace(job, sources=sources, run=run, data=dataclasses.replace(job.data, tokenizer=tokenizer))
 
 
-def check_tokenizer(job: JobSpec) -> None:
-    """Load the job's tokenizer here, before any cluster work. One that does not load would fail
-    the coordinator (and every retry of the worker group); one with more ids than the model has
-    embedding rows would fail the first step that meets such an id (on a GPU, a device-side
-    assert that ends the process), possibly hours in. Both are ConfigErrors now, with the fix."""
+def check_tokenizer(job: JobSpec):
+    """Load the job's tokenizer here, before any cluster work, and return it. One that does not
+    load would fail the coordinator (and every retry of the worker group); one with more ids than
+    the model has embedding rows would fail the first step that meets such an id (on a GPU, a
+    device-side assert that ends the process), possibly hours in. Both are ConfigErrors now."""
     from yxanul_ray.tokenizer import load_tokenizer, run_tokenizer
 
     spec = job.data.tokenizer
@@ -120,6 +120,7 @@ def check_tokenizer(job: JobSpec) -> None:
                           f"preset {job.model.preset!r}), but data.tokenizer {spec!r} has {tokenizer.vocab_size:,} "
                           f"ids; fix: set model.overrides.vocab_size to {fit:,} (the tokenizer's, padded to a "
                           "multiple of 64) or more")
+    return tokenizer
 
 
 HEALTH_CHECK_INTERVAL_S = 0.5
@@ -139,8 +140,9 @@ def start_ray():
     return ray
 
 
-def make_trainer(job: JobSpec, train_loop, run_name: str, loop_config: dict):
-    """The job's TorchTrainer: its workers, failure budget, checkpoints and storage."""
+def make_trainer(job: JobSpec, train_loop, run_name: str, loop_config: dict, keep_checkpoints: int | None = None):
+    """The job's TorchTrainer: its workers, failure budget, checkpoints (the latest
+    `keep_checkpoints`, None: all) and storage."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -155,7 +157,7 @@ def make_trainer(job: JobSpec, train_loop, run_name: str, loop_config: dict):
                                      resources_per_worker={"CPU": job.run.cpus_per_worker}),
         run_config=RunConfig(name=run_name, storage_path=job.run.storage_path,
                              failure_config=FailureConfig(max_failures=job.run.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=None),
+                             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
                              # Ray Train's print patch would log every progress line twice.
                              worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}),
         torch_config=TorchConfig(backend="nccl" if job.run.use_gpu else "gloo"),
@@ -321,15 +323,21 @@ def not_a_checkpoint(path: str, missing: str, given_as: str = "--resume") -> Con
     return ConfigError(f"{given_as} {path}: not a yxanul-ray checkpoint (it holds no {missing}); fix: {fix}")
 
 
-def checked_at_pinned_commits(job: JobSpec) -> tuple[JobSpec, SourceListing]:
-    """`job` with its Hub sources and tokenizer pinned to commits, its tokenizer checked and its
-    sources listed there: what a run (a resume too) does before any cluster work."""
+def checked_at_pinned_commits(job: JobSpec, size_holdouts: bool = True) -> tuple[JobSpec, SourceListing]:
+    """`job` with its Hub sources and tokenizer pinned to commits, its tokenizer checked, its
+    sources listed there and their held-out sets sized to fill the validation rows: what a run
+    (a resume too, which keeps its run's held-out sets: `size_holdouts` False) does before any
+    cluster work."""
+    from yxanul_ray.holdout import sized_holdouts
     from yxanul_ray.manifest import list_sources
 
     job = pin_hub_revisions(job)
-    check_tokenizer(job)
+    tokenizer = check_tokenizer(job)
     listing = list_sources(job)  # a source that does not list is an error here too (manifest.list_sources)
     check_text_fields(job, listing)
+    job, notes = sized_holdouts(job, listing.files, tokenizer) if size_holdouts else (job, [])
+    for note in notes:
+        print(note, flush=True)
     for name in partial_copies(job, listing):
         print(f"note: source {name} reads the Hub's parquet copy of split {job.sources[name].split!r}, which holds "
               "only its first part (a partial-<split> folder); past it the source repeats its documents, in a new "
@@ -372,7 +380,7 @@ def check_resume(job: JobSpec, checkpoint: str) -> tuple[JobSpec, SourceListing]
     names none) and its sources' listing, for the coordinator. Raise ConfigError if it cannot
     continue that run (see resume_check), its sources' files included, or if its tokenizer at the
     run's commit does not load or fit the model (check_tokenizer); print the changes it will follow."""
-    from yxanul_ray.resume_check import review_resume, with_saved_revisions
+    from yxanul_ray.resume_check import review_resume, with_saved_holdouts, with_saved_revisions
     from yxanul_ray.tokenizer import tokenizer_identity
 
     state, saved_raw = checked_checkpoint(checkpoint)
@@ -386,7 +394,9 @@ def check_resume(job: JobSpec, checkpoint: str) -> tuple[JobSpec, SourceListing]
               flush=True)
         saved = None
     # At the Hub commits the run read, not the ones the config's names serve now.
-    job, listing = checked_at_pinned_commits(with_saved_revisions(saved, job) if saved else job)
+    # Its held-out documents stay the run's, so validation goes on measuring the same ones.
+    job = with_saved_holdouts(saved, with_saved_revisions(saved, job)) if saved else job
+    job, listing = checked_at_pinned_commits(job, size_holdouts=False)
     if saved is None:
         return job, listing
     files_now = listing.manifests if "files" in state.coordinator else None  # recorded since this version's checkpoints
@@ -472,24 +482,34 @@ def warn_of_node_local_paths(ray, job: JobSpec) -> None:
                   "scheduled on other nodes fail. Use a shared mount, or a Hub source (`hf`).", flush=True)
 
 
-def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> int:
-    """Run the job; `train_loop` replaces the workers' loop (a diagnostic's hook)."""
+def check_plan(job: JobSpec) -> None:
+    """The stages' batches divide among the workers (curriculum.plan_stage), else a ConfigError."""
     from yxanul_ray.curriculum import plan_curriculum
 
-    started_at = time.time()
     try:
         plan_curriculum(job.curriculum, job.run.workers)
     except ValueError as e:
         raise ConfigError(f"{job.path}: curriculum.stages: {e} (run.workers={job.run.workers})") from None
+
+
+def preflight(job: JobSpec, resume: str | None = None) -> tuple[JobSpec, SourceListing, str | None]:
+    """Everything a run checks and settles before any cluster work: (the job as the run takes it,
+    its sources' listing, the resume checkpoint resolved). Raises ConfigError for bad input."""
+    check_plan(job)
     job = absolute_paths(job)
     check_storage(job)
     # The tokenizer is checked at the Hub commit the run reads (a resume's is its run's).
     if resume:
         job, listing = check_resume(job, resume)  # not a checkpoint, or not this run's: refused before Ray starts
-        resume = resolve_storage(resume)
-    else:
-        job, listing = checked_at_pinned_commits(job)
+        return job, listing, resolve_storage(resume)
+    job, listing = checked_at_pinned_commits(job)
+    return job, listing, None
 
+
+def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> int:
+    """Run the job; `train_loop` replaces the workers' loop (a diagnostic's hook)."""
+    started_at = time.time()
+    job, listing, resume = preflight(job, resume)
     cur = job.curriculum
     run_name = f"{job.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = storage_join(job.run.storage_path, run_name)
@@ -521,8 +541,9 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
 
 
 def start_and_fit(job: JobSpec, listing: SourceListing, resume: str | None, run_name: str, run_dir: str,
-                  started_at: float, train_loop):
-    """Ray's start, the coordinator and the trainer, and the run: Ray Train's result."""
+                  started_at: float, train_loop=None, keep_checkpoints: int | None = None):
+    """Ray's start (or the cluster this process joined), the coordinator and the trainer, and the
+    run: Ray Train's result. The coordinator (and its packing actor) ends with the run."""
     ray = start_ray()
     reclaim_sigterm()  # ray.init put its own SIGTERM handler in place of run_training's
     check_local_resources(ray, job)
@@ -548,6 +569,8 @@ def start_and_fit(job: JobSpec, listing: SourceListing, resume: str | None, run_
         coordinator.validation_rows.remote(cur.validation_seq_len, cur.validation_rows)
     trainer = make_trainer(job, train_loop or train_loop_per_worker, run_name, {
         "job": job.to_dict(), "coordinator": coordinator, "run_dir": run_dir, "resume_from": resume,
-        "started_at": started_at})
+        "started_at": started_at}, keep_checkpoints)
     print(f"run {run_name}: {job.run.workers} worker(s), storage {run_dir}", flush=True)
-    return trainer.fit()
+    result = trainer.fit()
+    ray.kill(coordinator, no_restart=True)  # a driver that runs more (compare's arms) holds no idle actors
+    return result

@@ -22,6 +22,7 @@ from yxanul_ray.checkpoint import TrainState, save_checkpoint
 from yxanul_ray.config import JobSpec
 from yxanul_ray.curriculum import lr_at, plan_curriculum
 from yxanul_ray.cursors import SourceCursor
+from yxanul_ray.holdout import sized_holdouts
 from yxanul_ray.hub import resolve_files
 from yxanul_ray.local_data import holdout_rows, local_global_batches
 from yxanul_ray.model import build_model
@@ -58,7 +59,10 @@ def _run(job: JobSpec) -> tuple[float, list[ReferenceStage]]:
     cur, opt = job.curriculum, job.optimizer
     t0 = time.perf_counter()
     files = {s: resolve_files(spec, job.data.hf_endpoint) for s, spec in job.sources.items()}
-    eos_id = load_tokenizer(job.data.tokenizer).eos_id
+    tokenizer = load_tokenizer(job.data.tokenizer)
+    eos_id = tokenizer.eos_id
+    job, _ = sized_holdouts(job, files, tokenizer)  # as the driver sizes the run's held-out sets
+    cur = job.curriculum
     held_out = holdout_rows(job, files, eos_id, cur.validation_seq_len, cur.validation_rows) \
         if cur.validation_rows else {}
     holdout_s = time.perf_counter() - t0

@@ -61,6 +61,16 @@ def with_saved_revisions(saved: JobSpec, job: JobSpec) -> JobSpec:
                                                                               hf_endpoint=endpoint))
 
 
+def with_saved_holdouts(saved: JobSpec, job: JobSpec) -> JobSpec:
+    """`job` holding out the documents the saved run held out, where `job` asks for no more: the
+    run may have raised validation_docs to fill its validation rows (holdout.sized_holdouts), and a
+    resume keeps its held-out set, so validation goes on measuring the same documents."""
+    sources = {name: dataclasses.replace(spec, validation_docs=saved.sources[name].validation_docs)
+               if name in saved.sources and 0 < spec.validation_docs <= saved.sources[name].validation_docs else spec
+               for name, spec in job.sources.items()}
+    return dataclasses.replace(job, sources=sources)
+
+
 def review_resume(saved: JobSpec, job: JobSpec, state: TrainState,
                   files_now: dict[str, dict] | None = None, tokenizer_now: str | None = None) -> ResumeReview:
     """Compare the job that wrote the checkpoint (`saved`, its job.json) with `job`, for the

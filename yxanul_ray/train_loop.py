@@ -29,6 +29,7 @@ from yxanul_ray.checkpoint import (
 from yxanul_ray.config import JobSpec, job_from_dict
 from yxanul_ray.coordinator import SourceFilesChanged
 from yxanul_ray.curriculum import lr_at, plan_curriculum
+from yxanul_ray.evaluation import TrainClock, point_crossed, weights_digest
 from yxanul_ray.model import build_model, compile_model
 from yxanul_ray.precision import make_recipe
 from yxanul_ray.presets import flops_per_token
@@ -68,6 +69,7 @@ def train_loop_per_worker(config: dict) -> str | None:
             if k not in ahead:  # once per stage: each split of a build is handed out once
                 ahead[k] = Prefetch(run, group, k, 0)
         run.stage_banner(state, plan)
+        tokens_before = state.tokens
         for batch in batches:
             run.note_first_batch(state)
             # --- train step ---
@@ -77,6 +79,7 @@ def train_loop_per_worker(config: dict) -> str | None:
             loss_sum = run.train_step(batch["tokens"], global_valid, lr, stage)
             # --- accounting/logging ---
             counts = _counts_of(batch, batches)
+            tokens_before = state.tokens
             run.account(state, counts, global_valid, stage.seq_len, loss_sum)
             state.step_in_stage += 1
             if state.step % job.run.log_every_steps == 0:
@@ -84,12 +87,14 @@ def train_loop_per_worker(config: dict) -> str | None:
             # --- stage switch/checkpoint ---
             if state.step_in_stage == plan.steps:
                 break
+            if point_crossed(tokens_before, state.tokens, job.curriculum.validation_every_tokens):
+                run.validate_at_point(state)
             if run.checkpoint_due(state):
                 run.report(state, checkpoint=True)
         run.log(state, lr, plan)
         state.stage += 1
         state.step_in_stage = 0
-        run.stage_boundary(state)
+        run.stage_boundary(state, validate=run.validates_at_stage_end(tokens_before, state, len(plans)))
     run.finish(state)
     return None
 
@@ -161,6 +166,8 @@ class Run:
         self.shape = job.model.shape
         self.raw_model, self.model, self.optimizer, self.fp8_recipe = worker_model(job, world, self.device)
         self.interval = {"loss": 0.0, "tokens": 0, "t0": time.perf_counter(), "steps": 0}
+        self.clock = TrainClock()
+        """Training wall time (rank 0's is recorded): switches counted, validation not."""
         self.last_ckpt_tokens = 0
         self.checkpoint_written = threading.Event()
         """Set when rank 0's latest checkpoint is written and copied (set while none is pending)."""
@@ -208,6 +215,7 @@ class Run:
             shown = resume_from
         else:
             state = TrainState(tokens_by_source=dict.fromkeys(self.job.sources, 0))
+        self.clock = TrainClock(already=state.train_seconds)
         # Before any stage's data is asked for: a coordinator Ray restarted knows no cursors but
         # those it was created with, and this checkpoint's are the ones to continue from. It may
         # refuse them (SourceFilesChanged), so the resume is announced only after.
@@ -240,6 +248,7 @@ class Run:
             self.job.curriculum.stages)), "step_in_stage": state.step_in_stage}
         if checkpoint:  # on every rank, so all ranks agree when the next one is due
             self.last_ckpt_tokens = state.tokens
+            state.train_seconds = self.clock.seconds()
         if self.rank != 0 or not checkpoint:
             ray.train.report(metrics)
             return
@@ -376,11 +385,18 @@ class Run:
     stage_clock: tuple[float, int, int] = (0.0, 0, 0)
     """When the stage's data was in hand (after its banner), and the step and tokens then."""
 
-    def stage_boundary(self, state: TrainState) -> None:
+    def validates_at_stage_end(self, tokens_before: int, state: TrainState, stages: int) -> bool:
+        """Every stage end validates, unless the run validates at token points: then the stage's
+        last step does where it reaches a point, as any step does, and the run's last step."""
+        every = self.job.curriculum.validation_every_tokens
+        return not every or state.stage == stages or point_crossed(tokens_before, state.tokens, every)
+
+    def stage_boundary(self, state: TrainState, validate: bool = True) -> None:
         """Validation and the boundary checkpoint, timed for the next switch's log line."""
         ended = time.perf_counter()
         started, step0, tokens0 = self.stage_clock
-        self.end_of_stage(state, steps=state.step - step0, tokens=state.tokens - tokens0, seconds=ended - started)
+        self.end_of_stage(state, steps=state.step - step0, tokens=state.tokens - tokens0, seconds=ended - started,
+                          validate=validate)
         validated = time.perf_counter()
         self.report(state, checkpoint=True)
         self.boundary_times = (ended, validated, time.perf_counter())
@@ -395,6 +411,9 @@ class Run:
         first_of_run, boundary = self.started_at is not None, self.boundary_times
         if first_of_run and self.rank == 0:
             print(f"first batch in hand {time.time() - self.started_at:.1f} s after the job started", flush=True)
+        if first_of_run and state.tokens == 0 and self.job.curriculum.validation_every_tokens:
+            self.validate_at_start(state)
+        self.clock.start()
         self.started_at = self.boundary_times = None
         if not (first_of_run or boundary):
             return
@@ -418,11 +437,11 @@ class Run:
               f"sequences ({st.step_tokens:,} tokens/step), {plan.steps} steps, {st.tokens:,} tokens"
               f"{', FP8' if st.fp8 and self.fp8_recipe else ''}\n  mix: {mix}\n" + "=" * 60, flush=True)
 
-    def end_of_stage(self, state: TrainState, steps: int, tokens: int, seconds: float) -> None:
+    def end_of_stage(self, state: TrainState, steps: int, tokens: int, seconds: float, validate: bool = True) -> None:
         """Held-out validation per domain at a fixed seq_len (every rank evaluates its share);
         rank 0 prints it with the stage's realised mix and how long its steps took (this
         session's steps only, after a resume)."""
-        losses = self.validate()
+        losses = self.record_validation(state, stage_no=state.stage) if validate else {}
         if self.rank != 0:
             return
         k = state.stage - 1
@@ -435,11 +454,38 @@ class Run:
         rate = tokens / max(seconds, 1e-9)
         print(f"  stage time: {steps} steps in {seconds:.2f} s ({rate:,.0f} tokens/s)", flush=True)
         if losses:
-            state.validation.append({"stage": k + 1, "tokens": state.tokens, "loss": losses})
             shown = ", ".join(f"{s} loss {v:.4f}" for s, v in losses.items())
             print(f"  validation (seq_len {self.job.curriculum.validation_seq_len}): {shown}", flush=True)
-            for s, v in losses.items():
-                self.writer.add_scalar(f"val/{s}", v, state.tokens)
+
+    def validate_at_start(self, state: TrainState) -> None:
+        """Before the first step: the initial weights' digest (rank 0) and held-out losses."""
+        if self.rank == 0:
+            state.initial_weights = weights_digest(self.raw_model.portable_state_dict())
+        self.validate_at_point(state)
+
+    def validate_at_point(self, state: TrainState) -> None:
+        """Validation at a token point inside a stage (curriculum.validation_every_tokens)."""
+        losses = self.record_validation(state, stage_no=state.stage + 1)
+        if self.rank == 0 and losses:
+            shown = ", ".join(f"{s} {v:.4f}" for s, v in losses.items())
+            print(f"  validation at {state.tokens:,} tokens, {state.train_seconds:.1f} s of training "
+                  f"(seq_len {self.job.curriculum.validation_seq_len}): {shown}", flush=True)
+
+    def record_validation(self, state: TrainState, stage_no: int) -> dict[str, float]:
+        """Held-out losses now, appended to state.validation with the training seconds so far
+        (the validation itself not counted); every rank must call it."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()  # the queued steps are training time
+        state.train_seconds = self.clock.seconds()
+        with self.clock.paused():
+            losses = self.validate()
+        if losses:
+            state.validation.append({"stage": stage_no, "step": state.step, "tokens": state.tokens,
+                                     "seconds": round(state.train_seconds, 3), "loss": losses})
+            if self.writer is not None:
+                for s, v in losses.items():
+                    self.writer.add_scalar(f"val/{s}", v, state.tokens)
+        return losses
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from yxanul_ray.config import CurriculumSpec, JobSpec, StageSpec, job_from_dict
+from yxanul_ray.config import CurriculumSpec, JobSpec, StageSpec, job_from_dict, scaled_budgets
 
 KINDS = ("curriculum", "flat", "seq-only", "mix-only", "compressed")
 
@@ -77,19 +77,11 @@ def average_mix(stages: list[StageSpec]) -> dict[str, float]:
     return {name: sum(st.tokens * st.mix.get(name, 0.0) for st in stages) / total for name in names}
 
 
-def scaled_budgets(budgets: list[int], factor: float) -> list[int]:
-    """Each budget times `factor`, rounded down and at least 1, the last taking the rounding so the
-    total is round(sum * factor) exactly."""
-    total = round(sum(budgets) * factor)
-    out = [max(1, int(b * factor)) for b in budgets[:-1]]
-    return out + [total - sum(out)]
-
-
 def scale_job(job: JobSpec, factor: float) -> JobSpec:
     """`job` with every stage budget, the target and the warmup times `factor`: the same
     curriculum and LR schedule, over fewer (or more) tokens."""
     cur = job.curriculum
-    budgets = scaled_budgets([st.tokens for st in cur.stages], factor)
+    budgets = scaled_budgets([st.tokens for st in cur.stages], round(cur.target_tokens * factor))
     if min(budgets) < 1:
         raise ValueError(f"scaled by {factor:g}, the {len(budgets)} stages have too few tokens to share")
     stages = [dataclasses.replace(st, tokens=n) for st, n in zip(cur.stages, budgets)]

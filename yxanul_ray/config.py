@@ -237,13 +237,21 @@ def scaled_budget_overrides(job: JobSpec, target_tokens: int) -> list[str]:
     if target_tokens < len(stages):
         raise ConfigError(f"{job.path}: --target-tokens {target_tokens:,}: each of the {len(stages)} stages needs at "
                           f"least one token; pass at least {len(stages)} (the config's target is {total:,})")
-    budgets = [max(1, st.tokens * target_tokens // total) for st in stages[:-1]]
-    budgets.append(target_tokens - sum(budgets))
+    budgets = scaled_budgets([st.tokens for st in stages], target_tokens)
     if budgets[-1] < 1:
         raise ConfigError(f"{job.path}: --target-tokens {target_tokens:,}: too few to give every stage a token; pass "
                           f"more (the config's target is {total:,})")
     return [f"curriculum.stages.{i}.tokens={n}" for i, n in enumerate(budgets)] + [
         f"curriculum.target_tokens={target_tokens}"]
+
+
+def scaled_budgets(budgets: list[int], target: int) -> list[int]:
+    """Each budget times target / their sum, rounded down and at least 1, the last taking the
+    rounding so that they sum to `target` exactly (the last may be left below 1: the caller's
+    error to phrase)."""
+    total = sum(budgets)
+    out = [max(1, b * target // total) for b in budgets[:-1]]
+    return out + [target - sum(out)]
 
 
 def read_yaml(path: str) -> dict:

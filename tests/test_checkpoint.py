@@ -11,18 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from yxanul_ray.checkpoint import (
-    CheckpointSnapshot,
-    HostStaging,
-    TrainState,
-    latest_checkpoint,
-    load_state,
-    load_tensors,
-    remove_stale_staging_dirs,
-    restore_rng,
-    save_checkpoint,
-    staging_dir,
-)
+from yxanul_ray.checkpoint import TrainState, latest_checkpoint, load_state, load_tensors, restore_rng, save_checkpoint
+from yxanul_ray.snapshot import CheckpointSnapshot, HostStaging, remove_stale_staging_dirs, staging_dir
 from yxanul_ray.step import adamw_state_like
 from yxanul_ray.stopping import resume_hint
 

@@ -11,7 +11,8 @@ import pytest
 
 from tests.helpers import CONFIGS, REPO, base_config, write_yaml
 from yxanul_ray.cli import main
-from yxanul_ray.config import ConfigError, load_job, scaled_budget_overrides, stage_stride
+from yxanul_ray.config import load_job, scaled_budget_overrides
+from yxanul_ray.specs import ConfigError, stage_stride
 
 USER_STAGES = [
     ("Basic Patterns", 8, 10_000_000, (0.95, 0.05, 0.0)),

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 from yxanul_ray.model import build_model
 from yxanul_ray.presets import PRESETS
-from yxanul_ray.step import train_step
+from yxanul_ray.step import StepSettings, Trainee, train_step
 
 WORLD = 2
 ROWS_PER_RANK, SEQ_LEN = 4, 16
@@ -39,8 +39,8 @@ def _steps() -> list[tuple[torch.Tensor, int]]:
 def _train(model, raw, optimizer, rank: int, world: int) -> None:
     for tokens, valid in _steps():
         mine = tokens.split(ROWS_PER_RANK * (WORLD // world))[rank]
-        train_step(model, raw, optimizer, mine, lr=LR, global_valid=valid, rank=rank, world=world,
-                   micro_batch=2, grad_clip=0.0, amp=False)
+        train_step(Trainee(model, raw, optimizer), mine, StepSettings(rank=rank, world=world, micro_batch=2,
+                                                                      grad_clip=0.0), lr=LR, global_valid=valid)
 
 
 def _rank(rank: int, rendezvous: str, out: str) -> None:

@@ -14,7 +14,7 @@ from yxanul_ray.config import load_job
 
 
 def _figures(tmp_path, rows) -> str:
-    """A file shaped like jobs/benchmark_gpu_step.py's project.json."""
+    """A file shaped like benchmarks/benchmark_gpu_step.py's project.json."""
     path = tmp_path / "project.json"
     path.write_text(json.dumps({"device": "NVIDIA H100", "rows": rows}))
     return str(path)

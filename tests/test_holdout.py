@@ -12,11 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers import CONFIGS
-from yxanul_ray.config import ConfigError, load_job
+from yxanul_ray.config import load_job
 from yxanul_ray.holdout import sized_holdouts, tokens_needed
 from yxanul_ray.hub import resolve_files
 from yxanul_ray.local_data import holdout_rows
 from yxanul_ray.resume_check import with_saved_holdouts
+from yxanul_ray.specs import ConfigError
 from yxanul_ray.tokenizer import load_tokenizer
 
 TOK = load_tokenizer("gpt2")

@@ -22,13 +22,14 @@ from tests.pipeline_helpers import run_stage, write_docs
 from tests.test_hub_layout import FINEWEB_EDU_CARD
 from yxanul_ray.check import connectivity
 from yxanul_ray.checkpoint import TrainState
-from yxanul_ray.config import ConfigError, job_from_dict
-from yxanul_ray.driver import check_tokenizer, partial_copies, pin_hub_revisions
-from yxanul_ray.hub import SourceUnavailable, resolve_files
+from yxanul_ray.config import job_from_dict
+from yxanul_ray.hub import Redacted, SourceUnavailable, resolve_files
 from yxanul_ray.local_data import local_stage
 from yxanul_ray.manifest import list_sources
+from yxanul_ray.preflight import check_tokenizer, partial_copies, pin_hub_revisions
+from yxanul_ray.readers import read_file_docs, read_holdout_docs
 from yxanul_ray.resume_check import review_resume, with_saved_revisions
-from yxanul_ray.sources import Redacted, read_file_docs, read_holdout_docs
+from yxanul_ray.specs import ConfigError
 from yxanul_ray.stage_data import iter_worker_batches, read_spec
 from yxanul_ray.tokenizer import load_tokenizer, run_tokenizer
 
@@ -257,7 +258,7 @@ def test_a_gated_dataset_is_read_with_the_driver_s_token_and_no_log_holds_it(ray
     import ray
 
     from yxanul_ray.coordinator import CurriculumCoordinator
-    from yxanul_ray.driver import hub_token
+    from yxanul_ray.preflight import hub_token
 
     token = "hf_" + os.urandom(16).hex()
     repo = tmp_path / "repo"
@@ -300,8 +301,8 @@ def test_the_run_s_token_is_the_one_huggingface_hub_would_send(tmp_path, monkeyp
     """HF_TOKEN first; else the token `hf auth login` saved (HF_TOKEN_PATH), which huggingface_hub
     sends unasked and the driver pins and lists with, so it is the one the coordinator is handed
     (test_orchestration runs a job with only that file); none where implicit tokens are off."""
-    from yxanul_ray.driver import hub_token
     from yxanul_ray.hub import hf_token
+    from yxanul_ray.preflight import hub_token
 
     job = job_of({"a": {"hf": "org/gated", "revision": SHA}})
     token_file = tmp_path / "token"

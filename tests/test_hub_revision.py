@@ -16,10 +16,11 @@ import pytest
 from tests.fake_hub import as_process_default
 from tests.helpers import TOKENIZER_TEXTS, train_tokenizer_json
 from yxanul_ray.checkpoint import TrainState, save_checkpoint
-from yxanul_ray.config import ConfigError, job_from_dict
-from yxanul_ray.driver import check_resume, check_tokenizer, pin_hub_revisions
+from yxanul_ray.config import job_from_dict
 from yxanul_ray.hub import SourceUnavailable, hub_root, pin_revision
+from yxanul_ray.preflight import check_resume, check_tokenizer, pin_hub_revisions
 from yxanul_ray.resume_check import with_saved_revisions
+from yxanul_ray.specs import ConfigError
 from yxanul_ray.tokenizer import HfTokenizer, run_tokenizer
 
 SHA_MAIN = "1" * 40

@@ -12,8 +12,10 @@ import pytest
 
 from tests.helpers import CONFIGS
 from yxanul_ray import raycluster
-from yxanul_ray.config import ConfigError, load_job
-from yxanul_ray.driver import check_local_resources, cpu_shortfall
+from yxanul_ray.config import load_job
+from yxanul_ray.launch import check_local_resources
+from yxanul_ray.preflight import cpu_shortfall
+from yxanul_ray.specs import ConfigError
 
 pytestmark = pytest.mark.ray
 DEMO = os.path.join(CONFIGS, "demo.yaml")

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from yxanul_ray.lm_loss import IGNORE
 from yxanul_ray.model import GPT, build_model, compile_model, mark_seq_dynamic
-from yxanul_ray.precision import fp8_available, te_available
+from yxanul_ray.precision import te_available
 from yxanul_ray.presets import PRESETS, count_params, flops_per_token, resolve_shape
 
 SMALL = resolve_shape("tiny", {"vocab_size": 512, "max_seq_len": 256})
@@ -80,8 +80,8 @@ def test_sliced_lm_loss_equals_full_logits_cross_entropy(ignored_tail):
 
 def test_cpu_train_step_matches_the_logits_path():
     """train_step on CPU (sliced head loss) leaves the same weights as the plain logits loss."""
-    from yxanul_ray.config import OptimizerSpec
-    from yxanul_ray.step import make_optimizer, train_step
+    from yxanul_ray.specs import OptimizerSpec
+    from yxanul_ray.step import StepSettings, Trainee, make_optimizer, train_step
 
     torch.manual_seed(0)
     a = build_model(SMALL, "torch")
@@ -90,8 +90,7 @@ def test_cpu_train_step_matches_the_logits_path():
     spec = OptimizerSpec()
     opt_a, opt_b = make_optimizer(a, spec, "cpu"), make_optimizer(b, spec, "cpu")
     rows = torch.randint(0, 512, (4, 33))
-    loss = train_step(a, a, opt_a, rows, lr=1e-3, global_valid=4 * 32 - 5, rank=0, world=1, micro_batch=2,
-                      grad_clip=1.0, amp=False)
+    loss = train_step(Trainee(a, a, opt_a), rows, StepSettings(micro_batch=2), lr=1e-3, global_valid=4 * 32 - 5)
     x, y = rows[:, :-1], rows[:, 1:].clone()
     y.view(-1)[4 * 32 - 5:] = -100
     ref = F.cross_entropy(b(x).reshape(-1, 512), y.reshape(-1), ignore_index=-100, reduction="sum")
@@ -206,6 +205,18 @@ def test_te_block_matches_torch_block_in_bf16():
     assert (a - b).abs().max().item() < 5e-2 * a.abs().max().item()
     back = GPT(shape, "torch").cuda()
     back.load_portable_state_dict(te_model.portable_state_dict())  # TE -> torch loads too
+
+
+
+def fp8_available() -> tuple[bool, str]:
+    ok, reason = te_available()
+    if not ok:
+        return ok, reason
+    import transformer_engine.pytorch as te
+
+    check = getattr(te, "is_fp8_available", None) or te.fp8.check_fp8_support
+    result = check(return_reason=True) if check is getattr(te, "is_fp8_available", None) else check()
+    return (bool(result[0]), str(result[1]) or "ok") if isinstance(result, tuple) else (bool(result), "ok")
 
 
 FP8_OK, FP8_REASON = fp8_available() if TE_OK else (False, TE_REASON)

@@ -42,7 +42,7 @@ MIX_ITEM = re.compile(r"(\w+) ([\d,]+) \(")
 def load_demo(*overrides: str):
     """configs/demo.yaml as the job sees it. Its corpus lives in the repo's data/demo (built here
     if missing: a `ray job submit` run builds its own copy inside the uploaded working dir)."""
-    from yxanul_ray.driver import prepare_demo_corpus
+    from yxanul_ray.preflight import prepare_demo_corpus
 
     cwd = os.getcwd()
     os.chdir(REPO)

@@ -9,7 +9,7 @@ from tests.token_blocks import token_block
 from yxanul_ray.curriculum import plan_stage
 from yxanul_ray.cursors import SourceCursor, file_order
 from yxanul_ray.mixing import MixSchedule
-from yxanul_ray.packing import Packer
+from yxanul_ray.packing import Packer, PackSpec
 
 EOS = 0
 
@@ -130,8 +130,8 @@ def test_mix_every_batch_within_one_row(weights, rows):
 
 
 def test_mix_plan_totals_match_stage_rows():
-    from yxanul_ray.config import StageSpec
     from yxanul_ray.mixing import build_schedule
+    from yxanul_ray.specs import StageSpec
 
     st = StageSpec(name="x", seq_len=8, tokens=10_000, batch_size=64, mix={"a": 0.9, "b": 0.1, "c": 0.0})
     plan = plan_stage(st, 0, 0, 2)
@@ -162,9 +162,9 @@ def test_step_tokens_by_source_counts_masked_tail_on_last_ranks():
 
 
 def test_pack_step_rows_and_end_report_match_the_packer():
-    from yxanul_ray.sources import Pack
+    from yxanul_ray.stage_packers import Pack
 
-    pack = Pack(source="a", source_id=2, seq_len=4, stride=4, eos_id=EOS, max_rows=3, start={}, reads=2)
+    pack = Pack(PackSpec("a", source_id=2, seq_len=4, stride=4, eos_id=EOS, max_rows=3, start=SourceCursor(), reads=2))
     first = pack(token_block([(0, 0, 0), (0, 0, 1)]))  # 12 tokens with EOS: rows need 3 * 4 + 1 = 13
     assert first["tokens"].shape == (2, 5) and set(first["source"]) == {2} and not pack.done
     last = pack(token_block([(0, 0, 2), (0, 1, 0)]))
@@ -175,9 +175,10 @@ def test_pack_step_rows_and_end_report_match_the_packer():
 
 
 def test_pack_step_refuses_blocks_out_of_stream_order():
-    from yxanul_ray.sources import Pack
+    from yxanul_ray.stage_packers import Pack
 
-    pack = Pack(source="math", source_id=0, seq_len=64, stride=64, eos_id=EOS, max_rows=10, start={}, reads=2)
+    pack = Pack(PackSpec("math", source_id=0, seq_len=64, stride=64, eos_id=EOS, max_rows=10, start=SourceCursor(),
+                         reads=2))
     pack(token_block([(0, 1, 0), (0, 1, 1)]))
     with pytest.raises(RuntimeError, match=r"source math: a block starting at \(0, 0, 5, 0\).*stream order"):
         pack(token_block([(0, 0, 5)]))

@@ -10,8 +10,9 @@ import pytest
 
 from tests.helpers import CONFIGS, REPO, base_config, write_yaml
 from yxanul_ray.cli import main
-from yxanul_ray.config import OptimizerSpec, load_job
-from yxanul_ray.curriculum import lr_at, plan_curriculum, plan_stage, stage_at
+from yxanul_ray.config import load_job
+from yxanul_ray.curriculum import lr_at, plan_curriculum, plan_stage
+from yxanul_ray.specs import OptimizerSpec
 
 USER_CONFIG = os.path.join(CONFIGS, "yxanul_270m_progressive_curriculum.yaml")
 
@@ -59,13 +60,12 @@ def test_plan_rejects_batch_not_divisible_by_workers():
         plan_stage(job.curriculum.stages[0], 0, 0, 3)
 
 
-def test_stage_at_every_boundary():
+def test_stage_plans_tile_the_target_without_gaps():
     job = load_job(USER_CONFIG)
     plans = plan_curriculum(job.curriculum, 8)
-    for p in plans:
-        assert stage_at(plans, p.start_tokens) == p.index
-        assert stage_at(plans, p.end_tokens - 1) == p.index
-    assert stage_at(plans, 1_000_000_000) == 10
+    assert plans[0].start_tokens == 0 and plans[-1].end_tokens == job.curriculum.target_tokens
+    for before, after in zip(plans, plans[1:]):
+        assert before.end_tokens == after.start_tokens and after.index == before.index + 1
 
 
 def test_lr_warmup_then_monotone_decay_to_floor():

@@ -13,13 +13,14 @@ import pytest
 import torch
 
 from tests.helpers import CONFIGS, REPO, demo_subset, train_tokenizer_json
-from yxanul_ray.checkpoint import TrainState, save_checkpoint
+from yxanul_ray.checkpoint import TrainState, checkpoint_path, save_checkpoint
 from yxanul_ray.cli import main as cli_main
-from yxanul_ray.config import ConfigError, job_from_dict, load_job
-from yxanul_ray.driver import absolute_paths, check_resume, checkpoint_path, prepare_demo_corpus
+from yxanul_ray.config import job_from_dict, load_job
 from yxanul_ray.hub import resolve_files
 from yxanul_ray.manifest import manifest_difference, manifest_now
+from yxanul_ray.preflight import absolute_paths, check_resume, prepare_demo_corpus
 from yxanul_ray.resume_check import review_resume
+from yxanul_ray.specs import ConfigError
 from yxanul_ray.tokenizer import tokenizer_identity
 
 DEMO = os.path.join(CONFIGS, "demo.yaml")

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from tests.helpers import CONFIGS, REPO
-from yxanul_ray.checkpoint import TrainState, load_state, save_checkpoint
-from yxanul_ray.config import ConfigError, load_job
-from yxanul_ray.driver import absolute_paths, check_storage, checkpoint_path, prepare_demo_corpus
+from yxanul_ray.checkpoint import TrainState, checkpoint_path, load_state, save_checkpoint
+from yxanul_ray.config import load_job
+from yxanul_ray.preflight import absolute_paths, check_storage, prepare_demo_corpus
+from yxanul_ray.specs import ConfigError
 from yxanul_ray.storage import StorageError, artifacts_dir, local_copy, resolve_storage, storage_join, upload
 
 DEMO = os.path.join(CONFIGS, "demo.yaml")
@@ -65,7 +66,8 @@ local_ray_env()
 import ray
 from ray.cluster_utils import Cluster
 from yxanul_ray.config import load_job
-from yxanul_ray.driver import absolute_paths, warn_of_node_local_paths
+from yxanul_ray.launch import warn_of_node_local_paths
+from yxanul_ray.preflight import absolute_paths
 demo = absolute_paths(load_job("configs/demo.yaml"))  # local sources, storage in ./runs
 hub = load_job("configs/yxanul_270m_progressive_curriculum.yaml", ["run.storage_path=s3://bucket/runs"])
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})

@@ -13,8 +13,9 @@ import pytest
 from tests.helpers import CONFIGS, REPO, base_config, train_tokenizer_json
 from tests.helpers import TOKENIZER_TEXTS as TEXTS
 from tests.pipeline_helpers import run_stage, write_docs
-from yxanul_ray.config import ConfigError, job_from_dict
-from yxanul_ray.driver import absolute_paths, check_tokenizer
+from yxanul_ray.config import job_from_dict
+from yxanul_ray.preflight import absolute_paths, check_tokenizer
+from yxanul_ray.specs import ConfigError
 from yxanul_ray.tokenizer import load_tokenizer, run_tokenizer, tokenizer_identity
 
 

@@ -1,5 +1,8 @@
+"""`python -m yxanul_ray COMMAND ...`: the `yxanul-ray` command line."""
+
 import sys
 
 from yxanul_ray.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,7 +22,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from yxanul_ray.config import CurriculumSpec, JobSpec, StageSpec, job_from_dict, scaled_budgets
+from yxanul_ray.config import job_from_dict, scaled_budgets
+from yxanul_ray.specs import CurriculumSpec, JobSpec, StageSpec
 
 KINDS = ("curriculum", "flat", "seq-only", "mix-only", "compressed")
 

@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 
-from yxanul_ray.config import JobSpec
 from yxanul_ray.curriculum import default_tokens_per_s
 from yxanul_ray.cursors import SourceCursor
+from yxanul_ray.specs import JobSpec
 
 
 @dataclasses.dataclass
@@ -56,8 +56,8 @@ def connectivity(job: JobSpec) -> tuple[list[Check], dict]:
 
 def _source_connectivity(job: JobSpec, name: str):
     """(its Check, its SourceFiles or None): list the source's files and read its first document."""
-    from yxanul_ray.hub import SourceUnavailable, hf_token, resolve_files
-    from yxanul_ray.sources import Redacted, read_file_docs
+    from yxanul_ray.hub import Redacted, SourceUnavailable, hf_token, resolve_files
+    from yxanul_ray.readers import read_file_docs
     from yxanul_ray.stage_data import read_spec
 
     spec = job.sources[name]
@@ -155,20 +155,20 @@ def transition_checks(prev: dict, cur: dict, job: JobSpec) -> list[Check]:
 
 
 def load_gpu_rates(path: str) -> dict[int, float]:
-    """{seq_len: best tokens/s per GPU} from jobs/benchmark_gpu_step.py's project.json. Read
+    """{seq_len: best tokens/s per GPU} from benchmarks/benchmark_gpu_step.py's project.json. Read
     before any cluster work, so a wrong file fails in a second with its name and the field."""
     try:
         with open(path) as f:
             data = json.load(f)
     except OSError as e:
         raise ValueError(f"--gpu-json {path}: cannot read it ({e.strerror}); pass the project.json "
-                         "that jobs/benchmark_gpu_step.py wrote") from None
+                         "that benchmarks/benchmark_gpu_step.py wrote") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"--gpu-json {path}: not JSON (line {e.lineno}: {e.msg})") from None
     rows = data.get("rows") if isinstance(data, dict) else None
     if not isinstance(rows, list):
         raise ValueError(f"--gpu-json {path}: field 'rows' is missing or not a list; expected the "
-                         "project.json of jobs/benchmark_gpu_step.py")
+                         "project.json of benchmarks/benchmark_gpu_step.py")
     rates: dict[int, float] = {}
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or "seq" not in row:
@@ -211,7 +211,7 @@ def run_check(job: JobSpec, *, test_all: bool = False, stage: int | None = None,
               sample_rows: int = 0, do_estimate: bool = False, gpu_rates: dict[int, float] | None = None,
               steps: int = 2) -> tuple[list[Check], dict]:
     """All checks; returns (checks, machine-readable report)."""
-    from yxanul_ray.driver import absolute_paths, check_tokenizer, pin_hub_endpoint
+    from yxanul_ray.preflight import absolute_paths, check_tokenizer, pin_hub_endpoint
 
     job = pin_hub_endpoint(job)  # one Hub for this process and the stage samples' read tasks
     check_tokenizer(job)  # a ConfigError, as `train` gives it before any cluster work

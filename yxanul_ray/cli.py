@@ -1,4 +1,4 @@
-"""`yxanul-ray` command line: plan, demo-data, check, train, compare, export.
+"""`yxanul-ray` command line: plan, demo-data, check, train, compare, export, config-docs.
 
 Each command validates its config before importing torch or Ray, so bad input costs a second,
 not a cluster start. Exit codes: 0 success, 1 a failed check or run, 2 bad input.
@@ -11,8 +11,9 @@ import os
 import sys
 from collections.abc import Callable
 
-from yxanul_ray.config import ConfigError, load_job
+from yxanul_ray.config import load_job
 from yxanul_ray.hub import SourceUnavailable
+from yxanul_ray.specs import ConfigError
 from yxanul_ray.stopping import EXIT_INTERRUPTED
 from yxanul_ray.storage import StorageError
 
@@ -31,8 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
 
     p = sub.add_parser("train", help="run the curriculum on Ray (joins a running cluster or starts one)")
-    _add_config_args(p)
-    p.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint (a directory or a storage URI)")
+    add_train_args(p)
 
     p = sub.add_parser("compare", help="does the curriculum pay? train arms derived from it, compare held-out loss")
     add_compare_args(p)
@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir")
     p.add_argument("--tokenizer", metavar="SPEC", help="the run's tokenizer.json where it is now (its path, or its "
                    "directory), when the one the run named has moved; held to the content the run trained on")
+
+    p = sub.add_parser("config-docs", help="write the config reference (docs/config.md) from the Spec classes")
+    p.add_argument("--out", default="docs/config.md", help="where to write it (default: docs/config.md)")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if the file differs")
 
     p = sub.add_parser("demo-data", help="build the offline demo corpus (parquet) in DIR")
     p.add_argument("dir", nargs="?", default="data/demo")
@@ -63,12 +67,58 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from yxanul_ray.driver import prepare_demo_corpus, run_training
+DEFAULT_CONFIG = "configs/yxanul_270m_progressive_curriculum.yaml"
+MODEL_SIZES = {"270M": "270m", "270m": "270m", "yxanul-270M": "yxanul-270m", "yxanul-270m": "yxanul-270m",
+               "demo": "demo", "tiny": "tiny"}
 
-    prepare_demo_corpus(args.config, args.overrides)
-    job = load_job(args.config, args.overrides)
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    """`train`'s options, the user's original flags among them (`--curriculum`, `--model-size`,
+    `--target-tokens`, `--curriculum-config`)."""
+    p.add_argument("config", nargs="?", help=f"curriculum YAML (default: {DEFAULT_CONFIG}; with --resume alone, "
+                   "the checkpoint's own settings)")
+    p.add_argument("--config", "--curriculum-config", dest="config_flag", metavar="CONFIG", help="the same, as a flag")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set run.workers=2 (repeatable)")
+    p.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint (a directory or a storage URI)")
+    p.add_argument("--curriculum", action="store_true", help="accepted for compatibility (always on)")
+    p.add_argument("--model-size", choices=sorted(MODEL_SIZES), help="model.preset by the user's size names")
+    p.add_argument("--target-tokens", type=int, metavar="N", help="every stage budget scaled to total N")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from yxanul_ray.checkpoint import checkpoint_path
+    from yxanul_ray.config import scaled_budget_overrides
+    from yxanul_ray.launch import run_training
+    from yxanul_ray.preflight import prepare_demo_corpus
+    from yxanul_ray.storage import storage_join
+
+    config = _one_config(args)
+    overrides = list(args.overrides)
+    if args.model_size:
+        overrides.append(f"model.preset={MODEL_SIZES[args.model_size]}")
+    if args.resume and not config:
+        # --resume alone continues the run under its own settings (the checkpoint's job.json).
+        # Checked first, so a run's directory given instead is named as such, with its latest
+        # checkpoint in the fix, not as a missing config file.
+        config = storage_join(checkpoint_path(args.resume), "job.json")
+    config = config or DEFAULT_CONFIG
+    prepare_demo_corpus(config, overrides)
+    job = load_job(config, overrides)
+    if args.target_tokens:
+        scaled = scaled_budget_overrides(job, args.target_tokens)
+        if scaled:
+            print(f"--target-tokens {args.target_tokens:,}: stage budgets scaled by "
+                  f"{args.target_tokens / job.curriculum.target_tokens:.4g}", flush=True)
+            job = load_job(config, overrides + scaled)
     return run_training(job, resume=args.resume)
+
+
+def _one_config(args: argparse.Namespace) -> str | None:
+    """The config given as an argument or as --config (the same both ways, or one of them)."""
+    if args.config and args.config_flag and args.config != args.config_flag:
+        raise ConfigError(f"two configs given ({args.config} and --config {args.config_flag}); fix: give one")
+    return args.config or args.config_flag
 
 
 def add_compare_args(p: argparse.ArgumentParser) -> None:
@@ -86,7 +136,7 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from yxanul_ray.compare import compare_spec, run_compare
-    from yxanul_ray.driver import prepare_demo_corpus
+    from yxanul_ray.preflight import prepare_demo_corpus
 
     prepare_demo_corpus(args.config, args.overrides)
     job = load_job(args.config, args.overrides)
@@ -94,19 +144,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return run_compare(job, spec)
 
 
-def add_check_args(p: argparse.ArgumentParser, config_optional: bool = False) -> None:
-    if config_optional:
-        p.add_argument("--config", default="configs/yxanul_270m_progressive_curriculum.yaml")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    else:
-        _add_config_args(p)
+def add_check_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help=f"curriculum YAML (default: {DEFAULT_CONFIG})")
+    p.add_argument("--config", dest="config_flag", metavar="CONFIG", help="the same, as a flag")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set run.workers=2 (repeatable)")
     p.add_argument("--test-all", action="store_true", help="all stages (default: first and last)")
     p.add_argument("--stage", type=int, help="one stage, 1-based")
     p.add_argument("--test-transitions", action="store_true", help="walk every stage boundary")
     p.add_argument("--sample", type=int, default=0, metavar="N", help="print N decoded packed rows per stage")
     p.add_argument("--steps", type=int, default=2, help="global batches sampled per stage")
     p.add_argument("--estimate", action="store_true", help="estimate the curriculum's wall time")
-    p.add_argument("--gpu-json", help="per-seq_len GPU throughput from jobs/benchmark_gpu_step.py")
+    p.add_argument("--gpu-json", help="per-seq_len GPU throughput from benchmarks/benchmark_gpu_step.py")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -114,15 +163,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     import json
 
     from yxanul_ray.check import load_gpu_rates, render, run_check
-    from yxanul_ray.driver import prepare_demo_corpus
+    from yxanul_ray.preflight import prepare_demo_corpus
 
     try:
         gpu_rates = load_gpu_rates(args.gpu_json) if args.gpu_json else None
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    prepare_demo_corpus(args.config, args.overrides)
-    job = load_job(args.config, args.overrides)
+    config = _one_config(args) or DEFAULT_CONFIG
+    prepare_demo_corpus(config, args.overrides)
+    job = load_job(config, args.overrides)
     try:
         checks, report = run_check(job, test_all=args.test_all, stage=args.stage,
                                    transitions=args.test_transitions, sample_rows=args.sample,
@@ -140,9 +190,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from yxanul_ray.checkpoint import load_tensors
+    from yxanul_ray.checkpoint import checked_checkpoint, load_tensors
     from yxanul_ray.config import job_from_dict
-    from yxanul_ray.driver import checked_checkpoint
     from yxanul_ray.export import export_hf, trained_tokenizer
     from yxanul_ray.storage import local_copy, storage_join
 
@@ -194,13 +243,33 @@ def _local_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_docs(args: argparse.Namespace) -> int:
+    from yxanul_ray.config_docs import render
+
+    text = render()
+    if args.check:
+        try:
+            with open(args.out, encoding="utf-8") as f:
+                current = f.read()
+        except FileNotFoundError:
+            current = None
+        if current != text:
+            print(f"{args.out} is stale; fix: yxanul-ray config-docs --out {args.out}", file=sys.stderr)
+            return 1
+        return 0
+    with open(args.out, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(f"wrote {args.out}")
+    return 0
+
+
 COMMANDS = {"plan": cmd_plan, "train": cmd_train, "compare": cmd_compare, "check": cmd_check,
-            "export": cmd_export, "demo-data": cmd_demo_data}
+            "export": cmd_export, "config-docs": cmd_config_docs, "demo-data": cmd_demo_data}
 
 
 def reporting_errors(command: Callable[[], int]) -> int:
     """Run a command; an error the user can act on is one line on stderr, not a traceback.
-    Every entry point (this CLI, jobs/train.py, jobs/check_streaming.py) exits through here, so
+    Every entry point (this CLI and the jobs/ files, which call it) exits through here, so
     one error gets one exit code: 2 bad input, 1 a source or storage that could not be read."""
     try:
         return command()

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from yxanul_ray.arms import Arm, arm_job, parse_arms, scale_job
 from yxanul_ray.compare_report import matched_points, plot, summarize, table, verdict
-from yxanul_ray.config import ConfigError, JobSpec
 from yxanul_ray.curriculum import plan_curriculum
+from yxanul_ray.specs import ConfigError, JobSpec
 from yxanul_ray.storage import storage_join
 
 
@@ -82,7 +82,7 @@ def comparison_base(job: JobSpec, spec: CompareSpec) -> tuple[JobSpec, list[str]
 
 def arm_jobs(base: JobSpec, spec: CompareSpec) -> list[list[JobSpec]]:
     """jobs[seed index][arm index], each validated (a ConfigError names the arm)."""
-    from yxanul_ray.driver import check_plan
+    from yxanul_ray.preflight import check_plan
 
     jobs = [[arm_job(base, arm, i) for arm in spec.arms] for i in range(spec.seeds)]
     for job in jobs[0]:
@@ -92,7 +92,7 @@ def arm_jobs(base: JobSpec, spec: CompareSpec) -> list[list[JobSpec]]:
 
 def run_compare(job: JobSpec, spec: CompareSpec) -> int:
     """Train every arm for every seed, then write and print the comparison. Exit code as `train`'s."""
-    from yxanul_ray.driver import preflight
+    from yxanul_ray.preflight import preflight
 
     base, notes = comparison_base(job, spec)
     arm_jobs(base, spec)  # every arm checked before anything is read or started
@@ -134,7 +134,7 @@ def train_arm(job: JobSpec, listing) -> tuple[int, dict | None]:
     """One arm's run through the train path: (exit code, its record), the record None unless it
     finished. Ray started (or joined) on the first arm stays up for the rest."""
     from yxanul_ray.checkpoint import load_state
-    from yxanul_ray.driver import start_and_fit
+    from yxanul_ray.launch import start_and_fit
     from yxanul_ray.stopping import EXIT_INTERRUPTED, EXIT_TERMINATED, sigterm_interrupts, stop_signal
 
     started = time.time()

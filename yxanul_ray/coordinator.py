@@ -36,10 +36,10 @@ import ray
 
 from yxanul_ray.config import job_from_dict
 from yxanul_ray.cursors import SourceCursor, SourceStats
+from yxanul_ray.hub import Redacted
 from yxanul_ray.local_data import holdout_rows
 from yxanul_ray.manifest import SourceListing, list_sources, manifest_differences
 from yxanul_ray.raycluster import actor_was_restarted
-from yxanul_ray.sources import Redacted
 from yxanul_ray.stage_data import StageData, build_stage_data, source_ids
 from yxanul_ray.stage_packers import StagePackers
 from yxanul_ray.tokenizer import identity_compares, load_tokenizer, run_tokenizer

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from yxanul_ray.config import CurriculumSpec, OptimizerSpec, StageSpec
+from yxanul_ray.specs import CurriculumSpec, OptimizerSpec, StageSpec
 
 
 @dataclass(frozen=True)
@@ -78,14 +78,6 @@ def plan_curriculum(cur: CurriculumSpec, world_size: int) -> list[StagePlan]:
         plans.append(plan_stage(stage, i, start, world_size))
         start += stage.tokens
     return plans
-
-
-def stage_at(plans: list[StagePlan], tokens_done: int) -> int:
-    """Index of the stage that the next trained token belongs to (len(plans) when done)."""
-    for plan in plans:
-        if tokens_done < plan.end_tokens:
-            return plan.index
-    return len(plans)
 
 
 def lr_at(opt: OptimizerSpec, target_tokens: int, tokens_done: int, lr_scale: float = 1.0) -> float:

@@ -67,7 +67,7 @@ def trained_tokenizer(checkpoint: str, run_spec: str, saved_identity: str | None
     tokenizer.json edited since, or one that moved (a `ray job submit` working dir is gone once
     the job ends), is a ConfigError with the fix, not another tokenizer beside the weights. A Hub
     tokenizer is read from the Hub at `endpoint` (the run's data.hf_endpoint)."""
-    from yxanul_ray.config import ConfigError
+    from yxanul_ray.specs import ConfigError
     from yxanul_ray.tokenizer import identity_compares, run_tokenizer
 
     spec = given or run_spec

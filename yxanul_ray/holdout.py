@@ -14,9 +14,9 @@ import dataclasses
 import math
 import os
 
-from yxanul_ray.config import ConfigError, JobSpec
 from yxanul_ray.hub import SourceFiles
-from yxanul_ray.sources import read_holdout_docs
+from yxanul_ray.readers import read_holdout_docs
+from yxanul_ray.specs import ConfigError, JobSpec
 from yxanul_ray.stage_data import read_spec
 
 
@@ -78,3 +78,5 @@ def _too_small(job: JobSpec, name: str, path: str, docs: int, have: int) -> Conf
                        f"({tokens_needed(cur.validation_rows, cur.validation_seq_len):,} tokens): its last file, "
                        f"{path}, holds {docs:,} usable documents of {have:,} tokens in all; fix: {fix}, a larger last "
                        f"file, or sources.{name}.validation_docs: 0 to leave {name} out of validation")
+
+

@@ -21,7 +21,6 @@ from typing import TypeVar
 
 import yaml
 
-from yxanul_ray.config import SourceSpec
 from yxanul_ray.hub_layout import (
     FORMAT_SUFFIXES,
     LayoutError,
@@ -31,6 +30,7 @@ from yxanul_ray.hub_layout import (
     of_format,
     split_patterns,
 )
+from yxanul_ray.specs import SourceSpec
 from yxanul_ray.storage import StorageError, fsspec_filesystem, is_uri
 
 T = TypeVar("T")
@@ -90,7 +90,7 @@ def hf_token() -> str | None:
     """The token this process's Hub calls send: HF_TOKEN (or HUGGING_FACE_HUB_TOKEN) from the
     environment, else the one `hf auth login` saved on this machine, which huggingface_hub sends
     unasked unless HF_HUB_DISABLE_IMPLICIT_TOKEN is set. The driver pins and lists with it, so it
-    hands this one to the coordinator (driver.hub_token): the cluster's other nodes have no such
+    hands this one to the coordinator (preflight.hub_token): the cluster's other nodes have no such
     file. Never logged, never written to a config or checkpoint."""
     token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
     if token:
@@ -384,3 +384,13 @@ def _read_card(fs, root: str) -> dict:
     except yaml.YAMLError as e:
         raise LayoutError(f"the dataset card's front matter ({root}/README.md) is not YAML ({e})") from None
     return data if isinstance(data, dict) else {}
+
+
+class Redacted:
+    """Holds a secret (HF_TOKEN) so that it travels to read tasks but never prints."""
+
+    def __init__(self, value: str | None):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<redacted>" if self.value else "None"

@@ -5,7 +5,7 @@ Why: with the GPT-2 vocabulary the logits and the three tensors autograd keeps b
 ~4 x tokens x 50k floats; on CPU every one of those allocations is fresh pages from the kernel
 (above glibc's mmap threshold), so half of each step's CPU time went to page faults. Slices of a
 few MiB stay in the allocator's heap and are reused step after step. Measured by
-jobs/benchmark_cpu_step.py: one 8 x 2048 step of the demo model on 2 threads faulted 3.2M
+benchmarks/benchmark_cpu_step.py: one 8 x 2048 step of the demo model on 2 threads faulted 3.2M
 pages (sys 5.4 s, user 6.6 s) with a 9.9 GiB peak RSS; sliced, 28k faults and 0.66 GiB.
 
 The gradients are computed in the forward pass (they are known there: softmax - one-hot) and

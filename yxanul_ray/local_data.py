@@ -17,14 +17,16 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from yxanul_ray.config import JobSpec
 from yxanul_ray.cursors import SourceCursor
 from yxanul_ray.hub import SourceFiles
 from yxanul_ray.mixing import BatchAssembler, MixSchedule
 from yxanul_ray.packing import Packer
-from yxanul_ray.sources import Pack, make_datasource, pack_config, read_holdout_docs, tokenize_batch
-from yxanul_ray.stage_data import SourcePlan, StageBatches, plan_stage_sources, read_spec, source_ids
-from yxanul_ray.tokenizer import load_tokenizer
+from yxanul_ray.readers import read_holdout_docs
+from yxanul_ray.sources import make_datasource
+from yxanul_ray.specs import JobSpec
+from yxanul_ray.stage_data import SourcePlan, StageBatches, pack_spec, plan_stage_sources, read_spec, source_ids
+from yxanul_ray.stage_packers import Pack
+from yxanul_ray.tokenizer import load_tokenizer, tokenize_batch
 
 
 class LocalSource:
@@ -33,10 +35,9 @@ class LocalSource:
 
     def __init__(self, job: JobSpec, files: SourceFiles, plan: SourcePlan, start: SourceCursor, eos_id: int):
         spec = read_spec(job, files)
-        config = pack_config(spec, source_id=plan.source_id, start=start, seq_len=plan.seq_len, stride=plan.stride,
-                             eos_id=eos_id, max_rows=plan.max_rows, skip_rows=plan.skip_rows)
-        self._read_tasks = make_datasource(spec, start, config["reads"]).get_read_tasks(1)
-        self._pack = Pack(**config)
+        pack = pack_spec(spec, plan, start, eos_id)
+        self._read_tasks = make_datasource(spec, start, pack.reads).get_read_tasks(1)
+        self._pack = Pack(pack)
         self._tokenizer, self._batch_docs = job.data.tokenizer, job.data.tokenize_batch_size
 
     def iter_batches(self, **_ray_data_options) -> Iterator[dict[str, np.ndarray]]:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from yxanul_ray.config import JobSpec, SourceSpec
 from yxanul_ray.hub import SourceFiles, at_once, content_fingerprints, hub_root, resolve_files
+from yxanul_ray.specs import JobSpec, SourceSpec
 
 
 def file_manifest(spec: SourceSpec, files: SourceFiles, fingerprints: tuple[str, ...] = ()) -> dict:

@@ -19,6 +19,26 @@ DocKey = tuple[int, int, int, int]  # (epoch, file_pos, row, piece)
 
 
 @dataclass(frozen=True)
+class PackSpec:
+    """One (stage, source) stream's packing settings, made once where the stage is planned
+    (stage_data.pack_spec) and carried as they are to the packer, wherever it runs."""
+
+    source: str
+    source_id: int
+    seq_len: int
+    stride: int
+    eos_id: int
+    max_rows: int
+    """Rows the stream makes, all workers together."""
+    start: SourceCursor
+    """Where the stream starts (the stage's start cursor)."""
+    reads: int
+    """File reads planned for it (readers.planned_reads); the read tasks take the same."""
+    skip_rows: int = 0
+    """Rows of steps already trained (a mid-stage resume): made again, not emitted."""
+
+
+@dataclass(frozen=True)
 class _Segment:
     start: int
     """Stream position of the segment's first token."""

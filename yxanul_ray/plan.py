@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from yxanul_ray.config import JobSpec, stage_overlap, stage_stride
 from yxanul_ray.curriculum import estimate_stage_seconds, lr_at, plan_curriculum
 from yxanul_ray.presets import count_params
-
-
-def mix_text(mix: dict[str, float]) -> str:
-    return "/".join(f"{w * 100:g}" for w in mix.values())
+from yxanul_ray.specs import JobSpec, stage_overlap, stage_stride
 
 
 def format_duration(seconds: float) -> str:

@@ -27,17 +27,6 @@ def te_available() -> tuple[bool, str]:
     return True, "ok"
 
 
-def fp8_available() -> tuple[bool, str]:
-    ok, reason = te_available()
-    if not ok:
-        return ok, reason
-    import transformer_engine.pytorch as te
-
-    check = getattr(te, "is_fp8_available", None) or te.fp8.check_fp8_support
-    result = check(return_reason=True) if check is getattr(te, "is_fp8_available", None) else check()
-    return (bool(result[0]), str(result[1]) or "ok") if isinstance(result, tuple) else (bool(result), "ok")
-
-
 def make_recipe(kind: str = "delayed", fmt: str = "hybrid", amax_history_len: int = 16):
     """The FP8 recipe; the predecessor's is DelayedScaling, HYBRID (E4M3 fwd, E5M2 bwd), 16, max."""
     from transformer_engine.common import recipe

@@ -33,7 +33,7 @@ def local_ray_env() -> None:
     # per-stage actors (packers, split coordinators) count toward that, so on a small node the
     # pooled tokenizer/read workers were killed and restarted at ~1.2 CPU-s per start. Measured on
     # 2 cores, four demo stages: 60 worker processes started and 122-134 s wall by default, 43
-    # and 98-102 s with this at 32 or 64 (jobs/profile_cpu_by_process.py). Large nodes (num_cpus
+    # and 98-102 s with this at 32 or 64 (benchmarks/profile_cpu_by_process.py). Large nodes (num_cpus
     # above it) keep their own, higher, default.
     os.environ.setdefault("RAY_num_workers_soft_limit", str(worker_soft_limit()))
 

@@ -19,14 +19,14 @@ import numpy as np
 import torch
 
 from yxanul_ray.checkpoint import TrainState, save_checkpoint
-from yxanul_ray.config import JobSpec
 from yxanul_ray.curriculum import lr_at, plan_curriculum
 from yxanul_ray.cursors import SourceCursor
 from yxanul_ray.holdout import sized_holdouts
 from yxanul_ray.hub import resolve_files
 from yxanul_ray.local_data import holdout_rows, local_global_batches
 from yxanul_ray.model import build_model
-from yxanul_ray.step import held_out_loss, make_optimizer, train_step
+from yxanul_ray.specs import JobSpec
+from yxanul_ray.step import StepSettings, Trainee, held_out_loss, make_optimizer, train_step
 from yxanul_ray.tokenizer import load_tokenizer
 
 
@@ -79,9 +79,9 @@ def _run(job: JobSpec) -> tuple[float, list[ReferenceStage]]:
             t1 = time.perf_counter()
             global_valid = plan.step_tokens(step)
             lr = lr_at(opt, cur.target_tokens, state.tokens, stage.lr_scale)
-            loss = train_step(model, model, optimizer, torch.from_numpy(batch["tokens"].astype(np.int64)), lr=lr,
-                              global_valid=global_valid, rank=0, world=1, micro_batch=stage.micro_batch_size,
-                              grad_clip=opt.grad_clip, amp=False)
+            settings = StepSettings(micro_batch=stage.micro_batch_size, grad_clip=opt.grad_clip)
+            loss = train_step(Trainee(model, model, optimizer), torch.from_numpy(batch["tokens"].astype(np.int64)),
+                              settings, lr=lr, global_valid=global_valid)
             float(loss)  # the train loop reads every step's loss too
             state.step, state.tokens = state.step + 1, state.tokens + global_valid
             data_s, steps_s = data_s + t1 - t0, steps_s + time.perf_counter() - t1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from yxanul_ray.checkpoint import TrainState
-from yxanul_ray.config import JobSpec
+from yxanul_ray.specs import JobSpec
 
 
 def final_summary(job: JobSpec, state: TrainState, stats: dict[str, dict]) -> str:

@@ -22,8 +22,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from yxanul_ray.config import JobSpec, stage_stride
 from yxanul_ray.manifest import manifest_differences
+from yxanul_ray.specs import JobSpec, stage_stride
 from yxanul_ray.tokenizer import hub_tokenizer, identity_compares
 
 if TYPE_CHECKING:  # checkpoint imports torch; this module is pure

@@ -29,12 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from yxanul_ray.config import JobSpec, stage_stride
 from yxanul_ray.curriculum import StagePlan, plan_curriculum
 from yxanul_ray.cursors import SourceCursor
 from yxanul_ray.hub import SourceFiles
 from yxanul_ray.mixing import MixSchedule, build_schedule
-from yxanul_ray.sources import ReadSpec, build_source_dataset
+from yxanul_ray.packing import PackSpec
+from yxanul_ray.read_plan import planned_reads
+from yxanul_ray.readers import ReadSpec
+from yxanul_ray.sources import build_source_dataset
+from yxanul_ray.specs import JobSpec, stage_stride
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +156,15 @@ def plan_stage_sources(job: JobSpec, stage_index: int, world_size: int,
     return plan, schedule, sources
 
 
+def pack_spec(read: ReadSpec, plan: SourcePlan, start: SourceCursor, eos_id: int) -> PackSpec:
+    """The packer's settings for one (stage, source) stream from `start`, the file reads it plans
+    included (the read tasks take the same)."""
+    return PackSpec(source=read.files.source, source_id=plan.source_id, seq_len=plan.seq_len, stride=plan.stride,
+                    eos_id=eos_id, max_rows=plan.max_rows, start=start,
+                    reads=planned_reads(read, start, plan.max_rows * plan.stride + plan.seq_len),
+                    skip_rows=plan.skip_rows)
+
+
 def build_stage_data(job: JobSpec, stage_index: int, cursors: dict[str, SourceCursor], world_size: int,
                      files: dict[str, SourceFiles], eos_id: int, packers, run_key: str = "",
                      start_step: int = 0, tokenizer: str | None = None) -> StageData:
@@ -166,15 +178,14 @@ def build_stage_data(job: JobSpec, stage_index: int, cursors: dict[str, SourceCu
     store_bytes = job.data.object_store_mb_per_source << 20
     mix = {"schedule": schedule, "world": world_size, "start_step": start_step, "source_ids": source_ids(job),
            "budget_rows": assembly_budget_rows(schedule, store_bytes, plan.seq_len)}
-    datasets = {
-        s: build_source_dataset(
-            read_spec(job, files[s]), source_id=sp.source_id, start=cursors.get(s, SourceCursor()),
-            seq_len=sp.seq_len, stride=sp.stride, max_rows=sp.max_rows,
-            tokenizer=tokenizer or job.data.tokenizer, eos_id=eos_id, tokenize_batch_size=job.data.tokenize_batch_size,
+    datasets = {}
+    for s, sp in sources.items():
+        read = read_spec(job, files[s])
+        datasets[s] = build_source_dataset(
+            read, pack_spec(read, sp, cursors.get(s, SourceCursor()), eos_id),
+            tokenizer=tokenizer or job.data.tokenizer, tokenize_batch_size=job.data.tokenize_batch_size,
             data_cpus=job.data.data_cpus, tokenize_tasks=job.data.tokenize_tasks,
-            object_store_bytes=store_bytes, skip_rows=sp.skip_rows, packers=packers, stage_key=stage_key, mix=mix)
-        for s, sp in sources.items()
-    }
+            object_store_bytes=store_bytes, packers=packers, stage_key=stage_key, mix=mix)
     batches = batch_dataset(packers, stage_key, mix, plan.seq_len, job.data.data_cpus)
     end_state = packers.wait.remote(stage_key, list(datasets))
     return StageData(stage_index, start_step, plan, schedule, datasets, batches, end_state, packers, stage_key)

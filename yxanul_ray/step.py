@@ -4,6 +4,8 @@ benchmark measures exactly what training runs."""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -13,11 +15,37 @@ from yxanul_ray.model import mark_seq_dynamic
 from yxanul_ray.precision import fp8_autocast
 
 
-def train_step(model, raw_model, optimizer, tokens: torch.Tensor, *, lr: float, global_valid: int, rank: int,
-               world: int, micro_batch: int | None, grad_clip: float, amp: bool, fp8_recipe=None,
-               dynamic_seq: bool = False) -> torch.Tensor:
-    """tokens [R, S+1] on the device. Returns the summed loss of this rank's valid targets (a
+class Trainee(NamedTuple):
+    """What a step updates: the model it steps through (DDP-wrapped, compiled, or `raw_model`
+    itself), the model without those wrappers, and its optimizer."""
+
+    model: torch.nn.Module
+    raw_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How a rank steps: its place among `world` ranks, sequences per forward pass (None: all),
+    the global gradient-norm clip (0: none), bf16 autocast, an FP8 recipe (Transformer Engine)
+    or None, and whether the sequence dimension is marked dynamic for torch.compile."""
+
+    rank: int = 0
+    world: int = 1
+    micro_batch: int | None = None
+    grad_clip: float = 1.0
+    amp: bool = False
+    fp8_recipe: object = None
+    dynamic_seq: bool = False
+
+
+def train_step(trainee: Trainee, tokens: torch.Tensor, settings: StepSettings, *, lr: float,
+               global_valid: int) -> torch.Tensor:
+    """tokens [R, S+1] on the device; `global_valid` trained targets in the global batch (the
+    stage's budget may end inside it). Returns the summed loss of this rank's valid targets (a
     device tensor: reading it forces a sync, so callers read it only when they log)."""
+    model, raw_model, optimizer = trainee
+    rank, world, grad_clip = settings.rank, settings.world, settings.grad_clip
     for group in optimizer.param_groups:
         group["lr"] = lr
     x, y = tokens[:, :-1], tokens[:, 1:].clone()  # [R, S] each
@@ -25,16 +53,16 @@ def train_step(model, raw_model, optimizer, tokens: torch.Tensor, *, lr: float, 
     valid = valid_targets(global_valid, rank, rows, seq_len)
     if valid < y.numel():
         y.view(-1)[valid:] = IGNORE  # the stage's budget ends inside this batch
-    micro = micro_batch or rows
+    micro = settings.micro_batch or rows
     chunks = list(zip(x.split(micro), y.split(micro)))
     loss_sum = torch.zeros((), device=tokens.device)
     for i, (xc, yc) in enumerate(chunks):
         last = i == len(chunks) - 1
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
-            if dynamic_seq:
+            if settings.dynamic_seq:
                 mark_seq_dynamic(xc, yc)
-            loss = summed_loss(model, raw_model, xc, yc, amp=amp, fp8_recipe=fp8_recipe)
+            loss = summed_loss(model, raw_model, xc, yc, amp=settings.amp, fp8_recipe=settings.fp8_recipe)
             # DDP averages gradients over ranks: scale so the result is the global token mean.
             (loss * world / max(1, global_valid)).backward()
         loss_sum += loss.detach()

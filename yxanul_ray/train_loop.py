@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 
 import numpy as np
 import ray
@@ -14,29 +13,20 @@ import ray.train
 import ray.train.collective
 import torch
 
-from yxanul_ray.accounting import progress_line, step_tokens_by_source
-from yxanul_ray.checkpoint import (
-    STAGING_PREFIX,
-    CheckpointSnapshot,
-    HostStaging,
-    TrainState,
-    load_state,
-    load_tensors,
-    remove_stale_staging_dirs,
-    restore_rng,
-    staging_dir,
-)
-from yxanul_ray.config import JobSpec, job_from_dict
+from yxanul_ray.accounting import step_tokens_by_source
+from yxanul_ray.checkpoint import TrainState, load_state, load_tensors, restore_rng
+from yxanul_ray.config import job_from_dict
 from yxanul_ray.coordinator import SourceFilesChanged
 from yxanul_ray.curriculum import lr_at, plan_curriculum
 from yxanul_ray.evaluation import TrainClock, point_crossed, weights_digest
-from yxanul_ray.model import build_model, compile_model
-from yxanul_ray.precision import make_recipe
-from yxanul_ray.presets import flops_per_token
+from yxanul_ray.metrics import Metrics
 from yxanul_ray.raycluster import quiet_ray_train
+from yxanul_ray.snapshot import STAGING_PREFIX, CheckpointSnapshot, HostStaging, remove_stale_staging_dirs, staging_dir
+from yxanul_ray.specs import JobSpec
 from yxanul_ray.stage_data import STAGES_AHEAD, StageBatches
-from yxanul_ray.step import adamw_state_like, held_out_loss, make_optimizer, train_step
+from yxanul_ray.step import StepSettings, Trainee, adamw_state_like, held_out_loss, train_step
 from yxanul_ray.storage import StorageError, artifacts_dir, storage_join, upload
+from yxanul_ray.worker import Prefetch, worker_group_id, worker_model
 
 
 def train_loop_per_worker(config: dict) -> str | None:
@@ -104,53 +94,6 @@ def _counts_of(batch: dict, batches: StageBatches) -> dict[str, int]:
     return {s: int(np.count_nonzero(batch["source"] == ids[s])) for s in batches.schedule.sources}
 
 
-def worker_group_id() -> str:
-    """An id for this start of the worker group, the same on every rank (rank 0's, through Ray
-    Train's own broadcast, whatever the torch backend): the coordinator hands all ranks of one
-    group the same build of a stage, and a group Ray Train restarted after a failure fresh ones."""
-    return ray.train.collective.broadcast_from_rank_zero(uuid.uuid4().hex)
-
-
-class Prefetch:
-    """Fetches a stage's iterators from the coordinator and primes them on a background thread."""
-
-    def __init__(self, run: Run, group: str, stage: int, start_step: int):
-        self._result: StageBatches | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(run, group, stage, start_step), daemon=True)
-        self._thread.start()
-
-    def _run(self, run: Run, group: str, stage: int, start_step: int) -> None:
-        try:
-            got = ray.get(run.coord.stage_input.remote(stage, run.rank, start_step, group, run.incarnation))
-            batches = StageBatches(got["iterator"], got["schedule"], got["source_ids"], got["start_step"])
-            batches.prime()
-            self._result = batches
-        except BaseException as e:  # noqa: BLE001 - re-raised on the training thread
-            self._error = e
-
-    def result(self) -> StageBatches:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
-
-
-def worker_model(job: JobSpec, world: int, device):
-    """A train worker's model as it trains, before any data: (the model, the model it steps
-    through: DDP-wrapped for more than one worker and compiled where the config says, its
-    optimizer, its FP8 recipe or None). Seeded first, so every rank starts from the same weights."""
-    torch.manual_seed(job.run.seed)
-    raw_model = build_model(job.model.shape, job.model.backend, device)
-    model = ray.train.torch.prepare_model(raw_model) if world > 1 else raw_model
-    if job.model.compile:
-        model = compile_model(model)
-    m = job.model
-    fp8_recipe = make_recipe(m.fp8_recipe, m.fp8_format, m.fp8_amax_history_len) if raw_model.backend == "te" else None
-    return raw_model, model, make_optimizer(raw_model, job.optimizer, device), fp8_recipe
-
-
 CHECKPOINT_WRITE_WAIT_S = 600
 """How long a checkpoint waits for the one before it to be written (see Run.report)."""
 
@@ -163,9 +106,8 @@ class Run:
         self.artifacts = artifacts_dir(run_dir)
         self.started_at = started_at
         self.device = ray.train.torch.get_device()
-        self.shape = job.model.shape
         self.raw_model, self.model, self.optimizer, self.fp8_recipe = worker_model(job, world, self.device)
-        self.interval = {"loss": 0.0, "tokens": 0, "t0": time.perf_counter(), "steps": 0}
+        self.metrics = Metrics(job, rank, world, self.device, coord, self.artifacts)
         self.clock = TrainClock()
         """Training wall time (rank 0's is recorded): switches counted, validation not."""
         self.last_ckpt_tokens = 0
@@ -175,7 +117,6 @@ class Run:
         self.staging = HostStaging()
         """Rank 0's host buffers for checkpoint snapshots (on a GPU made before the first step,
         else at the first checkpoint)."""
-        self.writer = None
         self.incarnation: str | None = None
         """The coordinator's, from `restore` on (see coordinator.py's docstring)."""
         self._val_rows: dict[str, np.ndarray] | None = None
@@ -185,10 +126,6 @@ class Run:
         self._val_rows_ref = coord.validation_rows.remote(cur.validation_seq_len, cur.validation_rows) \
             if cur.validation_rows else None
         if rank == 0:
-            os.makedirs(self.artifacts, exist_ok=True)
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(os.path.join(self.artifacts, "tensorboard"))
             print(f"rank 0 of {world}: {self.device}, {torch.get_num_threads()} torch thread(s)", flush=True)
             stale = remove_stale_staging_dirs()
             if stale:
@@ -298,7 +235,7 @@ class Run:
         """Rank 0's TensorBoard log and loss plot, copied to the run's storage URI (a directory
         run holds them in place)."""
         if self.artifacts != self.run_dir:
-            self.writer.flush()
+            self.metrics.flush()
             try:
                 upload(self.artifacts, self.run_dir)
             except (StorageError, OSError) as e:  # the logs stay on this node; training goes on
@@ -311,16 +248,17 @@ class Run:
         """One optimizer step on this rank's rows; returns the summed loss of its valid targets as
         a device tensor. Nothing here waits for the GPU: the loss is read at the log interval
         (`log`), so the host queues the next step while this one runs, as the GPU step benchmark
-        (jobs/benchmark_gpu_step.py) measured it. Rows go through pinned memory for the same
+        (benchmarks/benchmark_gpu_step.py) measured it. Rows go through pinned memory for the same
         reason: a copy from pageable memory waits for the stream."""
         tokens = torch.from_numpy(rows.astype(np.int64))
         if self.device.type == "cuda":
             tokens = tokens.pin_memory()
         tokens = tokens.to(self.device, non_blocking=True)
-        return train_step(self.model, self.raw_model, self.optimizer, tokens, lr=lr, global_valid=global_valid,
-                          rank=self.rank, world=self.world, micro_batch=stage.micro_batch_size,
-                          grad_clip=self.job.optimizer.grad_clip, amp=self.device.type == "cuda",
-                          fp8_recipe=self.fp8_recipe if stage.fp8 else None, dynamic_seq=self.job.model.compile)
+        settings = StepSettings(rank=self.rank, world=self.world, micro_batch=stage.micro_batch_size,
+                                grad_clip=self.job.optimizer.grad_clip, amp=self.device.type == "cuda",
+                                fp8_recipe=self.fp8_recipe if stage.fp8 else None, dynamic_seq=self.job.model.compile)
+        return train_step(Trainee(self.model, self.raw_model, self.optimizer), tokens, settings, lr=lr,
+                          global_valid=global_valid)
 
     # ---- accounting and logs -----------------------------------------------------------------
 
@@ -336,38 +274,11 @@ class Run:
         stage_mix = state.stage_tokens_by_source[state.stage]
         for s, n in by_source.items():
             stage_mix[s] = stage_mix.get(s, 0) + n
-        self.interval["loss"] += loss_sum.double()  # on the device, in float64 as a Python sum was
-        self.interval["tokens"] += global_valid
-        self.interval["steps"] += 1
+        self.metrics.add_step(loss_sum, global_valid)
 
     def log(self, state: TrainState, lr: float, plan) -> None:
-        """Every rank joins the loss all-reduce (same arithmetic, same steps); rank 0 prints."""
-        iv = self.interval
-        if iv["steps"] == 0:
-            return
-        # The interval's one wait for the GPU: its summed loss, still on the device, all-reduced there.
-        loss = self.sum_over_ranks(iv["loss"].reshape(1)).item() / max(1, iv["tokens"])
-        dt = time.perf_counter() - iv["t0"]
-        rate = iv["tokens"] / max(dt, 1e-9)
-        self.interval = {"loss": 0.0, "tokens": 0, "t0": time.perf_counter(), "steps": 0}
-        if self.rank != 0:
-            return
-        target = self.job.curriculum.target_tokens
-        mfu = None
-        if self.device.type == "cuda":
-            peak = float(os.environ.get("YXANUL_PEAK_FLOPS", "989e12")) * self.world
-            mfu = rate * flops_per_token(self.shape, plan.seq_len) / peak
-        eta = (target - state.tokens) / rate if rate > 0 else None
-        stage_no = min(state.stage + 1, len(self.job.curriculum.stages))
-        print(progress_line(state.step, loss, rate, lr, stage_no, len(self.job.curriculum.stages), state.tokens,
-                            target, mfu, eta), flush=True)
-        state.loss_history.append([state.tokens, loss])
-        self.writer.add_scalar("train/loss", loss, state.tokens)
-        self.writer.add_scalar("train/tokens_per_s", rate, state.tokens)
-        self.writer.add_scalar("train/lr", lr, state.tokens)
-        self.writer.add_scalar("train/stage", stage_no, state.tokens)
-        self.coord.record_progress.remote({"tokens": state.tokens, "stage": stage_no, "tokens_per_s": rate,
-                                           "loss": loss, "tokens_by_source": dict(state.tokens_by_source)})
+        """Close the log interval (every rank: the loss all-reduce); rank 0 prints it."""
+        self.metrics.log(state, lr, plan, self.sum_over_ranks)
 
     def sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
         """t summed element-wise over all ranks (every rank must call it), back on the CPU."""
@@ -418,8 +329,7 @@ class Run:
         if not (first_of_run or boundary):
             return
         now = time.perf_counter()
-        if self.interval["steps"] == 0:  # `log` closed the last interval at the stage's end
-            self.interval["t0"] = now
+        self.metrics.start_interval_if_empty(now)
         if boundary is not None and self.rank == 0:
             ended, validated, done = boundary
             print(f"  stage switch: first batch of stage {state.stage + 1} {now - ended:.2f} s after the last step "
@@ -428,34 +338,13 @@ class Run:
 
     def stage_banner(self, state: TrainState, plan) -> None:
         self.stage_clock = (time.perf_counter(), state.step, state.tokens)
-        if self.rank != 0:
-            return
-        st = self.job.curriculum.stages[state.stage]
-        mix = ", ".join(f"{s} {w:.0%}" for s, w in st.mix.items())
-        print("=" * 60 + f"\nStage {state.stage + 1}/{len(self.job.curriculum.stages)}: {st.name}"
-              f"{' - ' + st.focus if st.focus else ''}\n  seq_len {st.seq_len}, batch {st.global_batch} "
-              f"sequences ({st.step_tokens:,} tokens/step), {plan.steps} steps, {st.tokens:,} tokens"
-              f"{', FP8' if st.fp8 and self.fp8_recipe else ''}\n  mix: {mix}\n" + "=" * 60, flush=True)
+        self.metrics.stage_banner(state, plan, fp8=self.fp8_recipe is not None)
 
     def end_of_stage(self, state: TrainState, steps: int, tokens: int, seconds: float, validate: bool = True) -> None:
-        """Held-out validation per domain at a fixed seq_len (every rank evaluates its share);
-        rank 0 prints it with the stage's realised mix and how long its steps took (this
-        session's steps only, after a resume)."""
+        """Held-out validation per domain at a fixed seq_len (every rank evaluates its share),
+        and the stage's summary lines."""
         losses = self.record_validation(state, stage_no=state.stage) if validate else {}
-        if self.rank != 0:
-            return
-        k = state.stage - 1
-        st = self.job.curriculum.stages[k]
-        mix = state.stage_tokens_by_source[k] if k < len(state.stage_tokens_by_source) else {}
-        total = sum(mix.values())
-        realised = ", ".join(f"{s} {n:,} ({n / max(1, total):.2%} vs {st.mix.get(s, 0):.0%})" for s, n in mix.items())
-        print(f"Stage {k + 1}/{len(self.job.curriculum.stages)} done: {total:,} tokens; realised mix: {realised}",
-              flush=True)
-        rate = tokens / max(seconds, 1e-9)
-        print(f"  stage time: {steps} steps in {seconds:.2f} s ({rate:,.0f} tokens/s)", flush=True)
-        if losses:
-            shown = ", ".join(f"{s} loss {v:.4f}" for s, v in losses.items())
-            print(f"  validation (seq_len {self.job.curriculum.validation_seq_len}): {shown}", flush=True)
+        self.metrics.stage_summary(state, steps, tokens, seconds, losses)
 
     def validate_at_start(self, state: TrainState) -> None:
         """Before the first step: the initial weights' digest (rank 0) and held-out losses."""
@@ -465,11 +354,7 @@ class Run:
 
     def validate_at_point(self, state: TrainState) -> None:
         """Validation at a token point inside a stage (curriculum.validation_every_tokens)."""
-        losses = self.record_validation(state, stage_no=state.stage + 1)
-        if self.rank == 0 and losses:
-            shown = ", ".join(f"{s} {v:.4f}" for s, v in losses.items())
-            print(f"  validation at {state.tokens:,} tokens, {state.train_seconds:.1f} s of training "
-                  f"(seq_len {self.job.curriculum.validation_seq_len}): {shown}", flush=True)
+        self.metrics.validation_point(state, self.record_validation(state, stage_no=state.stage + 1))
 
     def record_validation(self, state: TrainState, stage_no: int) -> dict[str, float]:
         """Held-out losses now, appended to state.validation with the training seconds so far
@@ -482,9 +367,7 @@ class Run:
         if losses:
             state.validation.append({"stage": stage_no, "step": state.step, "tokens": state.tokens,
                                      "seconds": round(state.train_seconds, 3), "loss": losses})
-            if self.writer is not None:
-                for s, v in losses.items():
-                    self.writer.add_scalar(f"val/{s}", v, state.tokens)
+            self.metrics.validation_scalars(losses, state.tokens)
         return losses
 
     @torch.no_grad()
@@ -516,6 +399,6 @@ class Run:
         print(final_summary(self.job, state, stats), flush=True)
         plot_loss(self.job, state, os.path.join(self.artifacts, "loss.png"))
         self.publish_artifacts()
-        self.writer.close()
+        self.metrics.close()
         print(f"loss curve: {storage_join(self.run_dir, 'loss.png')}; TensorBoard: "
               f"{storage_join(self.run_dir, 'tensorboard')}", flush=True)

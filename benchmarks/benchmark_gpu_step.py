@@ -1,20 +1,19 @@
 """GPU train-step benchmark: the project's real step (model, AdamW, token-based LR, masked loss,
-grad clipping) at every curriculum stage's seq_len and batch, on random tokens, bf16, eager and
-compiled, FP8 where Transformer Engine exists (a benchmark, not a test).
+grad clipping) at each curriculum stage's seq_len and batch, on random tokens, bf16, eager and
+compiled, FP8 where Transformer Engine exists; and in the same process, at the same shape, dtype
+and compile setting, the public baseline a user could pick instead: transformers'
+`LlamaForCausalLM` (SDPA attention, fused AdamW, the same tokens per step). A benchmark, not a test.
 
-Run it beside ../shared/bench/reference_gpt_step.py in the same device call and compare the
-printed tok/s per seq_len (ratios; cards and clocks differ between calls).
-jobs/gpu_step_vs_reference.sh runs both at the same shape, compiled and eager:
+    python benchmarks/benchmark_gpu_step.py --shape 270m --out runs/gpu-step
+    python benchmarks/benchmark_gpu_step.py --config configs/yxanul_270m_progressive_curriculum.yaml --modes compiled
 
-    REF=.bench-ref/reference_gpt_step.py bash jobs/gpu_step_vs_reference.sh
-
-`--shape reference` is the reference's model (d1024 L20 H16 KV4 FFN2816, vocab 32768, tied);
-`--config` takes the stage table (seq_len and batch) from a curriculum config instead.
-`--reference-json` reads the reference's JSON from the same call and adds the ratio per seq_len.
-One model per mode runs every seq_len in turn, as training runs its stages (compiled once with the
-sequence length dynamic; the table's `graphs` column counts the compiles so far). Each seq_len's
-first compiled step checks its loss against the eager model's on the same batch.
-Writes $OUT/<tag>.json and prints a table last. `--device cpu --shape tiny` dry-runs the script.
+`--shape reference` is a d1024 L20 H16 KV4 FFN2816 model with a 32,768 vocabulary (tied);
+`--config` takes the stage table (seq_len and batch per worker) from a curriculum config.
+Each side keeps one model per mode across every seq_len, as training keeps it across stages
+(compiled once with the sequence length dynamic; `graphs` counts the compiles so far). Each
+seq_len's first compiled step checks its loss against the eager model's on the same batch.
+Writes DIR/project.json (`check --estimate --gpu-json` reads it) and prints a table with the
+project / baseline ratio per seq_len. `--device cpu --shape tiny` dry-runs the script.
 """
 
 from __future__ import annotations
@@ -22,18 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from yxanul_ray.config import OptimizerSpec, load_job  # noqa: E402
-from yxanul_ray.curriculum import lr_at  # noqa: E402
-from yxanul_ray.model import build_model, compile_model  # noqa: E402
-from yxanul_ray.presets import ModelShape, count_params, flops_per_token, resolve_shape  # noqa: E402
-from yxanul_ray.step import make_optimizer, summed_loss, train_step  # noqa: E402
+from yxanul_ray.config import load_job
+from yxanul_ray.curriculum import lr_at
+from yxanul_ray.model import build_model, compile_model, mark_seq_dynamic
+from yxanul_ray.presets import ModelShape, count_params, flops_per_token, resolve_shape
+from yxanul_ray.specs import OptimizerSpec
+from yxanul_ray.step import StepSettings, Trainee, make_optimizer, summed_loss, train_step
 
 REFERENCE = ModelShape(vocab_size=32768, d_model=1024, n_layers=20, n_heads=16, n_kv_heads=4, ffn_hidden=2816)
 
@@ -83,9 +80,9 @@ class Variant:
             if tokens is None:
                 tokens = torch.randint(0, shape.vocab_size, (batch, seq_len + 1), device=device)
             lr = lr_at(self.opt_spec, target, i * batch * seq_len)
-            return train_step(self.runner, self.model, self.optimizer, tokens, lr=lr, global_valid=batch * seq_len,
-                              rank=0, world=1, micro_batch=None, grad_clip=1.0, amp=amp,
-                              fp8_recipe=self.recipe, dynamic_seq=self.compiled)
+            return train_step(Trainee(self.runner, self.model, self.optimizer), tokens,
+                              StepSettings(amp=amp, fp8_recipe=self.recipe, dynamic_seq=self.compiled), lr=lr,
+                              global_valid=batch * seq_len)
 
         t_start = time.perf_counter()
         first = torch.randint(0, shape.vocab_size, (batch, seq_len + 1), device=device)
@@ -126,8 +123,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--fp8", action="store_true", help="also run FP8 (needs Transformer Engine)")
     ap.add_argument("--device", default="cuda", help="cuda; cpu only to dry-run the script")
-    ap.add_argument("--tag", default="project", help="names the JSON written to $OUT")
-    ap.add_argument("--reference-json", help="the reference_gpt_step.py JSON of the same call, for ratios")
+    ap.add_argument("--out", default="runs/gpu-step", metavar="DIR", help="where project.json goes")
+    ap.add_argument("--no-baseline", action="store_true", help="skip transformers' LlamaForCausalLM")
     args = ap.parse_args()
 
     shape = REFERENCE if args.shape == "reference" else resolve_shape(args.shape, {})
@@ -167,34 +164,100 @@ def main() -> None:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
         del variant
-    reference = reference_tok_s(args.reference_json)
+    baseline_rows = [] if args.no_baseline else bench_baseline(shape, plan, args, device, peak)
+    baseline = {(r["mode"], r["seq"]): r["tok_s"] for r in baseline_rows if "tok_s" in r}
     for r in rows:
-        ref = reference.get((r["mode"].endswith("compiled"), r["seq"]))
+        ref = baseline.get(("llama" + ("-compiled" if r["mode"].endswith("compiled") else ""), r["seq"]))
         if ref and "tok_s" in r:
             r["reference_tok_s"], r["ratio"] = ref, r["tok_s"] / ref
-    out = os.environ.get("OUT", "/tmp")
-    with open(os.path.join(out, f"{args.tag}.json"), "w") as f:
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "project.json"), "w") as f:
         json.dump({"device": device_name, "torch": torch.__version__, "peak_tflops": peak,
-                   "params_m": count_params(shape) / 1e6, "rows": rows}, f, indent=1)
-    print(f"\n[{args.tag}] params {count_params(shape) / 1e6:.1f}M on {device_name}")
+                   "params_m": count_params(shape) / 1e6, "rows": rows, "baseline_rows": baseline_rows}, f, indent=1)
+    print(f"\nparams {count_params(shape) / 1e6:.1f}M on {device_name}; baseline: transformers LlamaForCausalLM "
+          f"at the same shape; written to {args.out}/project.json")
     print(f"{'mode':22} {'seq':>5} {'batch':>6} {'tok/s':>10} {'MFU':>6} {'ref tok/s':>10} {'ratio':>6} "
           f"{'warm s':>7} {'graphs':>6}")
-    for r in rows:
+    for r in rows + baseline_rows:
         if "error" in r:
             print(f"{r['mode']:22} {r['seq']:>5}  ERROR {r['error'][:80]}")
         else:
             ref = f"{r['reference_tok_s']:>10.0f} {r['ratio']:>5.3f}x" if "ratio" in r else f"{'-':>10} {'-':>6}"
+            r.setdefault("graphs_compiled", 0)
             print(f"{r['mode']:22} {r['seq']:>5} {r['batch']:>6} {r['tok_s']:>10.0f} {r['mfu']:>6.1%} {ref} "
                   f"{r['warmup_s']:>7.1f} {r['graphs_compiled']:>6}")
 
 
-def reference_tok_s(path: str | None) -> dict[tuple[bool, int], float]:
-    """(compiled, seq_len) -> tok/s from reference_gpt_step.py's JSON; empty without one."""
-    if not path or not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        rows = json.load(f)["rows"]
-    return {(r["compiled"], r["seq"]): r["tok_s"] for r in rows if "tok_s" in r}
+class LlamaBaseline:
+    """transformers' LlamaForCausalLM at the project model's shape (the export's config), with
+    fused AdamW, bf16 autocast on GPU and the same compile setting: what a user could train
+    instead. The loss is the mean cross-entropy of its float32 logits, as transformers computes it."""
+
+    def __init__(self, shape, compiled, opt_spec, device):
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        from yxanul_ray.export import llama_config
+
+        torch.manual_seed(0)
+        config = LlamaConfig(**llama_config(shape, eos_id=0), attn_implementation="sdpa")
+        self.model = LlamaForCausalLM(config).to(device)
+        self.runner = compile_model(self.model) if compiled else self.model
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opt_spec.peak_lr, betas=opt_spec.betas,
+                                           weight_decay=opt_spec.weight_decay, fused=device == "cuda")
+        self.shape, self.compiled, self.device = shape, compiled, device
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        x, y = tokens[:, :-1], tokens[:, 1:]
+        if self.compiled:
+            mark_seq_dynamic(x, y)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device == "cuda"):
+            logits = self.runner(input_ids=x).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def bench(self, seq_len, batch, steps) -> dict:
+        def batch_of():
+            return torch.randint(0, self.shape.vocab_size, (batch, seq_len + 1), device=self.device)
+
+        t_start = time.perf_counter()
+        for _ in range(3):
+            self.step(batch_of())
+        synchronize(self.device)
+        warm_s = time.perf_counter() - t_start
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            loss = self.step(batch_of())
+        synchronize(self.device)
+        dt = time.perf_counter() - t0
+        return {"tok_s": batch * seq_len * steps / dt, "loss": float(loss), "warmup_s": warm_s,
+                "graphs_compiled": compiled_graph_count(),
+                "peak_gb": torch.cuda.max_memory_allocated() / 2**30 if self.device == "cuda" else 0.0}
+
+
+def bench_baseline(shape, plan, args, device, peak) -> list[dict]:
+    """The baseline's rows, one per (mode, seq_len), as the project's."""
+    rows = []
+    for mode in args.modes.split(","):
+        compiled = mode == "compiled"
+        baseline = LlamaBaseline(shape, compiled, OptimizerSpec(), device)
+        for seq_len, batch in plan:
+            try:
+                r = baseline.bench(seq_len, batch, args.steps)
+                r["mfu"] = r["tok_s"] * flops_per_token(shape, seq_len) / (peak * 1e12)
+            except Exception as e:  # noqa: BLE001 - report and continue with the next shape
+                r = {"error": repr(e)[:300]}
+            r.update(mode="llama" + ("-compiled" if compiled else ""), seq=seq_len, batch=batch)
+            rows.append(r)
+            print(r, flush=True)
+            if device == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+        del baseline
+    return rows
 
 
 if __name__ == "__main__":

@@ -13,10 +13,10 @@ first batch in hand, each stage switch's gap (target < 1 s; a cold per-stage pip
 s here), both runs' final validation losses (equal with one worker, a check that the batches are
 the same; with more, DDP's sums round otherwise), and where the Ray path's time went: start-up,
 each stage's steps against the plain loop's data and steps, the boundaries, the teardown. Last,
-Ray Train's floor on this machine (jobs/ray_train_floor.py: the same Ray start and TorchTrainer
+Ray Train's floor on this machine (benchmarks/ray_train_floor.py: the same Ray start and TorchTrainer
 with no data and no steps, launch to exit) and the ratio it alone sets.
 
-    python jobs/benchmark_orchestration.py [--config configs/demo.yaml] [--set KEY=VALUE ...]
+    python benchmarks/benchmark_orchestration.py [--config configs/demo.yaml] [--set KEY=VALUE ...]
         [--target-tokens N] [--address http://127.0.0.1:8265]
 
 `--set run.workers=1` measures the case of a node with cores to spare for the data side (as on
@@ -47,7 +47,6 @@ import time
 import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -61,7 +60,8 @@ def train_threads(job) -> int:
 def main() -> None:
     import argparse
 
-    from yxanul_ray.driver import benchmark_job
+    from common import benchmark_job
+
     from yxanul_ray.reference_loop import run_reference
 
     ap = argparse.ArgumentParser(add_help=False)
@@ -77,7 +77,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ray_run = run_timed("jobs/train.py", config, [*overrides, f"run.storage_path={tmp}"], args.address)
     print(f"Ray path: {ray_run.wall_s:.1f} s", flush=True)
-    floor = run_timed("jobs/ray_train_floor.py", config, overrides, args.address)
+    floor = run_timed("benchmarks/ray_train_floor.py", config, overrides, args.address)
     print(f"floor: {floor.wall_s:.1f} s", flush=True)
     plain_after = run_reference(job, threads)
     report(job, config, threads, ray_run, plain_before, plain_after)
@@ -128,7 +128,7 @@ def run_timed(script: str, config: str, overrides: list[str], address: str | Non
 
 def report_floor(floor_s: float, ray_s: float, before, after, start_word: str) -> None:
     plain_s = sum(plain_totals_s(before, after)) / 2
-    print(f"Ray Train's floor here: an empty TorchTrainer run (jobs/ray_train_floor.py: the same Ray start, "
+    print(f"Ray Train's floor here: an empty TorchTrainer run (benchmarks/ray_train_floor.py: the same Ray start, "
           f"trainer and workers, the model built, no data, no steps), {start_word} to exit: {floor_s:.1f} s")
     print(f"  -> the lowest ratio any Ray Train job could reach on this work here: "
           f"{(plain_s + floor_s) / plain_s:.2f}x; the Ray path above that floor: {ray_s - floor_s:.1f} s, "

@@ -9,7 +9,7 @@ as: a worker starts as default_worker.py, names itself `ray::IDLE` and becomes a
 tokenizer task), and the peak PSS of the processes the run started (sampled every 5 s). (A
 process that ends between two samples loses its last half second.)
 
-    python jobs/profile_cpu_by_process.py [-- COMMAND ...]
+    python benchmarks/profile_cpu_by_process.py [-- COMMAND ...]
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from procfs import pss_bytes
 
-from yxanul_ray.procfs import pss_bytes  # noqa: E402 - after the repo is on the path
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 DAEMONS = ("raylet", "gcs_server", "dashboard", "log_monitor", "runtime_env", "monitor.py")

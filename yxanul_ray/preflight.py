@@ -1,30 +1,22 @@
-"""The job's driver: validates, connects to Ray, creates the coordinator and runs the TorchTrainer.
-
-Works the same under `ray job submit` (it joins the job's cluster), after `ray start --head`
-(it finds the running cluster) and with no cluster at all (it starts a local one).
+"""The checks and settlements a run makes before any cluster work: the plan, paths made absolute,
+storage, the tokenizer, Hub commits pinned, sources listed and their text fields, held-out sets
+sized, a resume reviewed against its checkpoint. Bad input is a ConfigError naming the file,
+the field and the fix (exit 2) before Ray starts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import math
 import os
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from yxanul_ray.config import ConfigError, JobSpec, hub_endpoint_problem, job_from_dict, read_yaml
-from yxanul_ray.stopping import (
-    EXIT_INTERRUPTED,
-    EXIT_TERMINATED,
-    reclaim_sigterm,
-    resume_hint,
-    sigterm_interrupts,
-    stop_signal,
-)
+from yxanul_ray.checkpoint import checked_checkpoint
+from yxanul_ray.config import job_from_dict, read_yaml
+from yxanul_ray.config_rules import hub_endpoint_problem
+from yxanul_ray.specs import ConfigError, JobSpec
 from yxanul_ray.storage import StorageError, is_uri, open_storage, resolve_storage, storage_join
 
 if TYPE_CHECKING:
@@ -49,29 +41,6 @@ def prepare_demo_corpus(config_path: str, overrides: list[str]) -> None:
         counts = build_demo_corpus(target)
         print(f"built the offline demo corpus in {target}: " + ", ".join(
             f"{k} {d:,} docs" for k, (d, _) in counts.items()), flush=True)
-
-
-def benchmark_job(description: str, forced: tuple[str, ...] = (), argv: list[str] | None = None,
-                  parents: tuple = ()) -> tuple[JobSpec, str, list[str]]:
-    """A benchmark script's `--config`, `--set KEY=VALUE` and `--target-tokens N` (as jobs/train.py
-    takes them), from `argv` (default: the command line): the job with `forced` overrides last,
-    the demo corpus built where the config names one, and the config path and the user's
-    overrides, the scaled budgets included (to run jobs/train.py on the same). `parents`: the
-    script's own argument parsers (add_help=False), so --help lists their options too."""
-    import argparse
-
-    from yxanul_ray.config import load_job, scaled_budget_overrides
-
-    ap = argparse.ArgumentParser(description=description, parents=list(parents))
-    ap.add_argument("--config", default="configs/demo.yaml")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--target-tokens", type=int, help="stage budgets scaled to this total, as jobs/train.py does")
-    args = ap.parse_args(argv)
-    prepare_demo_corpus(args.config, args.overrides)
-    overrides = list(args.overrides)
-    if args.target_tokens:
-        overrides += scaled_budget_overrides(load_job(args.config, overrides), args.target_tokens)
-    return load_job(args.config, overrides + list(forced)), args.config, overrides
 
 
 def absolute_paths(job: JobSpec) -> JobSpec:
@@ -121,47 +90,6 @@ def check_tokenizer(job: JobSpec):
                           f"ids; fix: set model.overrides.vocab_size to {fit:,} (the tokenizer's, padded to a "
                           "multiple of 64) or more")
     return tokenizer
-
-
-HEALTH_CHECK_INTERVAL_S = 0.5
-"""How often Ray Train's controller polls the workers (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, which
-a user's environment overrides)."""
-
-
-def start_ray():
-    """Connect to Ray (or start a local cluster) as every run of this job does; returns `ray`."""
-    from yxanul_ray.raycluster import init_ray, quiet_ray_data
-
-    cores = os.cpu_count() or 1
-    # A cluster of our own gets twice the cores as logical CPUs: train workers and Ray Data's
-    # tasks hold fractions of a CPU, and on small machines whole CPUs would starve the pipeline.
-    ray = init_ray(num_cpus=max(4, 2 * cores))
-    quiet_ray_data()
-    return ray
-
-
-def make_trainer(job: JobSpec, train_loop, run_name: str, loop_config: dict, keep_checkpoints: int | None = None):
-    """The job's TorchTrainer: its workers, failure budget, checkpoints (the latest
-    `keep_checkpoints`, None: all) and storage."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    # Ray Train's controller polls its workers every 2 s by default, so it learned that the run
-    # had ended (and of a failed worker) up to 2 s late: measured on 2 cores, 2.1-3.0 s from
-    # rank 0's last line to "run finished", 0.3-0.8 s at 0.5 s. A poll is one small RPC per worker.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(HEALTH_CHECK_INTERVAL_S))
-    return TorchTrainer(
-        train_loop,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=job.run.workers, use_gpu=job.run.use_gpu,
-                                     resources_per_worker={"CPU": job.run.cpus_per_worker}),
-        run_config=RunConfig(name=run_name, storage_path=job.run.storage_path,
-                             failure_config=FailureConfig(max_failures=job.run.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
-                             # Ray Train's print patch would log every progress line twice.
-                             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}),
-        torch_config=TorchConfig(backend="nccl" if job.run.use_gpu else "gloo"),
-    )
 
 
 def pin_hub_revisions(job: JobSpec) -> JobSpec:
@@ -234,8 +162,7 @@ def hub_token(job: JobSpec):
     """This process's Hub token (HF_TOKEN, or a login's token file: hub.hf_token), redacted, for a
     coordinator that reads the Hub; None otherwise. The coordinator runs with the cluster's
     environment and files, not this shell's and this machine's (see coordinator.py)."""
-    from yxanul_ray.hub import hf_token
-    from yxanul_ray.sources import Redacted
+    from yxanul_ray.hub import Redacted, hf_token
 
     token = hf_token()
     return Redacted(token) if token and reads_the_hub(job) else None
@@ -266,63 +193,6 @@ def check_storage(job: JobSpec) -> None:
         raise ConfigError(f"{job.path}: run.storage_path: {path} is not writable by this user; {fix}")
 
 
-def checkpoint_path(path: str, given_as: str = "--resume") -> str:
-    """`path` as given, if it is a whole checkpoint (checked_checkpoint); else a ConfigError,
-    before any cluster work."""
-    checked_checkpoint(path, given_as)
-    return path
-
-
-def checked_checkpoint(path: str, given_as: str = "--resume"):
-    """(TrainState, the saved job's dict) of the checkpoint at `path`, once every file a resume or
-    an export reads is there and reads (checkpoint.load_state, check_tensor_files); else a
-    ConfigError that names the file and the fix (`given_as`: how the user gave the path). The
-    train workers would otherwise fail loading it, once per run.max_failures."""
-    from yxanul_ray.checkpoint import DamagedCheckpoint, NotACheckpoint, check_tensor_files, load_state
-
-    try:
-        state, saved_raw = load_state(path)
-        check_tensor_files(path)
-    except NotACheckpoint as e:
-        if e.missing == "state.json":  # a run's directory, say: the fix names its latest checkpoint
-            raise not_a_checkpoint(path, e.missing, given_as) from None
-        why = "is not there (a copy made in part, or a run stopped while Ray Train copied it into storage)"
-        raise damaged_checkpoint(DamagedCheckpoint(path, e.missing, why), given_as) from None
-    except DamagedCheckpoint as e:
-        raise damaged_checkpoint(e, given_as) from None
-    return state, saved_raw
-
-
-def damaged_checkpoint(damage, given_as: str = "--resume") -> ConfigError:
-    """The error for a checkpoint with a file that is not there or does not read
-    (checkpoint.DamagedCheckpoint): the fix names the run's latest other checkpoint that is
-    whole, where there is one."""
-    from yxanul_ray.checkpoint import checkpoints_in, latest_checkpoint
-    from yxanul_ray.storage import storage_split
-
-    run_dir, name = storage_split(damage.path)
-    others = latest_checkpoint(run_dir, [other for other in checkpoints_in(run_dir) if other != name])
-    fix = (f"pass the run's latest whole checkpoint: {given_as} {others}, or copy this one again" if others else
-           "pass another checkpoint of the run, or copy this one again from where it was written")
-    return ConfigError(f"{given_as} {damage.path}: {damage.name} {damage.why}; fix: {fix}")
-
-
-def not_a_checkpoint(path: str, missing: str, given_as: str = "--resume") -> ConfigError:
-    """The error for a checkpoint path (`given_as`: how the user gave it) that lacks `missing`. A
-    run's directory given instead names its latest whole checkpoint in the fix."""
-    from yxanul_ray.checkpoint import checkpoints_in, latest_checkpoint
-
-    fix = "pass a checkpoint directory (a checkpoint_* directory in the run's storage; the run prints its final one)"
-    if not is_uri(path) and not os.path.isdir(path):
-        return ConfigError(f"{given_as} {path}: {'not a' if os.path.exists(path) else 'no such'} directory; fix: "
-                           f"{fix}")
-    inside = checkpoints_in(path)
-    latest = latest_checkpoint(path, inside)
-    if latest:
-        fix = f"pass one of the {len(inside)} checkpoints in it, the latest: {given_as} {latest}"
-    return ConfigError(f"{given_as} {path}: not a yxanul-ray checkpoint (it holds no {missing}); fix: {fix}")
-
-
 def checked_at_pinned_commits(job: JobSpec, size_holdouts: bool = True) -> tuple[JobSpec, SourceListing]:
     """`job` with its Hub sources and tokenizer pinned to commits, its tokenizer checked, its
     sources listed there and their held-out sets sized to fill the validation rows: what a run
@@ -346,13 +216,13 @@ def checked_at_pinned_commits(job: JobSpec, size_holdouts: bool = True) -> tuple
 
 
 def check_text_fields(job: JobSpec, listing: SourceListing) -> None:
-    """Each source's text_field is a field of its first file (sources.text_field_problem), else a
+    """Each source's text_field is a field of its first file (readers.text_field_problem), else a
     ConfigError naming the source, the file and its fields. The read tasks would otherwise raise it
     after the cluster and the first stages had started (38 s and 1,774 log lines for the demo). The
     sources' files are opened at once, as they were listed; the first problem in the config's
     order is the one raised."""
-    from yxanul_ray.hub import at_once, hf_token
-    from yxanul_ray.sources import Redacted, text_field_problem
+    from yxanul_ray.hub import Redacted, at_once, hf_token
+    from yxanul_ray.readers import text_field_problem
     from yxanul_ray.stage_data import read_spec
 
     def problem(files) -> str | None:
@@ -412,29 +282,14 @@ def check_resume(job: JobSpec, checkpoint: str) -> tuple[JobSpec, SourceListing]
     return job, listing
 
 
-def check_local_resources(ray, job: JobSpec) -> None:
-    """GPU workers on a cluster started here need this machine's GPUs, and the train workers and
-    one data task at a time its logical CPUs: Ray Train would otherwise wait for nodes that no
-    autoscaler will add, retrying its worker group every 60 s (on this CPU machine, 93 s without
-    a line of progress before it was stopped), and Ray Data for CPUs to run a task on. A joined
-    cluster may add them (cluster.yaml's autoscaler), so it is left to wait."""
-    from yxanul_ray.raycluster import started_here
+def check_plan(job: JobSpec) -> None:
+    """The stages' batches divide among the workers (curriculum.plan_stage), else a ConfigError."""
+    from yxanul_ray.curriculum import plan_curriculum
 
-    if not started_here():
-        return
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    if job.run.use_gpu and gpus < job.run.workers:
-        fix = f"--set run.workers={gpus}" if gpus else "--set run.use_gpu=false (CPU workers)"
-        raise ConfigError(f"{job.path}: run.use_gpu: {job.run.workers} GPU worker(s), but no Ray cluster was running "
-                          f"and the one started here, this machine alone, has {gpus} GPU(s); fix: {fix}, or start or "
-                          "join a cluster with GPU nodes (`ray start`, `ray job submit`)")
-    cpus = resources.get("CPU", 0)
-    shortfall = cpu_shortfall(job, cpus)
-    if shortfall:
-        problem, fix = shortfall
-        raise ConfigError(f"{job.path}: {problem}, but no Ray cluster was running and the one started here has "
-                          f"{cpus:g} logical CPUs; fix: {fix}")
+    try:
+        plan_curriculum(job.curriculum, job.run.workers)
+    except ValueError as e:
+        raise ConfigError(f"{job.path}: curriculum.stages: {e} (run.workers={job.run.workers})") from None
 
 
 def cpu_shortfall(job: JobSpec, cpus: float) -> tuple[str, str] | None:
@@ -455,43 +310,6 @@ def cpu_shortfall(job: JobSpec, cpus: float) -> tuple[str, str] | None:
             f"task of {data_cpus:g} (data.data_cpus) ask for {train + data_cpus:g}", fix)
 
 
-def warn_of_node_local_paths(ray, job: JobSpec) -> None:
-    """On a cluster of several nodes, every node must reach the run's storage (the train workers
-    write checkpoints there) and its local sources (Ray Data's read tasks run on any node): a
-    directory works only as a shared mount, and Ray Train stops the run at its start, or a read
-    task fails, otherwise. Said here first, with the fix: when the cluster has several nodes, or
-    when the train workers need GPUs this node lacks (an autoscaler starts their nodes later)."""
-    alive = [n for n in ray.nodes() if n.get("Alive")]
-    here = ray.get_runtime_context().get_node_id()
-    gpus_here = sum(n.get("Resources", {}).get("GPU", 0) for n in alive if n.get("NodeID") == here)
-    if len(alive) > 1:
-        why = f"the cluster has {len(alive)} nodes"
-    elif job.run.use_gpu and not gpus_here:  # GPU nodes an autoscaler has yet to start
-        why = "the train workers need GPUs and this node has none, so they run on other nodes"
-    else:
-        return
-    fix = "every node must reach it (a shared mount such as NFS)"
-    if not is_uri(job.run.storage_path):
-        print(f"warning: run.storage_path {job.run.storage_path} is a directory and {why}: {fix}, or Ray Train stops "
-              "the run at its start. Set run.storage_path to a bucket (s3://bucket/prefix, gs://...) or a shared "
-              "mount.", flush=True)
-    for name, src in job.sources.items():
-        if (src.path is not None and not is_uri(src.path)) or src.hf_mirror is not None:
-            where, value = ("path", src.path) if src.path is not None else ("hf_mirror", src.hf_mirror)
-            print(f"warning: sources.{name}.{where} {value} is a local path and {why}: {fix}, or the read tasks "
-                  "scheduled on other nodes fail. Use a shared mount, or a Hub source (`hf`).", flush=True)
-
-
-def check_plan(job: JobSpec) -> None:
-    """The stages' batches divide among the workers (curriculum.plan_stage), else a ConfigError."""
-    from yxanul_ray.curriculum import plan_curriculum
-
-    try:
-        plan_curriculum(job.curriculum, job.run.workers)
-    except ValueError as e:
-        raise ConfigError(f"{job.path}: curriculum.stages: {e} (run.workers={job.run.workers})") from None
-
-
 def preflight(job: JobSpec, resume: str | None = None) -> tuple[JobSpec, SourceListing, str | None]:
     """Everything a run checks and settles before any cluster work: (the job as the run takes it,
     its sources' listing, the resume checkpoint resolved). Raises ConfigError for bad input."""
@@ -504,73 +322,3 @@ def preflight(job: JobSpec, resume: str | None = None) -> tuple[JobSpec, SourceL
         return job, listing, resolve_storage(resume)
     job, listing = checked_at_pinned_commits(job)
     return job, listing, None
-
-
-def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> int:
-    """Run the job; `train_loop` replaces the workers' loop (a diagnostic's hook)."""
-    started_at = time.time()
-    job, listing, resume = preflight(job, resume)
-    cur = job.curriculum
-    run_name = f"{job.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = storage_join(job.run.storage_path, run_name)
-    where_to_go_on = functools.partial(resume_hint, run_dir, len(cur.stages), cur.target_tokens, resume)
-    # From Ray's start on, a stop says where to go on from, also before training begins.
-    try:
-        with sigterm_interrupts() as received:
-            result = start_and_fit(job, listing, resume, run_name, run_dir, started_at, train_loop)
-    except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C ends fit() in SystemExit (stopping.py), SIGTERM here
-        how = stop_signal(received, stop)
-        print(f"run stopped ({how}); {where_to_go_on()}", flush=True)
-        return EXIT_TERMINATED if how == "SIGTERM" else EXIT_INTERRUPTED
-    except Exception as e:
-        # Ray Train's, imported once Ray is up (never before: see raycluster.local_ray_env).
-        train_module = sys.modules.get("ray.train")
-        if train_module is None or not isinstance(e, train_module.TrainingFailedError):
-            raise
-        # run.max_failures restarts spent, or a controller error
-        print(e, flush=True)  # each failed rank's error
-        print(f"training failed; {where_to_go_on()}", flush=True)
-        return 1
-    if result.return_value:  # the workers' loop returns only why it was refused (train_loop_per_worker)
-        print(f"training refused: {result.return_value}; {where_to_go_on()}", flush=True)
-        return 1
-    print(f"run finished: checkpoints under {run_dir}", flush=True)
-    if result.checkpoint is not None:
-        print(f"final checkpoint: {storage_join(run_dir, os.path.basename(result.checkpoint.path))}", flush=True)
-    return 0
-
-
-def start_and_fit(job: JobSpec, listing: SourceListing, resume: str | None, run_name: str, run_dir: str,
-                  started_at: float, train_loop=None, keep_checkpoints: int | None = None):
-    """Ray's start (or the cluster this process joined), the coordinator and the trainer, and the
-    run: Ray Train's result. The coordinator (and its packing actor) ends with the run."""
-    ray = start_ray()
-    reclaim_sigterm()  # ray.init put its own SIGTERM handler in place of run_training's
-    check_local_resources(ray, job)
-    from yxanul_ray.coordinator import CurriculumCoordinator
-    from yxanul_ray.train_loop import train_loop_per_worker
-
-    warn_of_node_local_paths(ray, job)
-    # Restartable as the workers are: a crash of its process costs a restart from the last
-    # checkpoint, as a worker's does, instead of the run (see coordinator.py).
-    coordinator = CurriculumCoordinator.options(name=f"yxanul-coordinator-{run_name}",
-                                                max_restarts=job.run.max_failures).remote(
-        job.to_dict(), job.run.workers, listing, hub_token(job))
-    if resume is None:
-        from yxanul_ray.stage_data import STAGES_AHEAD
-
-        # The first stages' data starts now, alongside Ray Train's start (coordinator.prepare):
-        # as many stages as the workers ask for when their loop begins.
-        coordinator.prepare.remote(1 + STAGES_AHEAD)
-    cur = job.curriculum
-    if cur.validation_rows:
-        # Packed now, while the trainer starts its workers, so the first stage boundary (a few
-        # steps in, on the demo) finds the held-out rows ready; the coordinator keeps one copy.
-        coordinator.validation_rows.remote(cur.validation_seq_len, cur.validation_rows)
-    trainer = make_trainer(job, train_loop or train_loop_per_worker, run_name, {
-        "job": job.to_dict(), "coordinator": coordinator, "run_dir": run_dir, "resume_from": resume,
-        "started_at": started_at}, keep_checkpoints)
-    print(f"run {run_name}: {job.run.workers} worker(s), storage {run_dir}", flush=True)
-    result = trainer.fit()
-    ray.kill(coordinator, no_restart=True)  # a driver that runs more (compare's arms) holds no idle actors
-    return result

@@ -11,7 +11,7 @@ for a stage of --stage-tokens over --files files of 2 GB each: the read tasks th
 starts), and with --ray the time from a stage's Dataset to its first block for that plan and for
 whole passes over the files (the plan before 3ffea10).
 
-    python jobs/benchmark_large_files.py [--mb 768] [--files 2410] [--stage-tokens 550000000] [--ray]
+    python benchmarks/benchmark_large_files.py [--mb 768] [--files 2410] [--stage-tokens 550000000] [--ray]
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DOCS_PER_GROUP = 1000
 WORDS_PER_DOC = 500
@@ -56,7 +54,8 @@ CHILD = """
 import json, sys, time
 from yxanul_ray.config import job_from_dict
 from yxanul_ray.hub import resolve_files
-from yxanul_ray.sources import Redacted, read_file_docs, read_holdout_docs
+from yxanul_ray.hub import Redacted
+from yxanul_ray.readers import read_file_docs, read_holdout_docs
 from yxanul_ray.stage_data import read_spec
 path, fmt, what = sys.argv[1:4]
 job = job_from_dict({"sources": {"a": {"path": path, "format": fmt, "validation_docs": 64}},
@@ -88,7 +87,9 @@ def plan_figures(n_files: int, stage_tokens: int, with_ray: bool) -> None:
 
     from yxanul_ray.cursors import SourceCursor
     from yxanul_ray.hub import SourceFiles
-    from yxanul_ray.sources import MIN_TOKENS_PER_FILE_BYTE, ReadSpec, make_datasource, planned_reads
+    from yxanul_ray.read_plan import MIN_TOKENS_PER_FILE_BYTE, planned_reads
+    from yxanul_ray.readers import ReadSpec
+    from yxanul_ray.sources import make_datasource
 
     folder = tempfile.mkdtemp(prefix="yxanul-plan-")
     import pyarrow as pa

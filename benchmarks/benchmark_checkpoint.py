@@ -2,7 +2,7 @@
 
 Rank 0 used to write each checkpoint (model, AdamW state, generators, trainer state) before
 training went on: 3.56 s of a stage switch for the 270m preset on an H200 node. It now takes a
-host copy (checkpoint.CheckpointSnapshot) and writes that on Ray Train's upload thread while
+host copy (snapshot.CheckpointSnapshot) and writes that on Ray Train's upload thread while
 training goes on. The copy goes into host buffers kept from one checkpoint to the next (pinned
 on a GPU node), made on a thread of their own before the worker's first step, while it waits for
 its first batch (making them was 2.7 s of the first snapshot's 2.7 s on an H200). This times, on
@@ -15,31 +15,27 @@ one model with its AdamW state filled, on CUDA where there is a GPU and on the C
     a fresh directory (the median is printed);
 and prints what training waits for before and after, and their ratio.
 
-    python jobs/benchmark_checkpoint.py [--preset 270m] [--repeats 3] [--dir /tmp]
+    python benchmarks/benchmark_checkpoint.py [--preset 270m] [--repeats 3] [--dir /tmp]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 
 def main() -> None:
     import torch
 
-    from yxanul_ray.checkpoint import CheckpointSnapshot, HostStaging, TrainState, save_checkpoint
-    from yxanul_ray.config import OptimizerSpec
+    from yxanul_ray.checkpoint import TrainState, save_checkpoint
     from yxanul_ray.model import build_model
     from yxanul_ray.presets import resolve_shape
-    from yxanul_ray.step import adamw_state_like, make_optimizer, train_step
+    from yxanul_ray.snapshot import CheckpointSnapshot, HostStaging
+    from yxanul_ray.specs import OptimizerSpec
+    from yxanul_ray.step import StepSettings, Trainee, adamw_state_like, make_optimizer, train_step
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="270m")
@@ -59,8 +55,8 @@ def main() -> None:
             torch.cuda.synchronize()
 
     def step() -> None:
-        train_step(model, model, optimizer, tokens, lr=1e-5, global_valid=rows * seq_len, rank=0, world=1,
-                   micro_batch=None, grad_clip=1.0, amp=device.type == "cuda")
+        train_step(Trainee(model, model, optimizer), tokens, StepSettings(amp=device.type == "cuda"), lr=1e-5,
+                   global_valid=rows * seq_len)
 
     # As rank 0 on a GPU: the buffers made before the first step (no training to slow yet).
     reserved = HostStaging()

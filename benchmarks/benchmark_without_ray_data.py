@@ -5,20 +5,16 @@ Runs the job exactly as jobs/train.py does (local Ray, coordinator, TorchTrainer
 loop with its validation, checkpoints and logs) except that each stage's batches come from
 yxanul_ray.local_data, made in the train worker's own process, instead of from the Ray Data
 pipeline. One train worker only: local_data makes world-size-1 batches. Compare its time with
-`python jobs/benchmark_orchestration.py --set run.workers=1` (the plain loop and the full Ray path):
+`python benchmarks/benchmark_orchestration.py --set run.workers=1` (the plain loop and the full Ray path):
 the same batches, so the final validation losses are equal in all three.
 
-    python jobs/benchmark_without_ray_data.py [--config configs/demo.yaml] [--set KEY=VALUE ...]
+    python benchmarks/benchmark_without_ray_data.py [--config configs/demo.yaml] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 
 class _Stage:
@@ -63,7 +59,9 @@ def train_loop_on_local_data(config: dict) -> None:
 
 
 def main() -> None:
-    from yxanul_ray.driver import benchmark_job, run_training
+    from common import benchmark_job
+
+    from yxanul_ray.launch import run_training
 
     job, _, _ = benchmark_job(__doc__.splitlines()[0], forced=("run.workers=1",))
     t0 = time.perf_counter()

@@ -7,7 +7,7 @@ For seq_len 8, 128 and 2048 it prints:
   - the peak memory (PSS) of all Ray processes during the run, and its rise over the idle level,
 at 1x and 10x corpus size, so a reader can see that memory stays flat as the corpus grows.
 
-    python jobs/benchmark_pipeline.py [--scales 1,10] [--seq-lens 8,128,2048] [--tokens 3000000]
+    python benchmarks/benchmark_pipeline.py [--scales 1,10] [--seq-lens 8,128,2048] [--tokens 3000000]
 """
 
 from __future__ import annotations
@@ -15,14 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from yxanul_ray.procfs import pss_bytes  # noqa: E402 - after the repo is on the path
+from procfs import pss_bytes
 
 PLASMA_USAGE = re.compile(r"Plasma memory usage (\d+) MiB")
 

@@ -6,17 +6,13 @@ loop that only builds the model and its optimizer as a train worker does (train_
 then returns. What the real job adds on top of this is its own (coordinator, pipelines, steps,
 checkpoints); this part is paid by any Ray Train job, so no design of ours goes under it.
 
-    python jobs/ray_train_floor.py [--config configs/demo.yaml] [--set KEY=VALUE ...]
+    python benchmarks/ray_train_floor.py [--config configs/demo.yaml] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
 
-import os
-import sys
 import tempfile
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def model_only_loop(config: dict) -> None:
@@ -35,7 +31,10 @@ def model_only_loop(config: dict) -> None:
 def main() -> None:
     import dataclasses
 
-    from yxanul_ray.driver import absolute_paths, benchmark_job, make_trainer, start_ray
+    from common import benchmark_job
+
+    from yxanul_ray.launch import make_trainer, start_ray
+    from yxanul_ray.preflight import absolute_paths
 
     launched = time.perf_counter()
     job, _, _ = benchmark_job(__doc__.splitlines()[0])

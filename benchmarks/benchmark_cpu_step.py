@@ -6,21 +6,17 @@ as each of the demo's two Ray workers runs it), a few steps after a warm-up, eac
 process (the allocator's state and the peak RSS are per process). Prints seconds, user and
 system CPU and minor page faults per step, the peak RSS, and the ratios.
 
-    python jobs/benchmark_cpu_step.py [--seqs 512,2048] [--rows 4] [--steps 4] [--threads 1]
+    python benchmarks/benchmark_cpu_step.py [--seqs 512,2048] [--rows 4] [--steps 4] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
 import time
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 
 def measure(loss_kind: str, seq_len: int, rows: int, steps: int, threads: int) -> dict:
@@ -29,10 +25,10 @@ def measure(loss_kind: str, seq_len: int, rows: int, steps: int, threads: int) -
     import torch.nn.functional as F
 
     from yxanul_ray import step as step_module
-    from yxanul_ray.config import OptimizerSpec
     from yxanul_ray.lm_loss import IGNORE
     from yxanul_ray.model import build_model
     from yxanul_ray.presets import resolve_shape
+    from yxanul_ray.specs import OptimizerSpec
 
     if loss_kind == "logits":  # what the CPU step did before lm_loss.py
         def logits_loss(model, raw_model, x, y, *, amp, fp8_recipe=None):
@@ -49,8 +45,8 @@ def measure(loss_kind: str, seq_len: int, rows: int, steps: int, threads: int) -
     tokens = torch.randint(0, shape.vocab_size, (rows, seq_len + 1))
 
     def one_step():
-        step_module.train_step(model, model, optimizer, tokens, lr=1e-3, global_valid=rows * seq_len, rank=0,
-                               world=1, micro_batch=None, grad_clip=1.0, amp=False)
+        step_module.train_step(step_module.Trainee(model, model, optimizer), tokens, step_module.StepSettings(),
+                               lr=1e-3, global_valid=rows * seq_len)
 
     one_step()
     before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()

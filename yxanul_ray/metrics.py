@@ -1,0 +1,151 @@
+"""A train worker's metrics and logs: the log interval's loss and rate, rank 0's progress line,
+TensorBoard scalars, the dashboard gauges (through the coordinator), MFU against the GPU's own
+peak, the stage banner and the stage's summary lines. Every rank keeps the interval (the loss
+all-reduce is collective); only rank 0 prints and writes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+
+import torch
+
+from yxanul_ray.accounting import progress_line
+from yxanul_ray.checkpoint import TrainState
+from yxanul_ray.presets import flops_per_token
+from yxanul_ray.specs import JobSpec
+
+PEAK_BF16_FLOPS = (
+    # (a substring of torch.cuda.get_device_name(), datasheet dense bf16 FLOP/s); first match wins
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("RTX 4090", 165e12),
+)
+
+
+def peak_flops(device_name: str | None, env: Mapping[str, str] = os.environ) -> float | None:
+    """One GPU's dense bf16 peak: `YXANUL_PEAK_FLOPS` where set, else the datasheet figure for
+    the card, else None (no MFU is printed rather than a wrong one)."""
+    if env.get("YXANUL_PEAK_FLOPS"):
+        return float(env["YXANUL_PEAK_FLOPS"])
+    for name, flops in PEAK_BF16_FLOPS:
+        if device_name and name in device_name:
+            return flops
+    return None
+
+
+class Metrics:
+    """One worker's log interval, and rank 0's lines, TensorBoard writer and gauges."""
+
+    def __init__(self, job: JobSpec, rank: int, world: int, device: torch.device, coord, artifacts: str):
+        self.job, self.rank, self.world, self.coord = job, rank, world, coord
+        self.shape = job.model.shape
+        self.interval = self._new_interval()
+        peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+        self.peak = peak * world if peak else None
+        self.writer = None
+        if rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            os.makedirs(artifacts, exist_ok=True)
+            self.writer = SummaryWriter(os.path.join(artifacts, "tensorboard"))
+
+    @staticmethod
+    def _new_interval() -> dict:
+        return {"loss": 0.0, "tokens": 0, "t0": time.perf_counter(), "steps": 0}
+
+    def add_step(self, loss_sum: torch.Tensor, global_valid: int) -> None:
+        """A step's summed loss (left on the device: reading it would wait for the GPU) and tokens."""
+        iv = self.interval
+        iv["loss"] += loss_sum.double()  # in float64 as a Python sum was
+        iv["tokens"] += global_valid
+        iv["steps"] += 1
+
+    def start_interval_if_empty(self, now: float) -> None:
+        """The interval starts at a stage's first batch when `log` closed it at the last stage's end,
+        so the progress line's Tokens/sec is training's own rate (start and switches have lines
+        of their own)."""
+        if self.interval["steps"] == 0:
+            self.interval["t0"] = now
+
+    def log(self, state: TrainState, lr: float, plan, sum_over_ranks: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Close the interval: every rank joins the loss all-reduce; rank 0 prints the progress
+        line and records the scalars and the dashboard's gauges."""
+        iv = self.interval
+        if iv["steps"] == 0:
+            return
+        # The interval's one wait for the GPU: its summed loss, still on the device, all-reduced there.
+        loss = sum_over_ranks(iv["loss"].reshape(1)).item() / max(1, iv["tokens"])
+        rate = iv["tokens"] / max(time.perf_counter() - iv["t0"], 1e-9)
+        self.interval = self._new_interval()
+        if self.rank != 0:
+            return
+        cur = self.job.curriculum
+        mfu = rate * flops_per_token(self.shape, plan.seq_len) / self.peak if self.peak else None
+        eta = (cur.target_tokens - state.tokens) / rate if rate > 0 else None
+        stage_no = min(state.stage + 1, len(cur.stages))
+        print(progress_line(state.step, loss, rate, lr, stage_no, len(cur.stages), state.tokens, cur.target_tokens,
+                            mfu, eta), flush=True)
+        state.loss_history.append([state.tokens, loss])
+        for name, value in (("loss", loss), ("tokens_per_s", rate), ("lr", lr), ("stage", stage_no)):
+            self.writer.add_scalar(f"train/{name}", value, state.tokens)
+        self.coord.record_progress.remote({"tokens": state.tokens, "stage": stage_no, "tokens_per_s": rate,
+                                           "loss": loss, "tokens_by_source": dict(state.tokens_by_source)})
+
+    def stage_banner(self, state: TrainState, plan, fp8: bool) -> None:
+        if self.rank != 0:
+            return
+        cur = self.job.curriculum
+        st = cur.stages[state.stage]
+        mix = ", ".join(f"{s} {w:.0%}" for s, w in st.mix.items())
+        print("=" * 60 + f"\nStage {state.stage + 1}/{len(cur.stages)}: {st.name}"
+              f"{' - ' + st.focus if st.focus else ''}\n  seq_len {st.seq_len}, batch {st.global_batch} "
+              f"sequences ({st.step_tokens:,} tokens/step), {plan.steps} steps, {st.tokens:,} tokens"
+              f"{', FP8' if st.fp8 and fp8 else ''}\n  mix: {mix}\n" + "=" * 60, flush=True)
+
+    def stage_summary(self, state: TrainState, steps: int, tokens: int, seconds: float,
+                      losses: dict[str, float]) -> None:
+        """Rank 0's lines for the stage just ended: its realised mix, its step time (this
+        session's steps only, after a resume) and its held-out losses."""
+        if self.rank != 0:
+            return
+        cur = self.job.curriculum
+        k = state.stage - 1
+        st = cur.stages[k]
+        mix = state.stage_tokens_by_source[k] if k < len(state.stage_tokens_by_source) else {}
+        total = sum(mix.values())
+        realised = ", ".join(f"{s} {n:,} ({n / max(1, total):.2%} vs {st.mix.get(s, 0):.0%})" for s, n in mix.items())
+        print(f"Stage {k + 1}/{len(cur.stages)} done: {total:,} tokens; realised mix: {realised}", flush=True)
+        print(f"  stage time: {steps} steps in {seconds:.2f} s ({tokens / max(seconds, 1e-9):,.0f} tokens/s)",
+              flush=True)
+        if losses:
+            shown = ", ".join(f"{s} loss {v:.4f}" for s, v in losses.items())
+            print(f"  validation (seq_len {cur.validation_seq_len}): {shown}", flush=True)
+
+    def validation_point(self, state: TrainState, losses: dict[str, float]) -> None:
+        """Rank 0's line for a validation at a token point inside a stage."""
+        if self.rank == 0 and losses:
+            shown = ", ".join(f"{s} {v:.4f}" for s, v in losses.items())
+            print(f"  validation at {state.tokens:,} tokens, {state.train_seconds:.1f} s of training "
+                  f"(seq_len {self.job.curriculum.validation_seq_len}): {shown}", flush=True)
+
+    def validation_scalars(self, losses: dict[str, float], tokens: int) -> None:
+        if self.writer is not None:
+            for s, v in losses.items():
+                self.writer.add_scalar(f"val/{s}", v, tokens)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

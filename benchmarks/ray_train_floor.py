@@ -2,7 +2,7 @@
 
 Launch to exit of the job's Ray path with no data and no steps: the same Ray start (a local
 cluster when none runs), the same TorchTrainer (workers, CPUs, gloo/NCCL, storage), and a worker
-loop that only builds the model and its optimizer as a train worker does (train_loop.worker_model),
+loop that only builds the model and its optimizer as a train worker does (worker.worker_model),
 then returns. What the real job adds on top of this is its own (coordinator, pipelines, steps,
 checkpoints); this part is paid by any Ray Train job, so no design of ours goes under it.
 
@@ -22,7 +22,7 @@ def model_only_loop(config: dict) -> None:
     import ray.train.torch
 
     from yxanul_ray.config import job_from_dict
-    from yxanul_ray.train_loop import worker_model
+    from yxanul_ray.worker import worker_model
 
     worker_model(job_from_dict(config["job"], "<floor>"), ray.train.get_context().get_world_size(),
                  ray.train.torch.get_device())

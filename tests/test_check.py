@@ -14,7 +14,6 @@ from tests.pipeline_helpers import write_docs
 from yxanul_ray.check import stages_to_test
 from yxanul_ray.cli import main
 
-pytestmark = pytest.mark.ray
 DEMO = os.path.join(CONFIGS, "demo.yaml")
 
 
@@ -25,6 +24,7 @@ def demo_args(corpus: str, config: str = DEMO) -> list[str]:
     return args + ["--set", "data.demo_corpus=null"]
 
 
+@pytest.mark.ray
 def test_transitions_all_stages_with_samples_estimate_and_json(ray_cluster, demo_corpus, capsys):
     code = main(["check", *demo_args(demo_corpus), "--test-transitions", "--sample", "1", "--estimate", "--json",
                  "--steps", "1"])
@@ -42,6 +42,7 @@ def test_transitions_all_stages_with_samples_estimate_and_json(ray_cluster, demo
     assert all(len(s["sample_rows"]) == 1 and s["samples"] for s in out["stages"])
 
 
+@pytest.mark.ray
 def test_default_is_first_and_last_stage_and_stage_flag(ray_cluster, demo_corpus, capsys):
     assert main(["check", *demo_args(demo_corpus), "--steps", "1"]) == 0
     out = capsys.readouterr().out
@@ -53,6 +54,7 @@ def test_default_is_first_and_last_stage_and_stage_flag(ray_cluster, demo_corpus
     assert main(["check", *demo_args(demo_corpus), "--stage", "11"]) == 2
 
 
+@pytest.mark.ray
 def test_test_all(ray_cluster, demo_corpus, tmp_path, capsys):
     # Every stage, on the demo's first three (the ten-stage walk is the transitions test's).
     assert stages_to_test(10, test_all=True, stage=None) == list(range(10))
@@ -77,6 +79,7 @@ def test_missing_file_is_bad_input(tmp_path, placeholder_sources, capsys):
     assert "sources.math.path" in capsys.readouterr().err
 
 
+@pytest.mark.ray
 def test_wrong_text_field_fails_naming_source_and_field(tmp_path, placeholder_sources, capsys):
     write_docs(os.path.join(placeholder_sources, "math", "part-0.parquet"), ["1 + 1 = 2"])
     path = _broken(tmp_path, placeholder_sources, text_field="content")
@@ -85,6 +88,7 @@ def test_wrong_text_field_fails_naming_source_and_field(tmp_path, placeholder_so
     assert "FAIL  connectivity math" in out and "'content'" in out and "PASS  connectivity fineweb" in out
 
 
+@pytest.mark.ray
 def test_empty_file_fails_naming_source(tmp_path, placeholder_sources, capsys):
     write_docs(os.path.join(placeholder_sources, "math", "part-0.parquet"), [])
     path = _broken(tmp_path, placeholder_sources)
@@ -93,6 +97,7 @@ def test_empty_file_fails_naming_source(tmp_path, placeholder_sources, capsys):
     assert "FAIL  connectivity math: source math: no readable document" in out
 
 
+@pytest.mark.ray
 def test_unreachable_hub_source_fails_naming_source(tmp_path, placeholder_sources, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     data = base_config(placeholder_sources)
@@ -115,6 +120,7 @@ def test_check_streaming_script_reports_bad_input_as_the_cli_does(tmp_path):
     assert proc.stderr.strip() == f"error: {missing}: no such config file"
 
 
+@pytest.mark.ray
 def test_check_script_reaches_ray_when_the_environment_names_no_auth_mode(demo_corpus):
     # A user's shell has no RAY_AUTH_MODE (CI exports one, which hid this). `check` imported Ray
     # (its packer actor) before init_ray set the mode, and Ray's core reads it once, at import:

@@ -17,7 +17,6 @@ from yxanul_ray.launch import check_local_resources
 from yxanul_ray.preflight import cpu_shortfall
 from yxanul_ray.specs import ConfigError
 
-pytestmark = pytest.mark.ray
 DEMO = os.path.join(CONFIGS, "demo.yaml")
 # Ray joins any live cluster it sees on the machine (CI's head, or this session's): a cluster of
 # the test's own starts in a PID namespace of its own.
@@ -51,6 +50,7 @@ def env_for(ray_temp_dir: str, **extra: str) -> dict:
     return {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": ray_temp_dir, **extra}
 
 
+@pytest.mark.ray
 def test_gpu_workers_on_a_cluster_without_gpus_started_here_are_refused(ray_cluster, demo_paths_in_cwd, monkeypatch):
     assert ray_cluster.cluster_resources().get("GPU", 0) == 0  # this machine: CPUs only
     gpu_job = load_job(DEMO, ["run.use_gpu=true"])
@@ -66,6 +66,7 @@ def test_gpu_workers_on_a_cluster_without_gpus_started_here_are_refused(ray_clus
     check_local_resources(ray_cluster, gpu_job)
 
 
+@pytest.mark.ray
 def test_train_workers_and_data_tasks_that_cannot_fit_a_cluster_started_here_are_refused(ray_cluster,
                                                                                          demo_paths_in_cwd,
                                                                                          monkeypatch):
@@ -89,6 +90,7 @@ def test_train_workers_and_data_tasks_that_cannot_fit_a_cluster_started_here_are
         "data.data_cpus: each data task asks for 8 logical CPUs", "--set data.data_cpus=0.25")
 
 
+@pytest.mark.ray
 @pytest.mark.timeout(300)
 def test_a_cluster_file_left_by_a_head_that_is_gone_starts_a_cluster_here():
     """`ray_current_cluster` outlives a head ended without `ray stop` (killed, or a `--block`
@@ -177,6 +179,7 @@ ray.shutdown()
 '''
 
 
+@pytest.mark.ray
 @pytest.mark.timeout(300)
 def test_a_run_s_workers_shed_what_they_inherit_from_how_the_cluster_was_started(tmp_path):
     """The job's worker setup hook (init_ray), on a cluster started by a process with SIGINT

@@ -27,7 +27,7 @@ def local_ray_env() -> None:
     # Left unset, ray.init settles the mode itself, consistently.
     if "ray" not in sys.modules:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
-    # Keeps every Ray port on 127.0.0.1 (measured on Ray 2.60; see DESIGN.md).
+    # Keeps every Ray port on 127.0.0.1 (Ray 2.60).
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     # Ray keeps at most num_cpus idle worker processes and kills the rest after a second idle; the
     # per-stage actors (packers, split coordinators) count toward that, so on a small node the

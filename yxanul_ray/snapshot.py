@@ -29,8 +29,8 @@ class CheckpointSnapshot:
     """Everything a checkpoint holds, copied to host memory at one moment. Written later, on
     another thread while training goes on, it is still that moment's state: the optimizer
     updates its tensors in place and the generators move on, so nothing here refers to them.
-    The copy is the part training waits for; the write is not (writing the 270m preset's 3.3 GB
-    of weights and AdamW state held up a stage switch on an H200 node for 3.56 s)."""
+    The copy is the part training waits for; the write, seconds for a 270M model's weights and
+    AdamW state, is not."""
 
     model_state: dict
     optimizer_state: dict
@@ -51,9 +51,8 @@ class CheckpointSnapshot:
     def reserve(model_state: dict, optimizer_state: dict, staging: HostStaging) -> None:
         """Has `staging` make the buffers `take` will copy these states (or ones shaped like
         them) into, on a thread of its own. The first snapshot otherwise makes them while training
-        waits: pinning the 270m preset's 3.3 GB took 2.7 s of an H200 node's first stage switch,
-        and later snapshots 0.06 s. Not beside training steps either: CUDA calls wait while pages
-        are pinned (one step of the 270m preset took 2.32 s beside it on an H200, 0.11 s alone)."""
+        waits (pinning gigabytes takes seconds; copying into them later, a tenth of a second).
+        Not beside training steps either: CUDA calls wait while pages are pinned."""
         staging.reserve_async([(model_state, MODEL_PATH), (optimizer_state, OPTIMIZER_PATH)])
 
     def write(self, path: str) -> None:

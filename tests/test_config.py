@@ -333,3 +333,22 @@ def test_ctrl_c_before_a_run_begins_is_one_line_and_exit_130():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr == "stopped (interrupted)\n"
+
+
+def test_every_float_field_must_be_finite_and_every_integer_a_real_integer(tmp_path, placeholder_sources):
+    """One rule for all fields (config._build), model.overrides included: NaN and infinity are
+    refused wherever a number goes, and a boolean is not an integer."""
+    for override, said in (("optimizer.peak_lr=.nan", "optimizer.peak_lr: nan is not a finite number"),
+                           ("optimizer.betas=[0.9, .inf]", "optimizer.betas[1]: inf is not a finite number"),
+                           ("run.cpus_per_worker=-.inf", "run.cpus_per_worker: -inf is not a finite number"),
+                           ("curriculum.stages.0.mix.fineweb=.nan", "curriculum.stages[0].mix.fineweb: nan is not"),
+                           ("curriculum.stages.0.lr_scale=.inf", "curriculum.stages[0].lr_scale: inf is not"),
+                           ("model.overrides.rope_theta=.inf", "model.overrides.rope_theta: inf is not a finite"),
+                           ("model.overrides.norm_eps=.nan", "model.overrides.norm_eps: nan is not a finite"),
+                           ("optimizer.warmup_tokens=.inf", "optimizer.warmup_tokens: expected an integer, got inf"),
+                           ("run.workers=true", "run.workers: expected an integer, got True"),
+                           ("model.overrides.n_layers=false", "model.overrides.n_layers: expected an integer")):
+        _fails(tmp_path, base_config(placeholder_sources), said, overrides=[override])
+    job = load_job(write_yaml(str(tmp_path / "ok.yaml"), base_config(placeholder_sources)),
+                   ["model.overrides.n_layers=2.0", "model.overrides.rope_theta=500000"])
+    assert job.model.overrides == {"n_layers": 2, "rope_theta": 500000.0}

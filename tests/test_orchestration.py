@@ -290,8 +290,119 @@ def test_stopped_or_failed_run_names_the_checkpoint_to_go_on_from(tmp_path, endi
         assert_names_latest_checkpoint(out, storage, "run stopped (interrupted)")
     else:
         assert proc.returncode == 1, out[-3000:]
-        assert "Training failed due to worker errors" in out
+        assert "the run's last error, by rank (Ray's logs hold the tracebacks):" in out
         assert_names_latest_checkpoint(out, storage, "training failed")
+
+
+@pytest.mark.timeout(600)
+def test_a_source_that_runs_out_mid_run_ends_it_at_once_without_restarts(tmp_path):
+    """A source of one short document (dictionary-encoded parquet: its footer gives no bound of
+    its text, so the driver cannot refuse it) fills the first stage by wrapping, and cannot fill
+    the second even in every pass a stage may take. The packing actor's CannotContinue reaches
+    every rank at the switch: the run ends there, exit 1, with one line naming the source, the
+    fix and the latest checkpoint, and no restart of the worker group."""
+    from tests.pipeline_helpers import write_docs
+
+    math_dir = tmp_path / "math"
+    write_docs(str(math_dir / "part-0.parquet"), ["Seven times eight is fifty-six, and nine times nine is "
+                                                  "eighty-one; both are checked."])
+    storage = str(tmp_path / "runs")
+    proc = _train_proc("--config", two_stage_config(tmp_path), "--set", f"run.storage_path={storage}",
+                       "--set", f"sources.math.path={math_dir}/*.parquet", "--set", "sources.math.validation_docs=0",
+                       "--set", "curriculum.validation_rows=0")
+    lines, switch_at = [], None
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if switch_at is None and "Stage 1/2 done" in line:
+                switch_at = time.monotonic()
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    ended_after_s = time.monotonic() - switch_at if switch_at else None
+    out = ANSI.sub("", "".join(lines))
+    assert proc.returncode == 1, out[-4000:]
+    assert switch_at is not None and ended_after_s < 60, (ended_after_s, out[-3000:])
+    assert re.search(r"training refused: source math ran out in one stage: .*; fix: add data to sources\.math, or "
+                     r"lower its mix weight; the latest checkpoint is", out), out[-3000:]
+    assert out.count("Attempting to start training worker group") == 1, failure_lines(out)  # no restart
+    assert "training failed" not in out
+    assert_names_latest_checkpoint(out, storage, "training refused")
+
+
+@pytest.mark.timeout(600)
+def test_workers_train_on_the_drivers_listing_without_seeing_its_local_paths(tmp_path):
+    """The job crosses to the coordinator and the train workers validated: they rebuild it
+    without looking at their node's filesystem. Here every source's path names a directory no
+    process has (as a node without the driver's local mount would see it); the run reads the
+    files the driver listed and trains to its target."""
+    import dataclasses
+
+    from yxanul_ray.launch import start_and_fit
+    from yxanul_ray.preflight import preflight
+
+    load_demo()
+    config = demo_subset(str(tmp_path / "one_stage.yaml"), 3, 4, scale=0.25)
+    job, listing, _ = preflight(load_job(config, [f"run.storage_path={tmp_path / 'runs'}"]))
+    elsewhere = {name: dataclasses.replace(src, path=f"/not-on-this-node/{name}/*.parquet")
+                 for name, src in job.sources.items()}
+    job = dataclasses.replace(job, sources=elsewhere)
+    result = start_and_fit(job, listing, None, "no-local-paths", str(tmp_path / "runs" / "no-local-paths"),
+                           time.time())
+    assert result.error is None and result.return_value is None, result.error
+    state = json.load(open(os.path.join(result.checkpoint.path, "state.json")))
+    assert state["tokens"] == job.curriculum.target_tokens == 4_000
+
+
+@pytest.mark.timeout(900)
+def test_storage_made_unwritable_mid_run_ends_it_resumable_from_the_last_whole_checkpoint(tmp_path):
+    """The run's storage turns read-only after its first checkpoint (a bind mount remounted
+    read-only in the run's own mount namespace: root ignores permission bits). The next
+    checkpoint cannot be written: the run ends with one line naming the cause and the latest
+    whole checkpoint, which `--resume` (where the storage is writable again) takes to the exact
+    target."""
+    import tempfile
+
+    storage = tmp_path / "runs"
+    storage.mkdir()
+    ray_tmp = tempfile.mkdtemp(prefix="yr", dir="/tmp")  # Ray's socket paths must stay short
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": ray_tmp}
+    mount_then_train = f'mount --bind {storage} {storage} && exec "$@"'
+    proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "--pid", "--fork", "--mount-proc", "bash",
+                             "-c", mount_then_train, "bash", sys.executable, "jobs/train.py", "--config",
+                             two_stage_config(tmp_path), "--set", f"run.storage_path={storage}"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    lines, read_only = [], False
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if not read_only and "Checkpoint successfully created" in line:
+                subprocess.run(["nsenter", "-t", str(proc.pid), "-m", "mount", "-o", "remount,ro,bind", str(storage)],
+                               check=True)
+                read_only = True
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    out = ANSI.sub("", "".join(lines))
+    assert read_only and proc.returncode == 1, out[-4000:]
+    # The train worker's write (errors.CannotContinue), or Ray Train's own record of its checkpoints
+    # (a controller error, which Ray Train does not retry), whichever meets the storage first.
+    assert re.search(r"(checkpoint \S+ could not be written to \S+|the run's storage refused a write) \(.*Read-only "
+                     r"file system.*\); fix: free or restore the storage", out), out[-4000:]
+    how = "training refused" if "training refused: checkpoint" in out else "training failed"
+    assert_names_latest_checkpoint(out, str(storage), how)
+    latest = STOPPED.search(out).group(2)
+
+    resumed = subprocess.run([sys.executable, "jobs/train.py", "--resume", latest], cwd=REPO, capture_output=True,
+                             text=True, timeout=600)
+    rout = ANSI.sub("", resumed.stdout + resumed.stderr)
+    assert resumed.returncode == 0, rout[-4000:]
+    final = json.load(open(os.path.join(re.search(r"final checkpoint: (\S+)", rout).group(1), "state.json")))
+    assert final["tokens"] == 23_000 and final["stage"] == 2
 
 
 @pytest.mark.timeout(600)

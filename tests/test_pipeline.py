@@ -276,33 +276,34 @@ def test_stage_packers_refuse_gaps_and_survive_a_restart(ray_cluster):
     import ray
 
     from tests.token_blocks import token_block
+    from yxanul_ray.cursors import SourceCursor
+    from yxanul_ray.packing import PackSpec
     from yxanul_ray.stage_packers import StagePackers
 
     packers = StagePackers.remote()
-    config = {"source": "a", "source_id": 0, "seq_len": 4, "stride": 4, "eos_id": 0, "max_rows": 3, "start": {},
-              "reads": 2}
+    spec = PackSpec("a", source_id=0, seq_len=4, stride=4, eos_id=0, max_rows=3, start=SourceCursor(), reads=2)
     blocks = [token_block([(0, 0, 0), (0, 0, 1)]), token_block([(0, 0, 2), (0, 1, 0)])]
     ray.get(packers.begin.remote("build-1"))
     assert ray.get(packers.holds.remote("build-1"))
-    first = ray.get(packers.pack.remote("build-1", config, blocks[0], 0))
+    first = ray.get(packers.pack.remote("build-1", spec, None, blocks[0], 0))
     with pytest.raises(ray.exceptions.RayTaskError, match="block 2 of a stage's stream arrived when block 1 was due"):
-        ray.get(packers.pack.remote("build-1", config, blocks[1], 2))
+        ray.get(packers.pack.remote("build-1", spec, None, blocks[1], 2))
 
     ray.kill(packers, no_restart=False)
     with pytest.raises(ray.exceptions.RayTaskError, match="never saw the stream begin"):
         for _ in range(300):  # calls fail with RayActorError until the restarted actor is up
             try:
-                ray.get(packers.pack.remote("build-1", config, blocks[1], 1))
+                ray.get(packers.pack.remote("build-1", spec, None, blocks[1], 1))
             except ray.exceptions.RayActorError:
                 time.sleep(0.1)
     assert not ray.get(packers.holds.remote("build-1"))  # what the coordinator asks before handing a build out
     with pytest.raises(ray.exceptions.RayTaskError, match="restarted and lost this stage build's rows"):
         ray.get(packers.take.remote("build-1", None, 0), timeout=30)
     with pytest.raises(ray.exceptions.RayTaskError, match="restarted and lost this stage build's rows"):
-        ray.get(packers.pack.remote("build-1", config, blocks[0], 0), timeout=30)
+        ray.get(packers.pack.remote("build-1", spec, None, blocks[0], 0), timeout=30)
 
     ray.get(packers.begin.remote("build-2"))
-    rebuilt = [ray.get(packers.pack.remote("build-2", config, b, i)) for i, b in enumerate(blocks)]
+    rebuilt = [ray.get(packers.pack.remote("build-2", spec, None, b, i)) for i, b in enumerate(blocks)]
     np.testing.assert_array_equal(rebuilt[0]["tokens"], first["tokens"])
     assert rebuilt[1]["tokens"].shape == (1, 5)
     end = ray.get(packers.wait.remote("build-2", ["a"]))

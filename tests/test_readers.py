@@ -265,13 +265,13 @@ def test_a_text_field_the_first_file_lacks_is_refused_before_any_cluster_work(tm
     import gzip
 
     from yxanul_ray.manifest import list_sources
-    from yxanul_ray.preflight import check_text_fields
+    from yxanul_ray.preflight import check_sources
 
     def refusal(path: str, fmt: str = "parquet", text_field: str = "content") -> str | None:
         job = job_from_dict({**as_raw(one_source_job(path, fmt=fmt)), "sources": {
             "a": {"path": path, "format": fmt, "text_field": text_field, "validation_docs": 0}}}, "<test>")
         try:
-            check_text_fields(job, list_sources(job))
+            check_sources(job, list_sources(job))
         except ConfigError as e:
             return str(e)
         return None
@@ -301,7 +301,7 @@ def test_a_text_field_the_first_file_lacks_is_refused_before_any_cluster_work(tm
         "<test>")
     with pytest.raises(ConfigError, match=r"^<test>: sources\.a\.text_field: 'content' is not among the columns in "
                                           r".*train-00000-of-00001\.parquet \(text\)"):
-        check_text_fields(job, list_sources(job))
+        check_sources(job, list_sources(job))
 
 
 def test_files_named_as_the_other_format_are_refused_when_listed(tmp_path):

@@ -198,7 +198,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     # A run's directory given instead, or a checkpoint copied in part: one line, the fix naming
     # the run's latest whole checkpoint.
     state, job_dict = checked_checkpoint(args.checkpoint, "yxanul-ray export")
-    job = job_from_dict(job_dict, storage_join(args.checkpoint, "job.json"))
+    job = job_from_dict(job_dict, storage_join(args.checkpoint, "job.json"), check_files=False)
     # Before the tensors are read (a bucket's checkpoint is downloaded whole): the tokenizer, then
     # where the export goes.
     tokenizer = trained_tokenizer(args.checkpoint, job.data.tokenizer, state.coordinator.get("tokenizer"),

@@ -9,6 +9,7 @@ Ray or torch work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -17,7 +18,8 @@ from typing import Any, Literal
 import yaml
 
 from yxanul_ray.config_rules import validate
-from yxanul_ray.specs import ConfigError, JobSpec
+from yxanul_ray.presets import ModelShape
+from yxanul_ray.specs import ConfigError, JobSpec, ModelSpec
 from yxanul_ray.storage import read_text
 
 
@@ -131,8 +133,10 @@ def _top_keys() -> str:
     return ", ".join(f.name for f in dataclasses.fields(JobSpec) if f.name != "path")
 
 
-def job_from_dict(raw: dict, path: str = "<config>") -> JobSpec:
-    """Build and validate a JobSpec from plain data (a parsed YAML file)."""
+def job_from_dict(raw: dict, path: str = "<config>", check_files: bool = True) -> JobSpec:
+    """Build and validate a JobSpec from plain data (a parsed YAML file). `check_files` False
+    leaves this machine's files alone (config_rules.validate): for a job already validated where
+    the run started (`validated_job`), or a checkpoint's job.json read for its settings only."""
     raw = dict(raw)
     for key in ("sources", "curriculum"):
         if key not in raw:
@@ -145,9 +149,25 @@ def job_from_dict(raw: dict, path: str = "<config>") -> JobSpec:
         for name, body in sources_raw.items()
     }
     job = _build(JobSpec, raw, path, "")
-    job = dataclasses.replace(job, path=path)
-    validate(job)
+    job = dataclasses.replace(job, path=path, model=_typed_overrides(job.model, path))
+    validate(job, check_files)
     return job
+
+
+def validated_job(d: dict) -> JobSpec:
+    """The JobSpec of `job.to_dict()` of a job the driver validated, rebuilt in a Ray process (the
+    coordinator, a train worker) without looking at that node's filesystem: its local paths may
+    be the driver's only, and the run reads the files the driver listed."""
+    return job_from_dict(d, d.get("path") or "<job>", check_files=False)
+
+
+def _typed_overrides(model: ModelSpec, path: str) -> ModelSpec:
+    """model.overrides built to ModelShape's field types by the same rules as every other field
+    (finite floats, integers that are not booleans); unknown fields are config_rules' to name."""
+    hints = typing.get_type_hints(ModelShape)
+    typed = {key: _build(hints[key], value, path, f"model.overrides.{key}") if key in hints else value
+             for key, value in model.overrides.items()}
+    return dataclasses.replace(model, overrides=typed)
 
 
 def _build(tp: Any, value: Any, path: str, where: str) -> Any:
@@ -215,6 +235,8 @@ def _build(tp: Any, value: Any, path: str, where: str) -> Any:
                 pass
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ConfigError(f"{path}: {label}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: {label}: {value!r} is not a finite number; fix: a finite value")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 import ray
 
-from yxanul_ray.config import job_from_dict
+from yxanul_ray.config import validated_job
 from yxanul_ray.cursors import SourceCursor, SourceStats
+from yxanul_ray.errors import CannotContinue
 from yxanul_ray.hub import Redacted
 from yxanul_ray.local_data import holdout_rows
 from yxanul_ray.manifest import SourceListing, list_sources, manifest_differences
@@ -63,6 +64,7 @@ class _Build:
 class CurriculumCoordinator:
     def __init__(self, job: dict, world_size: int, listing: SourceListing | None = None,
                  hub_token: Redacted | None = None):
+        self._ended: str | None = None
         from yxanul_ray.raycluster import quiet_ray_data
 
         quiet_ray_data()
@@ -71,7 +73,7 @@ class CurriculumCoordinator:
         # the event loop: ray.get wrapped in this actor over a four-stage demo run caught none
         # there. Ray Train turns the same warning off in its own controller.
         os.environ["RAY_WARN_BLOCKING_GET_INSIDE_ASYNC"] = "0"
-        self.job = job_from_dict(job, job.get("path") or "<job>")
+        self.job = validated_job(job)
         if hub_token is not None and hub_token.value:
             # The driver's HF_TOKEN, which it pinned and listed the Hub sources with. This process
             # has the cluster's environment, which need not hold one (a `ray start` in another
@@ -128,6 +130,8 @@ class CurriculumCoordinator:
         refused: its cursors would point at other documents, or other tokens. The run ends then,
         without Ray Train's restarts: each would restore that checkpoint and be refused again
         (train_loop_per_worker returns the refusal, and the driver prints it)."""
+        if self._ended:
+            raise CannotContinue(self._ended)
         changed = [f"{s}: {d}" for s, d in manifest_differences(saved.get("files", {}), self.manifests).items()]
         tokenizer_then = saved.get("tokenizer", self.tokenizer)
         if identity_compares(tokenizer_then) and tokenizer_then != self.tokenizer:  # see resume_check for the rest
@@ -143,6 +147,12 @@ class CurriculumCoordinator:
         for k, stats in saved.get("stage_stats", {}).items():
             self.stage_stats.setdefault(int(k), stats)
         return self.incarnation
+
+    def end_run(self, message: str) -> None:
+        """Record a failure no restart can fix, met where a worker cannot end the run itself (a
+        checkpoint that could not be written, on Ray Train's upload thread): the worker group Ray
+        Train starts next is refused at `join`, and the run ends with `message`."""
+        self._ended = message
 
     def _check(self, incarnation: str | None) -> None:
         """Refuse a worker group that joined an earlier incarnation of this actor (None: a caller
@@ -188,11 +198,11 @@ class CurriculumCoordinator:
 
     def prepare(self, stages: int) -> None:
         """Build the first `stages` stages now and start their pipelines as each is built, before
-        any worker asks. The driver calls this on a fresh run while Ray Train starts its workers
-        (~20 s on 2 cores with the CPU partly idle), so the first stages' data is past its cold
-        start when training begins: the demo's first stages last a few steps, shorter than a cold
-        pipeline. The same builds are then handed to the workers; stages after these start as
-        before, at the first worker's request (two stages ahead of training)."""
+        any worker asks. The driver calls this on a fresh run while Ray Train starts its workers,
+        so the first stages' data is past its cold start when training begins (short first
+        stages last fewer seconds than a cold pipeline takes). The same builds are then handed to
+        the workers; stages after these start as before, at the first worker's request (two
+        stages ahead of training)."""
         self._start_on_build = stages
         if (0, 0) not in self._builds:
             self._builds[(0, 0)] = asyncio.ensure_future(self._build(0, 0))

@@ -52,9 +52,8 @@ def make_trainer(job: JobSpec, train_loop, run_name: str, loop_config: dict, kee
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    # Ray Train's controller polls its workers every 2 s by default, so it learned that the run
-    # had ended (and of a failed worker) up to 2 s late: measured on 2 cores, 2.1-3.0 s from
-    # rank 0's last line to "run finished", 0.3-0.8 s at 0.5 s. A poll is one small RPC per worker.
+    # Ray Train's controller polls its workers every 2 s by default, so it learns that the run
+    # has ended (or a worker failed) up to 2 s late; a poll is one small RPC per worker.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(HEALTH_CHECK_INTERVAL_S))
     return TorchTrainer(
         train_loop,
@@ -144,7 +143,7 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
         if train_module is None or not isinstance(e, train_module.TrainingFailedError):
             raise
         # run.max_failures restarts spent, or a controller error
-        print(e, flush=True)  # each failed rank's error
+        print(failure_summary(e), flush=True)
         print(f"training failed; {where_to_go_on()}", flush=True)
         return 1
     if result.return_value:  # the workers' loop returns only why it was refused (train_loop_per_worker)
@@ -154,6 +153,23 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
     if result.checkpoint is not None:
         print(f"final checkpoint: {storage_join(run_dir, os.path.basename(result.checkpoint.path))}", flush=True)
     return 0
+
+
+def failure_summary(error: Exception) -> str:
+    """Each failed rank's error in a line (its last), not Ray's tracebacks, which stay in the
+    session's log files: what the run's console ends with, before where to go on from."""
+    failures = getattr(error, "worker_failures", None) or {"controller": getattr(error, "controller_failure", error)}
+    lines = []
+    for who, failure in failures.items():
+        text = [line.strip() for line in str(failure).splitlines() if line.strip()]
+        last = text[-1] if text else type(failure).__name__
+        if isinstance(failure, OSError) or last.startswith("OSError"):  # Ray Train's own writes to storage
+            last = (f"the run's storage refused a write ({last}); fix: free or restore the storage, then resume "
+                    "from the latest whole checkpoint")
+        line = f"  rank {who}: {last}" if isinstance(who, int) else f"  {who}: {last}"
+        if line not in lines:
+            lines.append(line)
+    return "\n".join(["the run's last error, by rank (Ray's logs hold the tracebacks):", *lines])
 
 
 def start_and_fit(job: JobSpec, listing: SourceListing, resume: str | None, run_name: str, run_dir: str,

@@ -111,6 +111,14 @@ class BatchAssembler:
     def ready(self) -> bool:
         return not self.finished and not self.missing()
 
+    def step_ready(self) -> bool:
+        """Whether the rows of every batch left in the next batch's step are here."""
+        if self.finished:
+            return False
+        need = self.steps[self.next_batch // self.world]
+        left = self.world - self.next_batch % self.world
+        return all(self._queued[s] >= n * left for s, n in need.items())
+
     def take(self) -> dict:
         """The next batch {"tokens": [rows, seq_len+1], "source": [rows] int16}."""
         assert self.ready(), "take() before ready()"

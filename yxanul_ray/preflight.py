@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from yxanul_ray.checkpoint import checked_checkpoint
 from yxanul_ray.config import job_from_dict, read_yaml
 from yxanul_ray.config_rules import hub_endpoint_problem
-from yxanul_ray.specs import ConfigError, JobSpec
+from yxanul_ray.hub import Redacted
+from yxanul_ray.specs import ConfigError, JobSpec, stage_stride
 from yxanul_ray.storage import StorageError, is_uri, open_storage, resolve_storage, storage_join
 
 if TYPE_CHECKING:
@@ -162,7 +163,7 @@ def hub_token(job: JobSpec):
     """This process's Hub token (HF_TOKEN, or a login's token file: hub.hf_token), redacted, for a
     coordinator that reads the Hub; None otherwise. The coordinator runs with the cluster's
     environment and files, not this shell's and this machine's (see coordinator.py)."""
-    from yxanul_ray.hub import Redacted, hf_token
+    from yxanul_ray.hub import hf_token
 
     token = hf_token()
     return Redacted(token) if token and reads_the_hub(job) else None
@@ -204,7 +205,7 @@ def checked_at_pinned_commits(job: JobSpec, size_holdouts: bool = True) -> tuple
     job = pin_hub_revisions(job)
     tokenizer = check_tokenizer(job)
     listing = list_sources(job)  # a source that does not list is an error here too (manifest.list_sources)
-    check_text_fields(job, listing)
+    check_sources(job, listing)
     job, notes = sized_holdouts(job, listing.files, tokenizer) if size_holdouts else (job, [])
     for note in notes:
         print(note, flush=True)
@@ -215,25 +216,47 @@ def checked_at_pinned_commits(job: JobSpec, size_holdouts: bool = True) -> tuple
     return job, listing
 
 
-def check_text_fields(job: JobSpec, listing: SourceListing) -> None:
-    """Each source's text_field is a field of its first file (readers.text_field_problem), else a
-    ConfigError naming the source, the file and its fields. The read tasks would otherwise raise it
-    after the cluster and the first stages had started (38 s and 1,774 log lines for the demo). The
-    sources' files are opened at once, as they were listed; the first problem in the config's
-    order is the one raised."""
-    from yxanul_ray.hub import Redacted, at_once, hf_token
+def check_sources(job: JobSpec, listing: SourceListing) -> None:
+    """Each source can give the run documents: its text_field is a field of its first file
+    (readers.text_field_problem), and its files' metadata and first documents show text
+    (survey.source_problem) and enough of it for every stage (survey.stage_shortfall); else a
+    ConfigError naming the source, the file and the fix. The read tasks would otherwise fail
+    after the cluster and the first stages had started, and every restart again. A source the
+    run will draw more than once is named in a warning. The sources are surveyed at once; the
+    first problem in the config's order is the one raised."""
+    from yxanul_ray.hub import at_once, hf_token
     from yxanul_ray.readers import text_field_problem
     from yxanul_ray.stage_data import read_spec
+    from yxanul_ray.survey import repeat_warning, source_problem, stage_shortfall, survey_source
 
-    def problem(files) -> str | None:
-        token = Redacted(hf_token() if files.kind == "hf" else None)
-        return text_field_problem(read_spec(job, files), token)
+    def check(name: str) -> tuple[str | None, str | None]:
+        files = listing.files[name]
+        spec, token = read_spec(job, files), Redacted(hf_token() if files.kind == "hf" else None)
+        field = text_field_problem(spec, token)
+        if field:
+            return (f"{job.path}: sources.{name}.text_field: {field}; fix: sources.{name}.text_field, the field "
+                    "that holds each document's text"), None
+        survey = survey_source(spec, token)
+        needs = source_needs(job, name)
+        problem = source_problem(survey, spec.text_field) or stage_shortfall(survey, needs)
+        if problem:
+            return f"{job.path}: sources.{name}: {problem}", None
+        return None, repeat_warning(survey, sum(tokens for _, tokens in needs))
 
     names = list(listing.files)
-    for name, found in zip(names, at_once(lambda name: problem(listing.files[name]), names)):
-        if found:
-            raise ConfigError(f"{job.path}: sources.{name}.text_field: {found}; fix: sources.{name}.text_field, "
-                              "the field that holds each document's text")
+    for error, warning in at_once(check, names):
+        if error:
+            raise ConfigError(error)
+        if warning:
+            print(warning, flush=True)
+
+
+def source_needs(job: JobSpec, name: str) -> list[tuple[str, int]]:
+    """(stage name, tokens the stage reads from source `name`) for each stage that draws on it:
+    its share of the stage's budget, and more where rows overlap (a stride below seq_len)."""
+    cur = job.curriculum
+    return [(st.name, int(st.tokens * st.mix[name] * st.seq_len / stage_stride(cur, st)))
+            for st in cur.stages if st.mix.get(name, 0) > 0]
 
 
 def partial_copies(job: JobSpec, listing: SourceListing) -> list[str]:
@@ -256,7 +279,7 @@ def check_resume(job: JobSpec, checkpoint: str) -> tuple[JobSpec, SourceListing]
     state, saved_raw = checked_checkpoint(checkpoint)
     saved_path = storage_join(checkpoint, "job.json")
     try:
-        saved = job_from_dict(saved_raw, saved_path)
+        saved = job_from_dict(saved_raw, saved_path, check_files=False)
     except ConfigError as e:
         # Written by another version of this project (a setting since renamed or removed): the
         # resume itself reads only state.json and the tensors, so it goes on, unchecked, as before.

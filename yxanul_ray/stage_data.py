@@ -93,11 +93,10 @@ def drive_source(ds, packers, stage_key, source: str) -> None:
     It reads the pipeline's blocks by reference (`iter_internal_ref_bundles`), not with
     `iter_batches`: leaving `iter_batches` early shuts the executor down with a forced cancel,
     and a forced cancel ends the worker process of every task still running (the reads and
-    tokenizers working ahead), so Ray starts new ones at ~1.2 CPU-s each. A ten-stage demo run
-    lost 25 of its 49 worker processes that way, and once the cancel reached a worker after it
-    had moved on to one of the stage's batch reads, which failed the worker group. Dropping the
-    bundle iterator shuts the executor down unforced: the tasks are cancelled, their processes
-    stay in the pool."""
+    tokenizers working ahead), so Ray starts new ones, and a cancel that reaches a worker after
+    it moved on to one of the stage's batch reads fails the worker group. Dropping the bundle
+    iterator shuts the executor down unforced: the tasks are cancelled, their processes stay in
+    the pool."""
     import ray
     from ray.data.block import BlockAccessor
 
@@ -177,7 +176,7 @@ def build_stage_data(job: JobSpec, stage_index: int, cursors: dict[str, SourceCu
     stage_key = (run_key, stage_index, uuid.uuid4().hex)
     store_bytes = job.data.object_store_mb_per_source << 20
     mix = {"schedule": schedule, "world": world_size, "start_step": start_step, "source_ids": source_ids(job),
-           "budget_rows": assembly_budget_rows(schedule, store_bytes, plan.seq_len)}
+           "budget_rows": assembly_budget_rows(schedule, store_bytes, plan.seq_len, world_size)}
     datasets = {}
     for s, sp in sources.items():
         read = read_spec(job, files[s])
@@ -196,14 +195,15 @@ def row_bytes(seq_len: int) -> int:
     return 4 * (seq_len + 1)
 
 
-def assembly_budget_rows(schedule: MixSchedule, store_bytes: int, seq_len: int) -> dict[str, int]:
+def assembly_budget_rows(schedule: MixSchedule, store_bytes: int, seq_len: int, world: int = 1) -> dict[str, int]:
     """Packed rows a source may queue for the assembly before its pipeline waits: its share of
-    the object-store budget, and never less than two batches' worth (less would deadlock)."""
+    the object-store budget, and never less than two steps' worth of `world` batches (a step's
+    batches are made together: less would deadlock)."""
     most = {s: 0 for s in schedule.sources}
     for counts in schedule.counts():
         for s, n in counts.items():
             most[s] = max(most[s], n)
-    return {s: max(2 * most[s], store_bytes // row_bytes(seq_len)) for s in schedule.sources}
+    return {s: max(2 * world * most[s], store_bytes // row_bytes(seq_len)) for s in schedule.sources}
 
 
 def batch_dataset(packers, stage_key, mix: dict, seq_len: int, data_cpus: float):

@@ -3,8 +3,7 @@
 Packing carries a document's tail from one block into the next, so each (stage, source) stream
 needs one holder of state that sees its blocks in order. Ray Data's way to hold state is an
 actor pool per map step, and a new pool per Dataset: one fresh worker process per stage and
-source. On the 2-core demo those starts (~0.8 CPU-s each, plus the raylet's share and the
-packer's imports) were a large part of the data side's CPU, taken from training. Here the
+source, whose starts take CPU from training on a small node. Here the
 state lives in this long-lived actor instead, keyed by (stage build, source); the Dataset's pack
 step is a plain task (one at a time, in stream order) that hands each block over and returns
 the rows. The end of each stream (cursor and stats) is recorded here too, for whoever plans the
@@ -16,10 +15,9 @@ that stage fails and is rebuilt from its start cursor like any failed stage, ins
 the rest of a stream as if it were the start. The coordinator also registers each stage build
 (`begin`) before its pipelines start: a restarted actor refuses every pack and take of a build
 begun before the restart, and says whether it holds a build (`holds`), so the coordinator hands
-out no build the restart has lost. Without that, a batch read of a stage whose rows were all
-packed before the restart waited forever for rows that would never come.
+out no build the restart has lost (a batch read of it would wait for rows that never come).
 
-It also mixes: a stream whose config carries "mix" hands its rows to the stage's BatchAssembler
+It also mixes: a stream given a `mix` hands its rows to the stage's BatchAssembler
 here instead of returning them, and the stage's one Dataset (stage_data) takes the assembled
 worker batches in order with `take`. So a stage needs one streaming_split, not one per source.
 A pack call waits while its source has more rows queued than its budget: that is the sources'
@@ -35,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from yxanul_ray.errors import CannotContinue
 from yxanul_ray.mixing import BatchAssembler
 from yxanul_ray.packing import Packer, PackSpec
 from yxanul_ray.raycluster import actor_was_restarted
@@ -53,6 +52,7 @@ class StagePackers:
         self._events: dict[tuple, asyncio.Event] = {}
         self._mixes: dict = {}
         self._mix_changed: dict = {}
+        self._made: dict = {}
         self._failed: dict = {}
         self._begun: set = set()
         self._restarted = actor_was_restarted()
@@ -122,22 +122,30 @@ class StagePackers:
 
     async def take(self, stage_key, mix: dict, index: int) -> dict:
         """Worker batch `index` of the stage build `stage_key` (0, 1, 2, ... in order), once its
-        sources have packed the rows: {"tokens", "source"}."""
-        self._raise_if_failed(stage_key)
+        sources have packed the rows: {"tokens", "source"}. A step's batches (one per rank) are
+        made together, so a failure of the stage reaches every rank at the same step: none is
+        left inside a collective that another rank will never join."""
         self._raise_if_lost(stage_key)
+        made = self._made.setdefault(stage_key, {})
+        if index not in made:
+            self._raise_if_failed(stage_key)
         assembler = self._assembler(stage_key, mix)
+        first = index - index % assembler.world  # the step's first batch
         changed = self._changed(stage_key)
         async with changed:
-            await changed.wait_for(lambda: stage_key in self._failed or assembler.next_batch > index
-                                   or (assembler.next_batch == index and assembler.ready()))
-            self._raise_if_failed(stage_key)
-            if assembler.next_batch != index:
-                raise RuntimeError(f"batch {index} of a stage was asked for twice; the stage's read tasks must not "
-                                   "be retried")
-            batch = assembler.take()
-            changed.notify_all()
-        if assembler.finished:  # every row is out; later pack calls are in-flight blocks, answered done
-            del self._mixes[stage_key], self._mix_changed[stage_key]
+            await changed.wait_for(lambda: index in made or stage_key in self._failed or assembler.next_batch > index
+                                   or (assembler.next_batch == first and assembler.step_ready()))
+            if index not in made:
+                self._raise_if_failed(stage_key)
+                if assembler.next_batch != first:
+                    raise RuntimeError(f"batch {index} of a stage was asked for twice; the stage's read tasks must "
+                                       "not be retried")
+                for u in range(first, first + assembler.world):
+                    made[u] = assembler.take()  # batch u: assembler.next_batch before the take
+                changed.notify_all()
+            batch = made.pop(index)
+        if assembler.finished and not made:  # every row is out; later pack calls are in-flight blocks, answered done
+            del self._mixes[stage_key], self._mix_changed[stage_key], self._made[stage_key]
         return batch
 
     def fail(self, stage_key, message: str) -> None:
@@ -212,12 +220,12 @@ class Pack:
                     break
                 if bad[i]:
                     if bad[i] == END_OF_DATA:
-                        raise RuntimeError(
+                        raise CannotContinue(
                             f"source {self.source} ran out in one stage: the {self.reads:,} file reads planned "
                             f"for its {p.max_rows:,} rows (at least {MIN_TOKENS_PER_FILE_BYTE} tokens per byte, "
-                            f"at most {MAX_WRAP_EPOCHS} passes more) gave too few tokens. Its files are far too "
-                            "small for the stage's budget, or mostly unreadable or empty: add data or lower its "
-                            "mix weight")
+                            f"at most {MAX_WRAP_EPOCHS} passes more) gave too few tokens: its files are far too "
+                            "small for the stage's budget, or mostly unreadable or empty; fix: add data to "
+                            f"sources.{self.source}, or lower its mix weight")
                     p.note_bad(bad[i])
                     continue
                 key = (int(epoch[i]), int(file_pos[i]), int(row[i]), int(piece[i]))

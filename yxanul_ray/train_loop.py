@@ -15,9 +15,10 @@ import torch
 
 from yxanul_ray.accounting import step_tokens_by_source
 from yxanul_ray.checkpoint import TrainState, load_state, load_tensors, restore_rng
-from yxanul_ray.config import job_from_dict
+from yxanul_ray.config import validated_job
 from yxanul_ray.coordinator import SourceFilesChanged
 from yxanul_ray.curriculum import lr_at, plan_curriculum
+from yxanul_ray.errors import CannotContinue, cannot_continue
 from yxanul_ray.evaluation import TrainClock, point_crossed, weights_digest
 from yxanul_ray.metrics import Metrics
 from yxanul_ray.raycluster import quiet_ray_train
@@ -30,10 +31,13 @@ from yxanul_ray.worker import Prefetch, worker_group_id, worker_model
 
 
 def train_loop_per_worker(config: dict) -> str | None:
-    """Trains to the target; returns None, or why the coordinator refused the checkpoint restored
-    (the driver ends the run with it: a restart would restore that checkpoint and be refused again)."""
+    """Trains to the target; returns None, or why the run cannot go on where a restart would
+    fail the same way (the driver ends the run with it): the coordinator refused the checkpoint
+    restored, or the data raised errors.CannotContinue. Every rank meets such a failure at the
+    same point (one checkpoint; a stage's batches are made a whole step at a time), so every
+    rank returns and no collective waits."""
     quiet_ray_train()
-    job = job_from_dict(config["job"], config["job"].get("path", "<job>"))
+    job = validated_job(config["job"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     coord = config["coordinator"]
@@ -41,10 +45,23 @@ def train_loop_per_worker(config: dict) -> str | None:
     try:
         state = run.restore(ray.train.get_checkpoint(), config.get("resume_from"))
     except SourceFilesChanged as refused:
-        # Every rank is refused alike (one checkpoint, one coordinator), so every rank returns
-        # and no collective waits. Raised instead, it would cost run.max_failures restarts of the
-        # worker group, each refused the same way, before the same error.
         return str(getattr(refused, "cause", None) or refused)
+    except Exception as e:  # the coordinator recorded a failure no restart fixes (Run.report)
+        if (message := cannot_continue(e)) is None:
+            raise
+        return message
+    try:
+        train_stages(job, run, state, world)
+    except Exception as e:
+        if (message := cannot_continue(e)) is None:
+            raise  # a restart may fix it: Ray Train restarts the group from the last checkpoint
+        return message
+    run.finish(state)
+    return None
+
+
+def train_stages(job: JobSpec, run: Run, state: TrainState, world: int) -> None:
+    """Every stage from `state` on, to the target."""
     plans = plan_curriculum(job.curriculum, world)
     group = worker_group_id()
     ahead = {state.stage: Prefetch(run, group, state.stage, state.step_in_stage)}
@@ -85,8 +102,6 @@ def train_loop_per_worker(config: dict) -> str | None:
         state.stage += 1
         state.step_in_stage = 0
         run.stage_boundary(state, validate=run.validates_at_stage_end(tokens_before, state, len(plans)))
-    run.finish(state)
-    return None
 
 
 def _counts_of(batch: dict, batches: StageBatches) -> dict[str, int]:
@@ -214,6 +229,13 @@ class Run:
                     snapshot.write(checkpoint.path)
                     snapshot = None  # written: its buffers are free for the next snapshot
                 return storage.persist_current_checkpoint(checkpoint, dir_name)
+            except Exception as e:  # noqa: BLE001 - a disk that is full, storage that refuses writes
+                # Ray Train fails this worker for it; the group it restarts is refused at once.
+                message = (f"checkpoint {dir_name} could not be written to {self.run_dir} "
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); fix: free or "
+                           "restore the storage, then resume from the latest whole checkpoint")
+                ray.get(self.coord.end_run.remote(message))
+                raise CannotContinue(message) from e
             finally:
                 written.set()
 
@@ -226,7 +248,7 @@ class Run:
         """Rank 0 on a GPU starts making its pinned snapshot buffers before the first step, while
         the worker waits for its first batch, so the first checkpoint copies into ready memory.
         Not on a CPU worker: making them ahead there only moves the work into training's own
-        cores (on 2 cores the 270m preset's steps ran 1.61x as long meanwhile)."""
+        cores."""
         if self.rank == 0 and self.device.type == "cuda":
             CheckpointSnapshot.reserve(self.raw_model.portable_state_dict(), adamw_state_like(self.optimizer),
                                        self.staging)
@@ -247,9 +269,8 @@ class Run:
     def train_step(self, rows: np.ndarray, global_valid: int, lr: float, stage) -> torch.Tensor:
         """One optimizer step on this rank's rows; returns the summed loss of its valid targets as
         a device tensor. Nothing here waits for the GPU: the loss is read at the log interval
-        (`log`), so the host queues the next step while this one runs, as the GPU step benchmark
-        (benchmarks/benchmark_gpu_step.py) measured it. Rows go through pinned memory for the same
-        reason: a copy from pageable memory waits for the stream."""
+        (`log`), so the host queues the next step while this one runs. Rows go through pinned
+        memory for the same reason: a copy from pageable memory waits for the stream."""
         tokens = torch.from_numpy(rows.astype(np.int64))
         if self.device.type == "cuda":
             tokens = tokens.pin_memory()
@@ -316,9 +337,8 @@ class Run:
         """The stage switch's cost: from the previous stage's last step to this stage's first
         batch in hand, split into the boundary's own work (validation, checkpoint) and the wait
         for the new stage's data (what a cold per-stage pipeline would cost). The progress line's
-        interval starts here too, so its Tokens/sec is training's own rate (a line spanning the
-        270m preset's first switch on an H200 read 88,722 against ~231k either side): the start
-        and each switch have lines of their own."""
+        interval starts here too, so its Tokens/sec is training's own rate: the start and each
+        switch have lines of their own."""
         first_of_run, boundary = self.started_at is not None, self.boundary_times
         if first_of_run and self.rank == 0:
             print(f"first batch in hand {time.time() - self.started_at:.1f} s after the job started", flush=True)
@@ -373,8 +393,7 @@ class Run:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Mean held-out loss per source. The ranks split the rows (rank r takes every world-th)
-        and sum (loss, targets) with one all-reduce: the whole boundary waits on validation, so
-        on one rank it cost ~1 s of every switch on the 2-core demo."""
+        and sum (loss, targets) with one all-reduce: the whole boundary waits on validation."""
         if self._val_rows is None:
             self._val_rows = ray.get(self._val_rows_ref) if self._val_rows_ref is not None else {}
         sources = [s for s in self.job.sources if s in self._val_rows]  # one order, one copy: same on every rank

@@ -25,9 +25,9 @@ from yxanul_ray.raycluster import quiet_ray_train
 from yxanul_ray.snapshot import STAGING_PREFIX, CheckpointSnapshot, HostStaging, remove_stale_staging_dirs, staging_dir
 from yxanul_ray.specs import JobSpec
 from yxanul_ray.stage_data import STAGES_AHEAD, StageBatches
-from yxanul_ray.step import StepSettings, Trainee, adamw_state_like, held_out_loss, train_step
+from yxanul_ray.step import StepSettings, Trainee, adamw_state_like, train_step
 from yxanul_ray.storage import StorageError, artifacts_dir, storage_join, upload
-from yxanul_ray.worker import Prefetch, worker_group_id, worker_model
+from yxanul_ray.worker import Prefetch, held_out_losses, worker_group_id, worker_model
 
 
 def train_loop_per_worker(config: dict) -> str | None:
@@ -154,10 +154,8 @@ class Run:
         else a fresh one), after joining the coordinator with its curriculum state."""
         shown = None
         if checkpoint is not None:
-            # as_directory, not to_directory(): the latter copies into one default path per
-            # checkpoint that every rank on the node writes at once, and a rank then reads a file
-            # another is still rewriting (a "corrupted checkpoint" on every retry). as_directory
-            # reads a local checkpoint in place and shares one locked download otherwise.
+            # as_directory, not to_directory(): every rank of a node would copy into one default
+            # path at once, and read files another rank is still rewriting.
             with checkpoint.as_directory() as path:
                 state = self._load(path)
             shown = path
@@ -168,9 +166,8 @@ class Run:
         else:
             state = TrainState(tokens_by_source=dict.fromkeys(self.job.sources, 0))
         self.clock = TrainClock(already=state.train_seconds)
-        # Before any stage's data is asked for: a coordinator Ray restarted knows no cursors but
-        # those it was created with, and this checkpoint's are the ones to continue from. It may
-        # refuse them (SourceFilesChanged), so the resume is announced only after.
+        # Before any stage's data is asked for: a restarted coordinator knows no cursors but this
+        # checkpoint's. It may refuse them, so the resume is announced only after.
         self.incarnation = ray.get(self.coord.join.remote(state.coordinator))
         if shown and self.rank == 0:
             print(f"Resumed from {shown}: stage {state.stage + 1}, step {state.step} "
@@ -390,24 +387,12 @@ class Run:
             self.metrics.validation_scalars(losses, state.tokens)
         return losses
 
-    @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean held-out loss per source. The ranks split the rows (rank r takes every world-th)
-        and sum (loss, targets) with one all-reduce: the whole boundary waits on validation."""
+        """Mean held-out loss per source, the ranks sharing the rows (worker.held_out_losses)."""
         if self._val_rows is None:
             self._val_rows = ray.get(self._val_rows_ref) if self._val_rows_ref is not None else {}
-        sources = [s for s in self.job.sources if s in self._val_rows]  # one order, one copy: same on every rank
-        if not sources:
-            return {}
-        model = self.raw_model
-        model.eval()
-        sums = torch.zeros(2 * len(sources), dtype=torch.float64)
-        for i, source in enumerate(sources):
-            t = torch.from_numpy(self._val_rows[source][self.rank::self.world].astype(np.int64)).to(self.device)
-            sums[2 * i], sums[2 * i + 1] = held_out_loss(model, t, amp=self.device.type == "cuda")
-        model.train()
-        sums = self.sum_over_ranks(sums)
-        return {s: float(sums[2 * i] / max(1.0, float(sums[2 * i + 1]))) for i, s in enumerate(sources)}
+        rows = {s: self._val_rows[s] for s in self.job.sources if s in self._val_rows}  # the same order on every rank
+        return held_out_losses(self.raw_model, rows, self.rank, self.world, self.device, self.sum_over_ranks)
 
     def finish(self, state: TrainState) -> None:
         if self.rank != 0:

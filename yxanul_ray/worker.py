@@ -1,12 +1,15 @@
-"""A train worker's parts made once per start of its group: the model (seeded, wrapped, compiled),
-the group's id, and the prefetch of a stage's batches on a background thread."""
+"""A train worker's parts: the model (seeded, wrapped, compiled), the worker group's id, the
+prefetch of a stage's batches on a background thread, and the held-out losses every rank
+computes its share of."""
 
 from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
 import ray
 import ray.train
 import ray.train.collective
@@ -16,7 +19,7 @@ from yxanul_ray.model import build_model, compile_model
 from yxanul_ray.precision import make_recipe
 from yxanul_ray.specs import JobSpec
 from yxanul_ray.stage_data import StageBatches
-from yxanul_ray.step import make_optimizer
+from yxanul_ray.step import held_out_loss, make_optimizer
 
 if TYPE_CHECKING:
     from yxanul_ray.train_loop import Run
@@ -67,3 +70,20 @@ def worker_model(job: JobSpec, world: int, device):
     m = job.model
     fp8_recipe = make_recipe(m.fp8_recipe, m.fp8_format, m.fp8_amax_history_len) if raw_model.backend == "te" else None
     return raw_model, model, make_optimizer(raw_model, job.optimizer, device), fp8_recipe
+
+
+@torch.no_grad()
+def held_out_losses(model, rows: dict[str, np.ndarray], rank: int, world: int, device,
+                    sum_over_ranks: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
+    """Mean held-out loss per source of `rows`: rank r evaluates every world-th row, and the
+    (loss, targets) sums meet in one all-reduce (every rank must call it)."""
+    if not rows:
+        return {}
+    model.eval()
+    sums = torch.zeros(2 * len(rows), dtype=torch.float64)
+    for i, source_rows in enumerate(rows.values()):
+        t = torch.from_numpy(source_rows[rank::world].astype(np.int64)).to(device)
+        sums[2 * i], sums[2 * i + 1] = held_out_loss(model, t, amp=device.type == "cuda")
+    model.train()
+    sums = sum_over_ranks(sums)
+    return {s: float(sums[2 * i] / max(1.0, float(sums[2 * i + 1]))) for i, s in enumerate(rows)}

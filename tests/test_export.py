@@ -88,3 +88,42 @@ def test_a_gpt2_run_exports_gpt2(tmp_path, placeholder_sources, given):
     checkpoint = checkpoint_trained_with(tmp_path, placeholder_sources, "gpt2", "gpt2")
     assert cli_main(["export", checkpoint, str(tmp_path / "hf"), *(["--tokenizer", given] if given else [])]) == 0
     assert os.path.exists(tmp_path / "hf" / "vocab.json") and os.path.exists(tmp_path / "hf" / "merges.txt")
+
+
+@pytest.mark.parametrize("tokenizer", ["gpt2", "own"])
+def test_the_export_is_what_a_hub_user_expects(tmp_path, placeholder_sources, tokenizer):
+    """transformers loads the model and the tokenizer with its end-of-text token set; beside
+    them, generation_config.json and a model card naming the sources, the curriculum, the tokens
+    trained and the final held-out losses."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    spec = "gpt2" if tokenizer == "gpt2" else train_tokenizer_json(str(tmp_path / "tok"))
+    identity = "gpt2" if tokenizer == "gpt2" else tokenizer_identity(spec)
+    checkpoint = checkpoint_trained_with(tmp_path, placeholder_sources, spec, identity)
+    out = tmp_path / "hf"
+    assert cli_main(["export", checkpoint, str(out)]) == 0
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert tok.eos_token in ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eos|>")
+    assert tok.eos_token_id == model.config.eos_token_id == GenerationConfig.from_pretrained(str(out)).eos_token_id
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers") and "## Curriculum" in card
+    assert all(f"**{name}**" in card for name in ("fineweb", "math", "code"))
+
+
+def test_the_model_card_names_each_hub_sources_pinned_commit_and_the_final_losses():
+    from yxanul_ray.export import model_card
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    job = {"run": {"name": "demo"}, "data": {"tokenizer": "gpt2"},
+           "sources": {"web": {"hf": "org/web", "hf_config": "sample-10BT", "split": "train", "revision": sha},
+                       "code": {"hf": None, "path": "/data/code/*.parquet", "format": "parquet"}},
+           "curriculum": {"target_tokens": 300, "validation_seq_len": 128,
+                          "stages": [{"name": "short", "seq_len": 8, "tokens": 100, "mix": {"web": 1.0, "code": 0.0}},
+                                     {"name": "long", "seq_len": 64, "tokens": 200, "mix": {"web": 0.5, "code": 0.5}}]}}
+    state = {"tokens": 300, "step": 12, "validation": [{"tokens": 300, "loss": {"web": 3.21, "code": 2.5}}]}
+    card = model_card(job, state, "runs/demo/checkpoint_x")
+    assert f"hf://datasets/org/web (sample-10BT), split train, commit {sha}" in card
+    assert "- **code**: /data/code/*.parquet (parquet)" in card
+    assert "| long | 64 | 200 | web 50%, code 50% |" in card and "| short | 8 | 100 | web 100% |" in card
+    assert "- web: 3.2100" in card and "300 of 300 target tokens" in card

@@ -238,3 +238,25 @@ def test_fp8_step_runs():
     loss.backward()
     opt.step()
     assert torch.isfinite(loss)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not TE_OK, reason=TE_REASON)
+def test_fp8_amax_statistics_are_reduced_over_the_data_parallel_group(monkeypatch):
+    """Under DDP every rank must scale FP8 alike: the autocast gets the group to reduce amax over."""
+    import transformer_engine.pytorch as te
+
+    from yxanul_ray.precision import fp8_autocast, make_recipe
+
+    seen = {}
+    name = "autocast" if hasattr(te, "autocast") else "fp8_autocast"
+    real = getattr(te, name)
+
+    def spy(**kwargs):
+        seen.update(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(te, name, spy)
+    group = object()  # any group: the shim hands it over as given
+    fp8_autocast(True, make_recipe(), group)
+    assert seen.get("amax_reduction_group", seen.get("fp8_group")) is group

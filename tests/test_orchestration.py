@@ -183,7 +183,24 @@ def submit(address: str, *args: str, timeout_s: int = 1500) -> str:
 
 @pytest.mark.timeout(1800)
 def test_demo_curriculum_via_ray_job_submit(job_address, tmp_path):
-    out = submit(job_address, "--config", "configs/demo.yaml", "--set", f"run.storage_path={tmp_path}")
+    """The README's `ray job submit` of the demo, with a relative storage path: the checkpoints
+    go under ~/ray_results, not into Ray's temporary copy of the working dir; the same job
+    submitted again goes on from its first attempt's latest checkpoint (here: the final one)."""
+    relative = f"yxanul-test-{uuid.uuid4().hex[:8]}"
+    durable = os.path.join(os.path.expanduser("~/ray_results"), relative)
+    try:
+        out = submit(job_address, "--config", "configs/demo.yaml", "--set", f"run.storage_path={relative}")
+        assert f"checkpoints go to {durable}" in out
+        again = ANSI.sub("", submit(job_address, "--config", "configs/demo.yaml", "--set",
+                                    f"run.storage_path={relative}"))
+        assert re.search(r"run demo-\w+ has checkpoints in \S+: it goes on from its latest", again), again[-3000:]
+        assert "Resumed from" in again and "Stage 1/10:" not in again  # nothing trained twice
+        check_demo_run(out, durable)
+    finally:
+        shutil.rmtree(durable, ignore_errors=True)  # ~400 MB of checkpoints; CI disks can be small
+
+
+def check_demo_run(out: str, storage: str) -> None:
     job = load_demo()
     assert "2 worker(s)" in out  # two CPU workers with DDP on 2 cores, no deadlock
     assert_curriculum_completed(out, job)
@@ -198,10 +215,9 @@ def test_demo_curriculum_via_ray_job_submit(job_address, tmp_path):
            for line in re.findall(r"validation \(seq_len 128\): (.*)", ANSI.sub("", out))]
     assert len(val) == 10 and all(v.keys() == {"fineweb", "math", "code"} for v in val), val
     assert all(float(val[-1][s]) < float(val[0][s]) for s in val[0]), val
-    checkpoints = glob.glob(os.path.join(tmp_path, "*", "checkpoint_*", "state.json"))
+    checkpoints = glob.glob(os.path.join(storage, "*", "checkpoint_*", "state.json"))
     stages_checkpointed = {json.load(open(p))["stage"] for p in checkpoints}
     assert set(range(1, 11)) <= stages_checkpointed  # a checkpoint at the end of every stage
-    shutil.rmtree(tmp_path, ignore_errors=True)  # ~400 MB of checkpoints; CI disks can be small
 
 
 def _train_proc(*args: str) -> subprocess.Popen:
@@ -353,6 +369,32 @@ def test_workers_train_on_the_drivers_listing_without_seeing_its_local_paths(tmp
     assert result.error is None and result.return_value is None, result.error
     state = json.load(open(os.path.join(result.checkpoint.path, "state.json")))
     assert state["tokens"] == job.curriculum.target_tokens == 4_000
+
+
+@pytest.mark.timeout(600)
+def test_checkpoints_kept_are_the_stage_boundaries_and_the_latest_and_reports_carry_the_loss(tmp_path):
+    """run.keep_checkpoints=1 with a checkpoint every 1,000 tokens over two stages: what stays in
+    storage is each stage's boundary checkpoint and the newest mid-stage one. Ray Train's
+    reports carry the log interval's loss, LR and rate, and the validation at stage ends."""
+    from yxanul_ray.launch import start_and_fit
+    from yxanul_ray.preflight import preflight
+
+    load_demo()
+    config = demo_subset(str(tmp_path / "two_stages.yaml"), 3, 5, scale=0.25, checkpoint_every_tokens=1000,
+                         keep_checkpoints=1, log_every_steps=2)
+    job, listing, _ = preflight(load_job(config, [f"run.storage_path={tmp_path / 'runs'}"]))
+    run_dir = str(tmp_path / "runs" / "kept")
+    result = start_and_fit(job, listing, None, "kept", run_dir, time.time())
+    assert result.error is None and result.return_value is None, result.error
+    states = [json.load(open(os.path.join(p, "state.json"))) for p in glob.glob(os.path.join(run_dir, "checkpoint_*"))]
+    kept = sorted(states, key=lambda st: st["tokens"])
+    boundaries = [st["tokens"] for st in kept if st["step_in_stage"] == 0]
+    mid = [st["tokens"] for st in kept if st["step_in_stage"] > 0]
+    # 2,048 tokens a step in both stages: the newest mid-stage checkpoint is the last full step's
+    assert boundaries == [4_000, 11_500] and len(mid) == 1 and 11_500 - 2_048 <= mid[0] < 11_500, kept
+    frame = result.metrics_dataframe
+    assert {"loss", "lr", "tokens_per_s", "stage", "val_fineweb", "val_math", "val_code"} <= set(frame.columns)
+    assert frame["loss"].notna().sum() >= 4 and frame["val_math"].notna().sum() == 2
 
 
 @pytest.mark.timeout(900)

@@ -162,7 +162,7 @@ def test_step_tokens_by_source_counts_masked_tail_on_last_ranks():
 
 
 def test_pack_step_rows_and_end_report_match_the_packer():
-    from yxanul_ray.stage_packers import Pack
+    from yxanul_ray.packing import Pack
 
     pack = Pack(PackSpec("a", source_id=2, seq_len=4, stride=4, eos_id=EOS, max_rows=3, start=SourceCursor(), reads=2))
     first = pack(token_block([(0, 0, 0), (0, 0, 1)]))  # 12 tokens with EOS: rows need 3 * 4 + 1 = 13
@@ -175,7 +175,7 @@ def test_pack_step_rows_and_end_report_match_the_packer():
 
 
 def test_pack_step_refuses_blocks_out_of_stream_order():
-    from yxanul_ray.stage_packers import Pack
+    from yxanul_ray.packing import Pack
 
     pack = Pack(PackSpec("math", source_id=0, seq_len=64, stride=64, eos_id=EOS, max_rows=10, start=SourceCursor(),
                          reads=2))

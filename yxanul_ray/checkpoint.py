@@ -192,6 +192,11 @@ def check_tensor_files(path: str, present: set[str] | None = None) -> None:
             raise DamagedCheckpoint(path, name, "is a zip archive but not one torch.save wrote (no data.pkl in it)")
 
 
+def load_model_tensors(path: str, map_location="cpu") -> dict:
+    """The model's state_dict alone (what an export needs; the optimizer's is twice its size)."""
+    return torch.load(os.path.join(path, "model.pt"), map_location=map_location, weights_only=True)
+
+
 def load_tensors(path: str, map_location="cpu") -> tuple[dict, dict]:
     model = torch.load(os.path.join(path, "model.pt"), map_location=map_location, weights_only=True)
     optim = torch.load(os.path.join(path, "optimizer.pt"), map_location=map_location, weights_only=True)

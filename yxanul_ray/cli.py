@@ -84,12 +84,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--curriculum", action="store_true", help="accepted for compatibility (always on)")
     p.add_argument("--model-size", choices=sorted(MODEL_SIZES), help="model.preset by the user's size names")
     p.add_argument("--target-tokens", type=int, metavar="N", help="every stage budget scaled to total N")
+    p.add_argument("--new-run", action="store_true", help="start a new run even where this job's run has "
+                   "checkpoints in storage (by default the same job goes on from its latest)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from yxanul_ray.checkpoint import checkpoint_path
     from yxanul_ray.config import scaled_budget_overrides
-    from yxanul_ray.launch import run_training
     from yxanul_ray.preflight import prepare_demo_corpus
     from yxanul_ray.storage import storage_join
 
@@ -101,6 +101,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         # --resume alone continues the run under its own settings (the checkpoint's job.json).
         # Checked first, so a run's directory given instead is named as such, with its latest
         # checkpoint in the fix, not as a missing config file.
+        from yxanul_ray.checkpoint import checkpoint_path
+
         config = storage_join(checkpoint_path(args.resume), "job.json")
     config = config or DEFAULT_CONFIG
     prepare_demo_corpus(config, overrides)
@@ -111,7 +113,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"--target-tokens {args.target_tokens:,}: stage budgets scaled by "
                   f"{args.target_tokens / job.curriculum.target_tokens:.4g}", flush=True)
             job = load_job(config, overrides + scaled)
-    return run_training(job, resume=args.resume)
+    from yxanul_ray.launch import run_training  # torch and Ray only now, the config valid
+
+    return run_training(job, resume=args.resume, new_run=args.new_run)
 
 
 def _one_config(args: argparse.Namespace) -> str | None:
@@ -190,9 +194,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from yxanul_ray.checkpoint import checked_checkpoint, load_tensors
+    from yxanul_ray.checkpoint import checked_checkpoint, load_model_tensors
     from yxanul_ray.config import job_from_dict
-    from yxanul_ray.export import export_hf, trained_tokenizer
+    from yxanul_ray.export import export_hf, model_card, trained_tokenizer
     from yxanul_ray.storage import local_copy, storage_join
 
     # A run's directory given instead, or a checkpoint copied in part: one line, the fix naming
@@ -210,8 +214,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                           "fix: a directory this user can create, or an existing one (its files of the same name are "
                           "replaced)") from None
     with local_copy(args.checkpoint) as path:  # a URI's checkpoint downloaded first
-        model_state, _ = load_tensors(path)
-    export_hf(model_state, job.model.shape, tokenizer, args.out_dir)
+        model_state = load_model_tensors(path)
+    export_hf(model_state, job.model.shape, tokenizer, args.out_dir,
+              model_card(job.to_dict(), state.to_dict(), args.checkpoint))
     print(f"exported {args.checkpoint} -> {args.out_dir} (Hugging Face Llama format)")
     return 0
 

@@ -142,7 +142,7 @@ def train_arm(job: JobSpec, listing) -> tuple[int, dict | None]:
     run_dir = storage_join(job.run.storage_path, run_name)
     try:
         with sigterm_interrupts() as received:
-            result = start_and_fit(job, listing, None, run_name, run_dir, started, keep_checkpoints=1)
+            result = start_and_fit(job, listing, None, run_name, run_dir, started, num_to_keep=1)
     except (KeyboardInterrupt, SystemExit) as stop:
         how = stop_signal(received, stop)
         print(f"compare stopped ({how})", flush=True)

@@ -75,6 +75,8 @@ def validate(job: JobSpec, check_files: bool = True) -> None:
         fail("run.log_every_steps", f"must be >= 1, got {run.log_every_steps}")
     if run.checkpoint_every_tokens < 0:
         fail("run.checkpoint_every_tokens", "must be >= 0 (0: stage boundaries only)")
+    if run.keep_checkpoints is not None and run.keep_checkpoints < 0:
+        fail("run.keep_checkpoints", f"must be >= 0 (null keeps every checkpoint), got {run.keep_checkpoints}")
     if run.max_failures < -1:
         fail("run.max_failures", "must be >= 0, or -1 for no limit")
     if job.data.tokenize_tasks < 1 or job.data.data_cpus <= 0:

@@ -63,7 +63,7 @@ class _Build:
 @ray.remote(num_cpus=0, max_concurrency=64)
 class CurriculumCoordinator:
     def __init__(self, job: dict, world_size: int, listing: SourceListing | None = None,
-                 hub_token: Redacted | None = None):
+                 hub_token: Redacted | None = None, run_name: str = ""):
         self._ended: str | None = None
         from yxanul_ray.raycluster import quiet_ray_data
 
@@ -110,7 +110,7 @@ class CurriculumCoordinator:
         self._stage_data: dict[int, StageData] = {}
         self._progress: dict = {}
         self._validation: dict[tuple[int, int], asyncio.Future] = {}
-        self._metrics = _Gauges()
+        self._metrics = _Gauges(run_name or self.job.run.name)
         self._start_on_build = 0  # stages below this start their pipelines when built (prepare)
         self.incarnation = uuid.uuid4().hex
         if restarted:
@@ -340,17 +340,20 @@ def _start_packers(name: str | None):
 
 
 class _Gauges:
-    """Custom metrics in the Ray dashboard (Metrics view / Grafana), tagged by run."""
+    """Custom metrics in the Ray dashboard (Metrics view / Grafana), tagged by run (`run`: the
+    run's name), so two runs on one cluster keep their own series."""
 
-    def __init__(self) -> None:
+    def __init__(self, run: str) -> None:
         from ray.util.metrics import Gauge
 
-        self.tokens = Gauge("yxanul_global_tokens", description="Trained tokens, all workers")
-        self.stage = Gauge("yxanul_stage", description="Current curriculum stage (1-based)")
+        self.tokens = Gauge("yxanul_global_tokens", description="Trained tokens, all workers", tag_keys=("run",))
+        self.stage = Gauge("yxanul_stage", description="Current curriculum stage (1-based)", tag_keys=("run",))
         self.by_source = Gauge("yxanul_tokens_by_source", description="Trained tokens per source",
-                               tag_keys=("source",))
-        self.rate = Gauge("yxanul_tokens_per_s", description="Training throughput, tokens/s")
-        self.loss = Gauge("yxanul_loss", description="Training loss, mean over the log interval")
+                               tag_keys=("run", "source"))
+        self.rate = Gauge("yxanul_tokens_per_s", description="Training throughput, tokens/s", tag_keys=("run",))
+        self.loss = Gauge("yxanul_loss", description="Training loss, mean over the log interval", tag_keys=("run",))
+        for gauge in (self.tokens, self.stage, self.by_source, self.rate, self.loss):
+            gauge.set_default_tags({"run": run})
 
     def update(self, p: dict) -> None:
         self.tokens.set(p.get("tokens", 0))

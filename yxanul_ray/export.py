@@ -6,7 +6,6 @@ so the export is a renaming plus splitting the fused QKV and gate/up weights.
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
@@ -34,7 +33,6 @@ def llama_config(shape: ModelShape, eos_id: int) -> dict:
         "mlp_bias": False,
         "bos_token_id": eos_id,
         "eos_token_id": eos_id,
-        "torch_dtype": "float32",
     }
 
 
@@ -89,14 +87,50 @@ def _short(identity: str) -> str:
     return identity[:23] + "..." if identity.startswith("sha256:") else identity
 
 
-def export_hf(state: dict[str, torch.Tensor], shape: ModelShape, tokenizer_spec: str, out_dir: str) -> None:
+def export_hf(state: dict[str, torch.Tensor], shape: ModelShape, tokenizer_spec: str, out_dir: str,
+              card: str | None = None) -> None:
+    """A Hugging Face Llama model in `out_dir`: config.json (transformers' LlamaConfig),
+    generation_config.json, model.safetensors, the tokenizer with its end-of-text token, and
+    `card` as the model card (README.md)."""
     from safetensors.torch import save_file
+    from transformers import GenerationConfig, LlamaConfig
 
     from yxanul_ray.tokenizer import load_tokenizer
 
     os.makedirs(out_dir, exist_ok=True)
     tok = load_tokenizer(tokenizer_spec)
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(llama_config(shape, tok.eos_id), f, indent=2)
+    config = LlamaConfig(**{k: v for k, v in llama_config(shape, tok.eos_id).items() if k != "model_type"})
+    config.save_pretrained(out_dir)
+    GenerationConfig(bos_token_id=tok.eos_id, eos_token_id=tok.eos_id, pad_token_id=tok.eos_id).save_pretrained(out_dir)
     save_file(to_llama_state_dict(state, shape), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     tok.save(out_dir)
+    if card is not None:
+        with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
+            f.write(card)
+
+
+def model_card(job: dict, state: dict, checkpoint: str) -> str:
+    """The exported model's README.md: what trained it (the curriculum's stages, the sources at
+    their pinned commits), how far (tokens), and the final held-out loss per domain."""
+    lines = ["---", "library_name: transformers", "tags: [yxanul-ray, curriculum-pretraining]", "---", "",
+             f"# {job['run']['name']}", "",
+             f"A Llama-architecture model trained by yxanul-ray, exported from `{checkpoint}`: "
+             f"{state.get('tokens', 0):,} of {job['curriculum']['target_tokens']:,} target tokens, "
+             f"step {state.get('step', 0):,}.", "", "## Sources", ""]
+    for name, src in job["sources"].items():
+        where = (f"hf://datasets/{src['hf']}" + (f" ({src['hf_config']})" if src.get("hf_config") else "")
+                 + f", split {src['split']}, commit {src.get('revision') or 'not pinned'}") if src.get("hf") \
+            else f"{src['path']} ({src['format']})"
+        lines.append(f"- **{name}**: {where}")
+    lines += ["", f"Tokenizer: `{job['data']['tokenizer']}`.", "", "## Curriculum", "",
+              "| stage | seq_len | tokens | mix |", "|---|---|---|---|"]
+    for st in job["curriculum"]["stages"]:
+        mix = ", ".join(f"{s} {w:.0%}" for s, w in st["mix"].items() if w)
+        lines.append(f"| {st['name']} | {st['seq_len']} | {st['tokens']:,} | {mix} |")
+    validation = state.get("validation") or []
+    if validation:
+        last = validation[-1]
+        lines += ["", f"## Held-out loss (seq_len {job['curriculum']['validation_seq_len']}, "
+                      f"at {last['tokens']:,} tokens)", ""]
+        lines += [f"- {source}: {loss:.4f}" for source, loss in last["loss"].items()]
+    return "\n".join(lines) + "\n"

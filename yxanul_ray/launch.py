@@ -8,11 +8,15 @@ Works the same under `ray job submit` (it joins the job's cluster), after `ray s
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import sys
 import time
+import uuid
 from typing import TYPE_CHECKING
 
+from yxanul_ray.checkpoint import latest_checkpoint
 from yxanul_ray.preflight import cpu_shortfall, hub_token, preflight
 from yxanul_ray.specs import ConfigError, JobSpec
 from yxanul_ray.stopping import (
@@ -46,10 +50,10 @@ def start_ray():
     return ray
 
 
-def make_trainer(job: JobSpec, train_loop, run_name: str, loop_config: dict, keep_checkpoints: int | None = None):
-    """The job's TorchTrainer: its workers, failure budget, checkpoints (the latest
-    `keep_checkpoints`, None: all) and storage."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+def make_trainer(job: JobSpec, train_loop, run_name: str, loop_config: dict, num_to_keep: int | None = None):
+    """The job's TorchTrainer: its workers, failure budget, checkpoints (checkpoint_config;
+    `num_to_keep` replaces the config's count) and storage."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     # Ray Train's controller polls its workers every 2 s by default, so it learns that the run
@@ -62,7 +66,7 @@ def make_trainer(job: JobSpec, train_loop, run_name: str, loop_config: dict, kee
                                      resources_per_worker={"CPU": job.run.cpus_per_worker}),
         run_config=RunConfig(name=run_name, storage_path=job.run.storage_path,
                              failure_config=FailureConfig(max_failures=job.run.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
+                             checkpoint_config=checkpoint_config(job, num_to_keep),
                              # Ray Train's print patch would log every progress line twice.
                              worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}),
         torch_config=TorchConfig(backend="nccl" if job.run.use_gpu else "gloo"),
@@ -121,13 +125,18 @@ def warn_of_node_local_paths(ray, job: JobSpec) -> None:
                   "scheduled on other nodes fail. Use a shared mount, or a Hub source (`hf`).", flush=True)
 
 
-def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> int:
-    """Run the job; `train_loop` replaces the workers' loop (a diagnostic's hook)."""
+def run_training(job: JobSpec, resume: str | None = None, train_loop=None, new_run: bool = False) -> int:
+    """Run the job; `train_loop` replaces the workers' loop (a diagnostic's hook). The run's
+    name is stable (run_name), so a resubmission of the same job continues the run in storage
+    from its latest checkpoint, as Ray Train restores it; `new_run` starts another."""
     started_at = time.time()
     job, listing, resume = preflight(job, resume)
     cur = job.curriculum
-    run_name = f"{job.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = run_name_of(job, resume, time.strftime("%Y%m%d-%H%M%S") if new_run else None)
     run_dir = storage_join(job.run.storage_path, run_name)
+    if not new_run and latest_checkpoint(run_dir):
+        print(f"run {run_name} has checkpoints in {run_dir}: it goes on from its latest (--new-run starts over)",
+              flush=True)
     where_to_go_on = functools.partial(resume_hint, run_dir, len(cur.stages), cur.target_tokens, resume)
     # From Ray's start on, a stop says where to go on from, also before training begins.
     try:
@@ -155,6 +164,15 @@ def run_training(job: JobSpec, resume: str | None = None, train_loop=None) -> in
     return 0
 
 
+def run_name_of(job: JobSpec, resume: str | None = None, suffix: str | None = None) -> str:
+    """run.name and a digest of the job's settings (and of the checkpoint resumed from): the
+    same job submitted again gets the same name, so Ray Train finds the run's checkpoints in
+    storage. `suffix` (--new-run: the time) makes a new one."""
+    settings = {**job.to_dict(), "path": None, "resume": resume}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{job.run.name}-{digest}" + (f"-{suffix}" if suffix else "")
+
+
 def failure_summary(error: Exception) -> str:
     """Each failed rank's error in a line (its last), not Ray's tracebacks, which stay in the
     session's log files: what the run's console ends with, before where to go on from."""
@@ -172,8 +190,23 @@ def failure_summary(error: Exception) -> str:
     return "\n".join(["the run's last error, by rank (Ray's logs hold the tracebacks):", *lines])
 
 
+def checkpoint_config(job: JobSpec, num_to_keep: int | None = None):
+    """Which checkpoints Ray Train keeps: every stage-boundary one and the latest
+    run.keep_checkpoints mid-stage ones (the reports' keep_score ranks boundaries above all
+    others, and Ray Train always keeps the latest), or `num_to_keep` best by that score."""
+    from ray.train import CheckpointConfig
+
+    keep = job.run.keep_checkpoints
+    if num_to_keep is None and keep is not None:
+        num_to_keep = len(job.curriculum.stages) + keep
+    if num_to_keep is None:
+        return CheckpointConfig()
+    return CheckpointConfig(num_to_keep=num_to_keep, checkpoint_score_attribute="keep_score",
+                            checkpoint_score_order="max")
+
+
 def start_and_fit(job: JobSpec, listing: SourceListing, resume: str | None, run_name: str, run_dir: str,
-                  started_at: float, train_loop=None, keep_checkpoints: int | None = None):
+                  started_at: float, train_loop=None, num_to_keep: int | None = None):
     """Ray's start (or the cluster this process joined), the coordinator and the trainer, and the
     run: Ray Train's result. The coordinator (and its packing actor) ends with the run."""
     ray = start_ray()
@@ -185,9 +218,9 @@ def start_and_fit(job: JobSpec, listing: SourceListing, resume: str | None, run_
     warn_of_node_local_paths(ray, job)
     # Restartable as the workers are: a crash of its process costs a restart from the last
     # checkpoint, as a worker's does, instead of the run (see coordinator.py).
-    coordinator = CurriculumCoordinator.options(name=f"yxanul-coordinator-{run_name}",
+    coordinator = CurriculumCoordinator.options(name=f"yxanul-coordinator-{run_name}-{uuid.uuid4().hex[:6]}",
                                                 max_restarts=job.run.max_failures).remote(
-        job.to_dict(), job.run.workers, listing, hub_token(job))
+        job.to_dict(), job.run.workers, listing, hub_token(job), run_name)
     if resume is None:
         from yxanul_ray.stage_data import STAGES_AHEAD
 
@@ -201,7 +234,7 @@ def start_and_fit(job: JobSpec, listing: SourceListing, resume: str | None, run_
         coordinator.validation_rows.remote(cur.validation_seq_len, cur.validation_rows)
     trainer = make_trainer(job, train_loop or train_loop_per_worker, run_name, {
         "job": job.to_dict(), "coordinator": coordinator, "run_dir": run_dir, "resume_from": resume,
-        "started_at": started_at}, keep_checkpoints)
+        "started_at": started_at}, num_to_keep)
     print(f"run {run_name}: {job.run.workers} worker(s), storage {run_dir}", flush=True)
     result = trainer.fit()
     ray.kill(coordinator, no_restart=True)  # a driver that runs more (compare's arms) holds no idle actors

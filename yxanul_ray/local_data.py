@@ -20,12 +20,11 @@ import numpy as np
 from yxanul_ray.cursors import SourceCursor
 from yxanul_ray.hub import SourceFiles
 from yxanul_ray.mixing import BatchAssembler, MixSchedule
-from yxanul_ray.packing import Packer
+from yxanul_ray.packing import Pack, Packer
 from yxanul_ray.readers import read_holdout_docs
 from yxanul_ray.sources import make_datasource
 from yxanul_ray.specs import JobSpec
 from yxanul_ray.stage_data import SourcePlan, StageBatches, pack_spec, plan_stage_sources, read_spec, source_ids
-from yxanul_ray.stage_packers import Pack
 from yxanul_ray.tokenizer import load_tokenizer, tokenize_batch
 
 

@@ -1,4 +1,5 @@
-"""Pure packing of one source's token stream into rows of seq_len + 1 tokens.
+"""Packing one source's token stream into rows of seq_len + 1 tokens: the pure Packer, and Pack,
+which feeds it tokenized document blocks (in the run's StagePackers actor, or in-process).
 
 Documents are concatenated with EOS after each; row i covers stream positions
 [i*stride, i*stride + seq_len]. With stride == seq_len every token is a target exactly once
@@ -8,12 +9,22 @@ tail of a document continues into the next row, and nothing is buffered beyond o
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from yxanul_ray.cursors import SourceCursor, SourceStats
+from yxanul_ray.errors import CannotContinue
+from yxanul_ray.read_plan import MIN_TOKENS_PER_FILE_BYTE
+from yxanul_ray.readers import END_OF_DATA, MAX_WRAP_EPOCHS
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+log = logging.getLogger(__name__)
 
 DocKey = tuple[int, int, int, int]  # (epoch, file_pos, row, piece)
 
@@ -161,3 +172,67 @@ class Packer:
         """Stats for the rows emitted; distinct tokens are stream positions first trained here."""
         self.stats.distinct_tokens = (self.rows_out - 1) * self.stride + self.seq_len if self.rows_out else 0
         return self.stats
+
+
+class Pack:
+    """One (stage, source) stream's packing state: tokenized document blocks in, packed rows out,
+    exactly `max_rows` of them. Lives in the run's StagePackers actor; blocks must arrive in
+    stream order, which it checks (a reordered stream would silently change the rows)."""
+
+    def __init__(self, spec: PackSpec):
+        self.source, self.source_id, self.reads = spec.source, spec.source_id, spec.reads
+        self.packer = Packer(spec.seq_len, spec.stride, spec.eos_id, spec.max_rows, spec.start, spec.skip_rows)
+        self._last_key: tuple[int, int, int, int] = (-1, -1, -1, -1)
+
+    @property
+    def done(self) -> bool:
+        return self.packer.done
+
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray] | None:
+        p = self.packer
+        if not p.full and batch.num_rows:
+            batch = batch.combine_chunks()
+            epoch = batch.column("epoch").to_numpy()
+            file_pos = batch.column("file_pos").to_numpy()
+            row = batch.column("row").to_numpy()
+            piece = batch.column("piece").to_numpy()
+            last = batch.column("last_piece").to_numpy(zero_copy_only=False)
+            bad = batch.column("bad").to_pylist()
+            self._check_order((int(epoch[0]), int(file_pos[0]), int(row[0]), int(piece[0])))
+            tok_col = batch.column("tokens").chunk(0)
+            offsets, values = tok_col.offsets.to_numpy(), tok_col.values.to_numpy()
+            for i in range(batch.num_rows):
+                if p.full:
+                    break
+                if bad[i]:
+                    if bad[i] == END_OF_DATA:
+                        raise CannotContinue(
+                            f"source {self.source} ran out in one stage: the {self.reads:,} file reads planned "
+                            f"for its {p.max_rows:,} rows (at least {MIN_TOKENS_PER_FILE_BYTE} tokens per byte, "
+                            f"at most {MAX_WRAP_EPOCHS} passes more) gave too few tokens: its files are far too "
+                            "small for the stage's budget, or mostly unreadable or empty; fix: add data to "
+                            f"sources.{self.source}, or lower its mix weight")
+                    p.note_bad(bad[i])
+                    continue
+                key = (int(epoch[i]), int(file_pos[i]), int(row[i]), int(piece[i]))
+                p.add(key, values[offsets[i]:offsets[i + 1]], bool(last[i]))
+            n = batch.num_rows - 1
+            self._last_key = (int(epoch[n]), int(file_pos[n]), int(row[n]), int(piece[n]))
+        rows = p.take_rows()
+        if not len(rows):  # an empty tensor column would fall back to pickled objects
+            return None
+        return {"tokens": rows, "source": np.full(len(rows), self.source_id, dtype=np.int16)}
+
+    def _check_order(self, first_key: tuple[int, int, int, int]) -> None:
+        if first_key <= self._last_key:
+            raise RuntimeError(
+                f"source {self.source}: a block starting at {first_key} (epoch, file, row, piece) arrived after "
+                f"{self._last_key}; the pack step must see blocks in stream order (preserve_order, one pack task "
+                "at a time)")
+
+    def end_report(self) -> dict:
+        """Where the stream stopped and what it held, once every row is out."""
+        stats = self.packer.final_stats()
+        if stats.wraps:
+            log.warning("source %s ran dry and wrapped %d time(s) into a new epoch", self.source, stats.wraps)
+        return {"cursor": self.packer.end_cursor().to_dict(), "stats": stats.to_dict()}

@@ -37,12 +37,23 @@ def make_recipe(kind: str = "delayed", fmt: str = "hybrid", amax_history_len: in
     return recipe.DelayedScaling(fp8_format=fp8_format, amax_history_len=amax_history_len, amax_compute_algo="max")
 
 
-def fp8_autocast(enabled: bool, fp8_recipe=None):
-    """Context for the forward pass only (backward and the optimizer step run outside it)."""
+def fp8_autocast(enabled: bool, fp8_recipe=None, group=None):
+    """Context for the forward pass only (backward and the optimizer step run outside it).
+    `group`: the data-parallel process group over which the FP8 amax statistics are reduced,
+    so every rank scales alike (None: this rank's own)."""
     if not enabled:
         return contextlib.nullcontext()
     import transformer_engine.pytorch as te
 
     if hasattr(te, "autocast"):  # TE >= 2.9 (PR #2256): fp8_autocast is deprecated
-        return te.autocast(enabled=True, recipe=fp8_recipe)
-    return te.fp8_autocast(enabled=True, fp8_recipe=fp8_recipe)
+        return te.autocast(enabled=True, recipe=fp8_recipe, amax_reduction_group=group)
+    return te.fp8_autocast(enabled=True, fp8_recipe=fp8_recipe, fp8_group=group)
+
+
+def data_parallel_group():
+    """The process group of all ranks where torch.distributed runs with more than one, else None."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.group.WORLD
+    return None

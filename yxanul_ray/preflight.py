@@ -13,7 +13,6 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from yxanul_ray.checkpoint import checked_checkpoint
 from yxanul_ray.config import job_from_dict, read_yaml
 from yxanul_ray.config_rules import hub_endpoint_problem
 from yxanul_ray.hub import Redacted
@@ -55,7 +54,7 @@ def absolute_paths(job: JobSpec) -> JobSpec:
                                   else None)
         for name, src in job.sources.items()
     }
-    run = dataclasses.replace(job.run, storage_path=resolve_storage(job.run.storage_path))
+    run = dataclasses.replace(job.run, storage_path=durable_storage(job.run.storage_path))
     tokenizer = job.data.tokenizer
     # A tokenizer.json or its directory here, not a Hub id; `gpt2` is the name even beside a gpt2/ directory.
     if tokenizer != "gpt2" and os.path.exists(os.path.expanduser(tokenizer)):
@@ -63,6 +62,24 @@ def absolute_paths(job: JobSpec) -> JobSpec:
         with contextlib.suppress(FileNotFoundError):
             tokenizer = os.path.abspath(local_tokenizer_file(tokenizer))
     return dataclasses.replace(job, sources=sources, run=run, data=dataclasses.replace(job.data, tokenizer=tokenizer))
+
+
+RAY_WORKING_DIR_COPY = os.sep + os.path.join("runtime_resources", "working_dir_files") + os.sep
+"""Where Ray unpacks a submitted job's working dir (in its session's temp dir, deleted later)."""
+
+
+def durable_storage(path: str, cwd: str | None = None) -> str:
+    """run.storage_path made absolute. A relative one under `ray job submit` would land in Ray's
+    temporary copy of the working dir, which Ray deletes: it goes under Ray Train's default
+    results directory (~/ray_results) instead, and the run says so."""
+    cwd = cwd or os.getcwd()
+    if is_uri(path) or os.path.isabs(os.path.expanduser(path)) or RAY_WORKING_DIR_COPY not in cwd + os.sep:
+        return resolve_storage(os.path.join(cwd, os.path.expanduser(path)) if not is_uri(path) else path)
+    durable = os.path.join(os.path.expanduser("~/ray_results"), path)
+    print(f"run.storage_path {path!r} is relative, and this job runs in Ray's temporary copy of its working dir "
+          f"({cwd}), which Ray deletes: checkpoints go to {durable} (an absolute path or a bucket chooses)",
+          flush=True)
+    return durable
 
 
 def check_tokenizer(job: JobSpec):
@@ -273,6 +290,7 @@ def check_resume(job: JobSpec, checkpoint: str) -> tuple[JobSpec, SourceListing]
     names none) and its sources' listing, for the coordinator. Raise ConfigError if it cannot
     continue that run (see resume_check), its sources' files included, or if its tokenizer at the
     run's commit does not load or fit the model (check_tokenizer); print the changes it will follow."""
+    from yxanul_ray.checkpoint import checked_checkpoint
     from yxanul_ray.resume_check import review_resume, with_saved_holdouts, with_saved_revisions
     from yxanul_ray.tokenizer import tokenizer_identity
 

@@ -151,9 +151,9 @@ def running_cluster_address() -> str | None:
     import socket
 
     try:
-        from ray._private.services import get_ray_address_from_environment
+        from yxanul_ray.ray_internals import ray_address_from_environment
 
-        address = get_ray_address_from_environment("auto", None)
+        address = ray_address_from_environment()
     except Exception:  # noqa: BLE001 - no cluster file, or an unreadable one
         return None
     host, _, port = address.rpartition(":")

@@ -78,10 +78,10 @@ def pack_in_stream_order(batch: pa.Table, *, packers, stage_key, spec: PackSpec,
     Run one at a time, so the actor sees blocks in order; the task's index in its operator is
     the block's place in the stream."""
     import ray
-    from ray.data._internal.execution.interfaces.task_context import TaskContext
 
-    task = TaskContext.get_current()  # Ray Data's own (internal) record of this map task
-    rows = ray.get(packers.pack.remote(stage_key, spec, mix, batch, task.task_idx if task else None))
+    from yxanul_ray.ray_internals import current_map_task_index
+
+    rows = ray.get(packers.pack.remote(stage_key, spec, mix, batch, current_map_task_index()))
     if rows is not None:
         yield rows
 

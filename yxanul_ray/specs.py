@@ -218,6 +218,9 @@ class RunSpec:
     one data task that do not fit are refused (launch.check_local_resources)."""
     checkpoint_every_tokens: int = 0
     """Checkpoint this often (0: only at stage boundaries and the end)."""
+    keep_checkpoints: int | None = 3
+    """Mid-stage checkpoints kept besides every stage-boundary checkpoint and the latest; older
+    ones are deleted as new ones are written. null keeps every checkpoint."""
     storage_path: str = "runs"
     """Where checkpoints, TensorBoard logs and the loss plot go: a directory (every node must
     reach it on a cluster: a shared mount) or a bucket URI (s3://bucket/prefix, gs://...)."""

@@ -100,11 +100,13 @@ def drive_source(ds, packers, stage_key, source: str) -> None:
     import ray
     from ray.data.block import BlockAccessor
 
+    from yxanul_ray.ray_internals import iter_ref_bundles
+
     bundles = None
     try:
         # Inside the try: this call already runs the pipeline up to its first block, so a source
         # that fails at once (a missing text field) raises here.
-        bundles = ds.iter_internal_ref_bundles()
+        bundles = iter_ref_bundles(ds)
         for bundle in bundles:
             for block in ray.get(bundle.block_refs):
                 if BlockAccessor.for_block(block).to_numpy("done").any():

@@ -27,20 +27,13 @@ backpressure, and with it Ray Data's own, up the source pipeline.
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import numpy as np
-import pyarrow as pa
 import ray
 
-from yxanul_ray.errors import CannotContinue
 from yxanul_ray.mixing import BatchAssembler
-from yxanul_ray.packing import Packer, PackSpec
+from yxanul_ray.packing import Pack, PackSpec
 from yxanul_ray.raycluster import actor_was_restarted
-from yxanul_ray.read_plan import MIN_TOKENS_PER_FILE_BYTE
-from yxanul_ray.readers import END_OF_DATA, MAX_WRAP_EPOCHS
-
-log = logging.getLogger(__name__)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -188,65 +181,3 @@ class StagePackers:
         return {s: self._reports[(stage_key, s)] for s in sources}
 
 
-class Pack:
-    """One (stage, source) stream's packing state: tokenized document blocks in, packed rows out,
-    exactly `max_rows` of them. Lives in the run's StagePackers actor; blocks must arrive in
-    stream order, which it checks (a reordered stream would silently change the rows)."""
-
-    def __init__(self, spec: PackSpec):
-        self.source, self.source_id, self.reads = spec.source, spec.source_id, spec.reads
-        self.packer = Packer(spec.seq_len, spec.stride, spec.eos_id, spec.max_rows, spec.start, spec.skip_rows)
-        self._last_key: tuple[int, int, int, int] = (-1, -1, -1, -1)
-
-    @property
-    def done(self) -> bool:
-        return self.packer.done
-
-    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray] | None:
-        p = self.packer
-        if not p.full and batch.num_rows:
-            batch = batch.combine_chunks()
-            epoch = batch.column("epoch").to_numpy()
-            file_pos = batch.column("file_pos").to_numpy()
-            row = batch.column("row").to_numpy()
-            piece = batch.column("piece").to_numpy()
-            last = batch.column("last_piece").to_numpy(zero_copy_only=False)
-            bad = batch.column("bad").to_pylist()
-            self._check_order((int(epoch[0]), int(file_pos[0]), int(row[0]), int(piece[0])))
-            tok_col = batch.column("tokens").chunk(0)
-            offsets, values = tok_col.offsets.to_numpy(), tok_col.values.to_numpy()
-            for i in range(batch.num_rows):
-                if p.full:
-                    break
-                if bad[i]:
-                    if bad[i] == END_OF_DATA:
-                        raise CannotContinue(
-                            f"source {self.source} ran out in one stage: the {self.reads:,} file reads planned "
-                            f"for its {p.max_rows:,} rows (at least {MIN_TOKENS_PER_FILE_BYTE} tokens per byte, "
-                            f"at most {MAX_WRAP_EPOCHS} passes more) gave too few tokens: its files are far too "
-                            "small for the stage's budget, or mostly unreadable or empty; fix: add data to "
-                            f"sources.{self.source}, or lower its mix weight")
-                    p.note_bad(bad[i])
-                    continue
-                key = (int(epoch[i]), int(file_pos[i]), int(row[i]), int(piece[i]))
-                p.add(key, values[offsets[i]:offsets[i + 1]], bool(last[i]))
-            n = batch.num_rows - 1
-            self._last_key = (int(epoch[n]), int(file_pos[n]), int(row[n]), int(piece[n]))
-        rows = p.take_rows()
-        if not len(rows):  # an empty tensor column would fall back to pickled objects
-            return None
-        return {"tokens": rows, "source": np.full(len(rows), self.source_id, dtype=np.int16)}
-
-    def _check_order(self, first_key: tuple[int, int, int, int]) -> None:
-        if first_key <= self._last_key:
-            raise RuntimeError(
-                f"source {self.source}: a block starting at {first_key} (epoch, file, row, piece) arrived after "
-                f"{self._last_key}; the pack step must see blocks in stream order (preserve_order, one pack task "
-                "at a time)")
-
-    def end_report(self) -> dict:
-        """Where the stream stopped and what it held, once every row is out."""
-        stats = self.packer.final_stats()
-        if stats.wraps:
-            log.warning("source %s ran dry and wrapped %d time(s) into a new epoch", self.source, stats.wraps)
-        return {"cursor": self.packer.end_cursor().to_dict(), "stats": stats.to_dict()}

@@ -12,7 +12,7 @@ import torch
 from yxanul_ray.accounting import valid_targets
 from yxanul_ray.lm_loss import IGNORE, sliced_lm_loss
 from yxanul_ray.model import mark_seq_dynamic
-from yxanul_ray.precision import fp8_autocast
+from yxanul_ray.precision import data_parallel_group, fp8_autocast
 
 
 class Trainee(NamedTuple):
@@ -82,7 +82,8 @@ def summed_loss(model, raw_model, x: torch.Tensor, y: torch.Tensor, *, amp: bool
         hidden = model(x, return_hidden=True)
         return sliced_lm_loss(hidden.reshape(-1, hidden.shape[-1]), raw_model.head_weight, y.reshape(-1))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-    with autocast, fp8_autocast(fp8_recipe is not None, fp8_recipe):
+    group = data_parallel_group() if fp8_recipe is not None else None
+    with autocast, fp8_autocast(fp8_recipe is not None, fp8_recipe, group):
         return model(x, targets=y)
 
 

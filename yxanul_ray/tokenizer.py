@@ -98,10 +98,10 @@ class HfTokenizer:
             self._tok = Tokenizer.from_file(tokenizer_file(spec))
         self.name = spec
         vocab = self._tok.get_vocab(with_added_tokens=True)
-        eos = next((vocab[t] for t in EOS_CANDIDATES if t in vocab), None)
-        if eos is None:
+        self.eos_token = next((t for t in EOS_CANDIDATES if t in vocab), None)
+        if self.eos_token is None:
             raise ValueError(f"tokenizer {spec!r} has none of the end-of-text tokens {EOS_CANDIDATES}")
-        self.eos_id = eos
+        self.eos_id = vocab[self.eos_token]
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
@@ -115,9 +115,12 @@ class HfTokenizer:
         return self._tok.to_str()
 
     def save(self, out_dir: str) -> None:
+        """tokenizer.json, and a tokenizer_config.json naming its end-of-text token, so
+        transformers' AutoTokenizer loads it with eos_token (and bos_token) set."""
         self._tok.save(os.path.join(out_dir, "tokenizer.json"))
         with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
-            json.dump({"tokenizer_class": "PreTrainedTokenizerFast"}, f)
+            json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": self.eos_token,
+                       "eos_token": self.eos_token, "model_max_length": 1_000_000_000_000}, f, indent=2)
 
 
 def tokenizer_file(spec: str, endpoint: str | None = None) -> str:

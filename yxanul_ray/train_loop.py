@@ -109,6 +109,9 @@ def _counts_of(batch: dict, batches: StageBatches) -> dict[str, int]:
     return {s: int(np.count_nonzero(batch["source"] == ids[s])) for s in batches.schedule.sources}
 
 
+BOUNDARY_SCORE = 10**18
+"""Added to a stage-boundary checkpoint's keep_score, so it ranks above every mid-stage one."""
+
 CHECKPOINT_WRITE_WAIT_S = 600
 """How long a checkpoint waits for the one before it to be written (see Run.report)."""
 
@@ -191,10 +194,16 @@ class Run:
         every = self.job.run.checkpoint_every_tokens
         return bool(every) and state.tokens - self.last_ckpt_tokens >= every
 
-    def report(self, state: TrainState, checkpoint: bool) -> None:
-        """Every rank reports (Ray Train requires it); rank 0 attaches the checkpoint."""
+    def report(self, state: TrainState, checkpoint: bool, boundary: bool = False) -> None:
+        """Every rank reports (Ray Train requires it); rank 0 attaches the checkpoint. The
+        metrics: the log interval's loss, LR and tokens/s, the stage, the latest validation, and
+        `keep_score`, by which Ray Train keeps every stage-boundary checkpoint and the latest
+        mid-stage ones (launch.checkpoint_config)."""
         metrics = {"step": state.step, "tokens": state.tokens, "stage": min(state.stage + 1, len(
-            self.job.curriculum.stages)), "step_in_stage": state.step_in_stage}
+            self.job.curriculum.stages)), "step_in_stage": state.step_in_stage, **self.metrics.latest,
+            "keep_score": state.tokens + (BOUNDARY_SCORE if boundary else 0)}
+        if state.validation and state.validation[-1]["tokens"] == state.tokens:
+            metrics.update({f"val_{s}": v for s, v in state.validation[-1]["loss"].items()})
         if checkpoint:  # on every rank, so all ranks agree when the next one is due
             self.last_ckpt_tokens = state.tokens
             state.train_seconds = self.clock.seconds()
@@ -295,8 +304,10 @@ class Run:
         self.metrics.add_step(loss_sum, global_valid)
 
     def log(self, state: TrainState, lr: float, plan) -> None:
-        """Close the log interval (every rank: the loss all-reduce); rank 0 prints it."""
-        self.metrics.log(state, lr, plan, self.sum_over_ranks)
+        """Close the log interval (every rank: the loss all-reduce); rank 0 prints it. Ray Train
+        gets the interval's metrics too (Result.metrics_dataframe)."""
+        if self.metrics.log(state, lr, plan, self.sum_over_ranks):
+            self.report(state, checkpoint=False)
 
     def sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
         """t summed element-wise over all ranks (every rank must call it), back on the CPU."""
@@ -327,7 +338,7 @@ class Run:
         self.end_of_stage(state, steps=state.step - step0, tokens=state.tokens - tokens0, seconds=ended - started,
                           validate=validate)
         validated = time.perf_counter()
-        self.report(state, checkpoint=True)
+        self.report(state, checkpoint=True, boundary=True)
         self.boundary_times = (ended, validated, time.perf_counter())
 
     def note_first_batch(self, state: TrainState) -> None:

@@ -78,19 +78,19 @@ class Metrics:
         if self.interval["steps"] == 0:
             self.interval["t0"] = now
 
-    def log(self, state: TrainState, lr: float, plan, sum_over_ranks: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+    def log(self, state: TrainState, lr: float, plan, sum_over_ranks: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """Close the interval: every rank joins the loss all-reduce; rank 0 prints the progress
-        line and records the scalars and the dashboard's gauges. False where it was empty."""
+        line and records the scalars and the dashboard's gauges."""
         iv = self.interval
         if iv["steps"] == 0:
-            return False
+            return
         # The interval's one wait for the GPU: its summed loss, still on the device, all-reduced there.
         loss = sum_over_ranks(iv["loss"].reshape(1)).item() / max(1, iv["tokens"])
         rate = iv["tokens"] / max(time.perf_counter() - iv["t0"], 1e-9)
         self.interval = self._new_interval()
         self.latest = {"loss": loss, "lr": lr, "tokens_per_s": rate}
         if self.rank != 0:
-            return True
+            return
         cur = self.job.curriculum
         mfu = rate * flops_per_token(self.shape, plan.seq_len) / self.peak if self.peak else None
         eta = (cur.target_tokens - state.tokens) / rate if rate > 0 else None
@@ -102,7 +102,6 @@ class Metrics:
             self.writer.add_scalar(f"train/{name}", value, state.tokens)
         self.coord.record_progress.remote({"tokens": state.tokens, "stage": stage_no, "tokens_per_s": rate,
                                            "loss": loss, "tokens_by_source": dict(state.tokens_by_source)})
-        return True
 
     def stage_banner(self, state: TrainState, plan, fp8: bool) -> None:
         if self.rank != 0:

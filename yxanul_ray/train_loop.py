@@ -304,10 +304,8 @@ class Run:
         self.metrics.add_step(loss_sum, global_valid)
 
     def log(self, state: TrainState, lr: float, plan) -> None:
-        """Close the log interval (every rank: the loss all-reduce); rank 0 prints it. Ray Train
-        gets the interval's metrics too (Result.metrics_dataframe)."""
-        if self.metrics.log(state, lr, plan, self.sum_over_ranks):
-            self.report(state, checkpoint=False)
+        """Close the log interval (every rank: the loss all-reduce); rank 0 prints it."""
+        self.metrics.log(state, lr, plan, self.sum_over_ranks)
 
     def sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
         """t summed element-wise over all ranks (every rank must call it), back on the CPU."""

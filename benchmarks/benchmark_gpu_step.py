@@ -149,21 +149,9 @@ def main() -> None:
     rows = []
     opt_spec = OptimizerSpec()
     for compiled, fp8, backend in variants:
-        variant = Variant(shape, backend, compiled, fp8, opt_spec, device)
-        for seq_len, batch in plan:
-            label = f"{backend}{'-fp8' if fp8 else ''}{'-compiled' if compiled else ''}"
-            try:
-                r = variant.bench(seq_len, batch, args.steps)
-                r["mfu"] = r["tok_s"] * flops_per_token(shape, seq_len) / (peak * 1e12)
-            except Exception as e:  # noqa: BLE001 - report and continue with the next shape
-                r = {"error": repr(e)[:300]}
-            r.update(mode=label, seq=seq_len, batch=batch)
-            rows.append(r)
-            print(r, flush=True)
-            if device == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-        del variant
+        label = f"{backend}{'-fp8' if fp8 else ''}{'-compiled' if compiled else ''}"
+        rows += bench_rows(Variant(shape, backend, compiled, fp8, opt_spec, device), label, shape, plan, args.steps,
+                           device, peak)
     baseline_rows = [] if args.no_baseline else bench_baseline(shape, plan, args, device, peak)
     baseline = {(r["mode"], r["seq"]): r["tok_s"] for r in baseline_rows if "tok_s" in r}
     for r in rows:
@@ -243,20 +231,27 @@ def bench_baseline(shape, plan, args, device, peak) -> list[dict]:
     rows = []
     for mode in args.modes.split(","):
         compiled = mode == "compiled"
-        baseline = LlamaBaseline(shape, compiled, OptimizerSpec(), device)
-        for seq_len, batch in plan:
-            try:
-                r = baseline.bench(seq_len, batch, args.steps)
-                r["mfu"] = r["tok_s"] * flops_per_token(shape, seq_len) / (peak * 1e12)
-            except Exception as e:  # noqa: BLE001 - report and continue with the next shape
-                r = {"error": repr(e)[:300]}
-            r.update(mode="llama" + ("-compiled" if compiled else ""), seq=seq_len, batch=batch)
-            rows.append(r)
-            print(r, flush=True)
-            if device == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-        del baseline
+        rows += bench_rows(LlamaBaseline(shape, compiled, OptimizerSpec(), device),
+                           "llama" + ("-compiled" if compiled else ""), shape, plan, args.steps, device, peak)
+    return rows
+
+
+def bench_rows(side, label: str, shape, plan, steps: int, device: str, peak: float) -> list[dict]:
+    """One row per (seq_len, batch) of `plan` for one side (the project's Variant or the
+    baseline), its model kept across them; a shape that fails is a row with its error."""
+    rows = []
+    for seq_len, batch in plan:
+        try:
+            r = side.bench(seq_len, batch, steps)
+            r["mfu"] = r["tok_s"] * flops_per_token(shape, seq_len) / (peak * 1e12)
+        except Exception as e:  # noqa: BLE001 - report and continue with the next shape
+            r = {"error": repr(e)[:300]}
+        r.update(mode=label, seq=seq_len, batch=batch)
+        rows.append(r)
+        print(r, flush=True)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
     return rows
 
 

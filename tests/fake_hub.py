@@ -10,11 +10,16 @@ It answers what a dataset's reader and a tokenizer's download ask ({kind}: datas
 - POST /api/{kind}/{repo}/paths-info/{rev}             entries for named paths
 - GET  /datasets/{repo}/resolve/{rev}/{path} (and HEAD; a model's without `/datasets`): a file,
   or the byte range asked for
-and records every request and the content bytes sent for each file.
+- POST /api/repos/create, /api/validate-yaml, /api/models/{repo}/preupload/{rev} and
+  /api/models/{repo}/commit/{rev}: what `HfApi.upload_folder` asks, every file sent inline, the
+  pushed files kept under `pushed_to`
+and records every request and the content bytes sent for each file. `throttle` holds answers
+(status, headers) given to the next API requests instead of theirs: a rate-limited or busy Hub.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -49,6 +54,11 @@ class FakeHub:
         self.asked: list[str] = []
         self.bytes_sent: Counter[str] = Counter()
         """Content bytes sent per file (repo/path), ranged reads included."""
+        self.throttle: list[tuple[int, dict[str, str]]] = []
+        """Answers for the next API requests, first first, each (status, headers), e.g.
+        (429, {"Retry-After": "2"})."""
+        self.pushed_to: str | None = None
+        """A folder: a pushed model repo's files land in pushed_to/<org>/<name>/."""
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
@@ -94,6 +104,16 @@ def as_process_default(monkeypatch, endpoint: str) -> None:
                         endpoint + "/{repo_id}/resolve/{revision}/{filename}")
 
 
+def hub_offline_mode(monkeypatch, on: bool = True) -> None:
+    """What HF_HUB_OFFLINE=1 (or its absence) in this process's environment makes of
+    huggingface_hub's `is_offline_mode()`, which reads it once, at the library's import."""
+    if on:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", on)
+
+
 def _entry(folder: str, rel: str) -> dict:
     full = os.path.join(folder, rel)
     if os.path.isdir(full):
@@ -131,10 +151,15 @@ def _handler(hub: FakeHub):
         def do_POST(self):  # noqa: N802 - http.server's name
             hub.round_trip()
             length = int(self.headers.get("Content-Length") or 0)
-            form = urllib.parse.parse_qs(self.rfile.read(length).decode())
-            if not self._authorized("POST"):
+            body = self.rfile.read(length)
+            if not self._authorized("POST") or self._throttled():
                 return
             parts = self.path.split("?")[0].split("/")
+            if parts[1:3] == ["api", "repos"] or parts[1:3] == ["api", "validate-yaml"] or (
+                    len(parts) >= 7 and parts[5] in ("preupload", "commit")):
+                hub.record("POST " + self.path)
+                return self._upload(parts, body)
+            form = urllib.parse.parse_qs(body.decode())
             # /api/{kind}/{org}/{name}/paths-info/{rev}
             hub.record("POST " + self.path)
             if len(parts) == 7 and parts[1] == "api" and parts[5] == "paths-info":
@@ -145,7 +170,43 @@ def _handler(hub: FakeHub):
                     return self._json(200, entries)
             self._json(404, {"error": "not found"}, code="EntryNotFound")
 
+        def _throttled(self) -> bool:
+            if not self.path.startswith("/api/"):
+                return False
+            with hub._lock:
+                answer = hub.throttle.pop(0) if hub.throttle else None
+            if answer is None:
+                return False
+            hub.record(f"{answer[0]} for {self.path}")
+            self._json(answer[0], {"error": "throttled"}, headers=answer[1])
+            return True
+
+        def _upload(self, parts: list[str], body: bytes) -> None:
+            if parts[2] == "repos":  # create: {name, organization, type}
+                asked = json.loads(body)
+                repo = f"{asked.get('organization')}/{asked['name']}" if asked.get("organization") else asked["name"]
+                return self._json(200, {"url": f"{hub.endpoint}/{repo}", "name": repo})
+            if parts[2] == "validate-yaml":
+                return self._json(200, {"errors": [], "warnings": []})
+            repo = f"{parts[3]}/{parts[4]}"
+            if parts[5] == "preupload":
+                files = json.loads(body)["files"]
+                return self._json(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                                  for f in files]})
+            folder = os.path.join(hub.pushed_to, repo)
+            for line in body.decode().splitlines():
+                op = json.loads(line)
+                if op["key"] == "file":
+                    path = os.path.join(folder, op["value"]["path"])
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    with open(path, "wb") as f:
+                        f.write(base64.b64decode(op["value"]["content"]))
+            commit = hashlib.sha1(body).hexdigest()
+            self._json(200, {"commitUrl": f"{hub.endpoint}/{repo}/commit/{commit}", "commitOid": commit})
+
         def _answer(self, head: bool) -> None:
+            if self._throttled():
+                return
             url = urllib.parse.urlsplit(self.path)
             parts = url.path.split("/")
             query = urllib.parse.parse_qs(url.query)
@@ -234,10 +295,13 @@ def _handler(hub: FakeHub):
             if not head:
                 self.wfile.write(body)
 
-        def _json(self, status: int, body, code: str | None = None, link: str | None = None) -> None:
+        def _json(self, status: int, body, code: str | None = None, link: str | None = None,
+                  headers: dict[str, str] | None = None) -> None:
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(data)))
             if code:
                 self.send_header("X-Error-Code", code)

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from tests.fake_hub import hub_offline_mode
 from tests.helpers import CONFIGS, base_config, demo_subset, write_yaml
 from tests.pipeline_helpers import write_docs
 from yxanul_ray.check import stages_to_test
@@ -99,7 +100,7 @@ def test_empty_file_fails_naming_source(tmp_path, placeholder_sources, capsys):
 
 @pytest.mark.ray
 def test_unreachable_hub_source_fails_naming_source(tmp_path, placeholder_sources, capsys, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_offline_mode(monkeypatch)
     data = base_config(placeholder_sources)
     for name in ("fineweb", "code", "math"):
         write_docs(os.path.join(placeholder_sources, name, "part-0.parquet"), [f"{name} doc"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -127,3 +128,39 @@ def test_the_model_card_names_each_hub_sources_pinned_commit_and_the_final_losse
     assert "- **code**: /data/code/*.parquet (parquet)" in card
     assert "| long | 64 | 200 | web 50%, code 50% |" in card and "| short | 8 | 100 | web 100% |" in card
     assert "- web: 3.2100" in card and "300 of 300 target tokens" in card
+
+
+def test_push_to_hub_uploads_the_export_through_huggingface_hub(tmp_path, placeholder_sources, monkeypatch, capsys):
+    """`--push-to-hub REPO` sends the exported folder through `HfApi.upload_folder` to the Hub
+    the run names (the local stand-in here); what lands there loads in transformers. A repo id the
+    Hub would refuse, or no token, is refused before any export work."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.fake_hub import FakeHub
+    checkpoint = checkpoint_trained_with(tmp_path, placeholder_sources, "gpt2", "gpt2")
+    with FakeHub({}) as hub:
+        hub.pushed_to = str(tmp_path / "pushed")
+        with open(os.path.join(checkpoint, "job.json")) as f:
+            job = json.load(f)
+        job["data"]["hf_endpoint"] = hub.endpoint
+        with open(os.path.join(checkpoint, "job.json"), "w") as f:
+            json.dump(job, f)
+        monkeypatch.setenv("HF_TOKEN", "hf_pushing")
+        out = tmp_path / "hf"
+        assert cli_main(["export", checkpoint, str(out), "--push-to-hub", "me/tiny-curriculum"]) == 0
+        assert f"pushed {out} -> {hub.endpoint}/me/tiny-curriculum/commit/" in capsys.readouterr().out
+        assert any(a.startswith("POST /api/models/me/tiny-curriculum/commit/main") for a in hub.asked)
+        pushed = tmp_path / "pushed" / "me" / "tiny-curriculum"
+        assert sorted(os.listdir(pushed)) == sorted(os.listdir(out))
+        assert AutoModelForCausalLM.from_pretrained(str(pushed)).config.eos_token_id == \
+            AutoTokenizer.from_pretrained(str(pushed)).eos_token_id
+        asked = len(hub.asked)
+        assert cli_main(["export", checkpoint, str(tmp_path / "hf2"), "--push-to-hub", "not a repo"]) == 2
+        assert re.search(r"^error: --push-to-hub 'not a repo': .*fix: a repo id as <user or org>/<name>$",
+                         capsys.readouterr().err, re.MULTILINE)
+        monkeypatch.delenv("HF_TOKEN")
+        monkeypatch.setenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_DISABLE_IMPLICIT_TOKEN", True)
+        assert cli_main(["export", checkpoint, str(tmp_path / "hf2"), "--push-to-hub", "me/tiny-curriculum"]) == 2
+        assert "no Hugging Face token to push with; fix: HF_TOKEN" in capsys.readouterr().err
+        assert not os.path.exists(tmp_path / "hf2") and len(hub.asked) == asked

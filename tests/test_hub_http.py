@@ -351,3 +351,39 @@ def test_a_fineweb_sized_listing_over_paged_http_is_the_mirror_s_whole_listing(t
             assert len(on_hub.paths) == count and names(on_hub, f"org/corpus@{SHA}") == names(mirrored, "org/corpus")
             assert on_hub.sizes == mirrored.sizes
     assert any("cursor=" in line for line in hub.asked)  # the listing went past a first page
+
+
+def test_a_busy_hub_is_retried_after_the_wait_it_asks_for(tmp_path):
+    """Repo info has no retries of its own: a 429 or 503 is retried after the answer's
+    `Retry-After` (else 1, 2, 4 s); a wait longer than the run will sit through ends the call with
+    the Hub's figure. A call that retries itself (huggingface_hub's paged listing) is not retried
+    again: its failure is classified at once."""
+    from huggingface_hub import HfApi, HfFileSystem
+
+    from yxanul_ray.hub import with_retries
+
+    write_docs(str(tmp_path / "corpus" / "data" / "train-00000-of-00001.parquet"), ["a document"])
+    with FakeHub({"org/corpus": (SHA, str(tmp_path / "corpus"))}) as hub:
+        api = HfApi(endpoint=hub.endpoint, token=False)
+        waits: list[float] = []
+        hub.throttle = [(429, {"Retry-After": "7"}), (503, {})]
+        info = with_retries(lambda: api.dataset_info("org/corpus"), "source a", sleep=waits.append)
+        assert info.sha == SHA and waits == [7.0, 2.0]
+        hub.throttle = [(429, {"Retry-After": "3600"})]
+        with pytest.raises(SourceUnavailable, match=r"^source a: the Hub answered HTTP 429 and asks to wait 3600 s "
+                                                    r"\(Retry-After\); start the run again later$"):
+            with_retries(lambda: api.dataset_info("org/corpus"), "source a", sleep=waits.append)
+        hub.throttle = [(503, {})]
+        with pytest.raises(SourceUnavailable, match=r"^source a: the Hub answered HTTP 503$"):
+            with_retries(lambda: api.dataset_info("org/corpus"), "source a", own_retries=True, sleep=waits.append)
+        assert waits == [7.0, 2.0]
+        # HfFileSystem asks the repo's info first (no retries of its own: retried here), then
+        # lists, backing off itself after the Hub's Retry-After (+1 s).
+        fs = HfFileSystem(endpoint=hub.endpoint, token=False, skip_instance_cache=True)
+        hub.throttle = [(429, {"Retry-After": "5"})]
+        with_retries(lambda: fs.resolve_path(f"datasets/org/corpus@{SHA}"), "source a", sleep=waits.append)
+        hub.throttle = [(429, {"Retry-After": "0"})]
+        listed = with_retries(lambda: fs.glob(f"datasets/org/corpus@{SHA}/data/*"), "source a", own_retries=True,
+                              sleep=waits.append)
+        assert listed == [f"datasets/org/corpus@{SHA}/data/train-00000-of-00001.parquet"] and waits == [7.0, 2.0, 5.0]
+        assert sum(a.startswith("429 for") for a in hub.asked) == 4  # 7 s, 3600 s, the info, the listing

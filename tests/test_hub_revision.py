@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.fake_hub import as_process_default
+from tests.fake_hub import as_process_default, hub_offline_mode
 from tests.helpers import TOKENIZER_TEXTS, train_tokenizer_json
 from yxanul_ray.checkpoint import TrainState, save_checkpoint
 from yxanul_ray.config import job_from_dict
@@ -74,7 +74,7 @@ def fake_hub(monkeypatch, tmp_path):
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    hub_offline_mode(monkeypatch, on=False)
     endpoint = f"http://127.0.0.1:{server.server_port}"
     as_process_default(monkeypatch, endpoint)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf-cache"))
@@ -246,8 +246,7 @@ def test_a_hub_tokenizer_offline_loads_a_cached_commit_but_a_branch_is_not_pinne
                                                                                    tmp_path, monkeypatch):
     main, _ = hub_tokenizers
     HfTokenizer(f"org/tok@{SHA_MAIN}")  # into the Hugging Face cache
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    hub_offline_mode(monkeypatch)
     fake_hub.clear()
     offline = HfTokenizer(f"org/tok@{SHA_MAIN}").encode_batch(TOKENIZER_TEXTS)
     assert offline == HfTokenizer(main).encode_batch(TOKENIZER_TEXTS) and fake_hub == []

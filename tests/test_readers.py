@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.fake_hub import hub_offline_mode
 from tests.pipeline_helpers import TOK, as_raw, one_source_job, order_of, write_docs
 from yxanul_ray.config import job_from_dict, load_job
 from yxanul_ray.cursors import SourceCursor
@@ -233,7 +234,7 @@ def test_parquet_holdout_reads_only_the_row_groups_that_hold_it(tmp_path):
 def test_hub_source_offline_fails_fast_with_message(monkeypatch):
     job = load_job(os.path.join(os.path.dirname(__file__), "..", "configs",
                                 "yxanul_270m_progressive_curriculum.yaml"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_offline_mode(monkeypatch)
     t = time.time()
     with pytest.raises(SourceUnavailable) as err:
         resolve_files(job.sources["fineweb"])
@@ -244,7 +245,7 @@ def test_hub_source_offline_fails_fast_with_message(monkeypatch):
 def test_hub_source_unreachable_fails_fast_with_message(monkeypatch):
     job = load_job(os.path.join(os.path.dirname(__file__), "..", "configs",
                                 "yxanul_270m_progressive_curriculum.yaml"))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    hub_offline_mode(monkeypatch, on=False)
     # A closed local port stands in for an unreachable Hub, whatever network the machine has.
     monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
     t = time.time()

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir")
     p.add_argument("--tokenizer", metavar="SPEC", help="the run's tokenizer.json where it is now (its path, or its "
                    "directory), when the one the run named has moved; held to the content the run trained on")
+    p.add_argument("--push-to-hub", metavar="REPO", help="then upload the folder to this model repo on the run's Hub "
+                   "(data.hf_endpoint), made private if it does not exist; the token is HF_TOKEN or `hf auth login`'s")
 
     p = sub.add_parser("config-docs", help="write the config reference (docs/config.md) from the Spec classes")
     p.add_argument("--out", default="docs/config.md", help="where to write it (default: docs/config.md)")
@@ -196,9 +198,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from yxanul_ray.checkpoint import checked_checkpoint, load_model_tensors
     from yxanul_ray.config import job_from_dict
-    from yxanul_ray.export import export_hf, model_card, trained_tokenizer
+    from yxanul_ray.export import check_push_target, export_hf, model_card, push_to_hub, trained_tokenizer
     from yxanul_ray.storage import local_copy, storage_join
 
+    if args.push_to_hub:
+        check_push_target(args.push_to_hub)
     # A run's directory given instead, or a checkpoint copied in part: one line, the fix naming
     # the run's latest whole checkpoint.
     state, job_dict = checked_checkpoint(args.checkpoint, "yxanul-ray export")
@@ -218,6 +222,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     export_hf(model_state, job.model.shape, tokenizer, args.out_dir,
               model_card(job.to_dict(), state.to_dict(), args.checkpoint))
     print(f"exported {args.checkpoint} -> {args.out_dir} (Hugging Face Llama format)")
+    if args.push_to_hub:
+        url = push_to_hub(args.out_dir, args.push_to_hub, job.data.hf_endpoint,
+                          f"Export {job.run.name} at {state.tokens:,} tokens (yxanul-ray)")
+        print(f"pushed {args.out_dir} -> {url}")
     return 0
 
 

@@ -134,3 +134,40 @@ def model_card(job: dict, state: dict, checkpoint: str) -> str:
                       f"at {last['tokens']:,} tokens)", ""]
         lines += [f"- {source}: {loss:.4f}" for source, loss in last["loss"].items()]
     return "\n".join(lines) + "\n"
+
+
+def check_push_target(repo: str) -> None:
+    """Refuse `--push-to-hub REPO` before any export work: a repo id the Hub would refuse, offline
+    mode, or no token to push with. Raises ConfigError naming the fix."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from yxanul_ray.hub import hf_token, hub_offline
+    from yxanul_ray.specs import ConfigError
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as e:
+        raise ConfigError(f"--push-to-hub {repo!r}: {str(e).rstrip('.')}; "
+                          "fix: a repo id as <user or org>/<name>") from None
+    if hub_offline():
+        raise ConfigError(f"--push-to-hub {repo!r}: HF_HUB_OFFLINE is set, so nothing is sent to the Hub; fix: unset "
+                          "it, or export without --push-to-hub and upload the folder later (`hf upload`)")
+    if hf_token() is None:
+        raise ConfigError(f"--push-to-hub {repo!r}: no Hugging Face token to push with; fix: HF_TOKEN in the "
+                          "environment, or `hf auth login` on this machine")
+
+
+def push_to_hub(out_dir: str, repo: str, endpoint: str | None, message: str) -> str:
+    """Upload an exported folder to the model repo `repo` (made, private unless it exists) on the
+    Hub at `endpoint` (None: this process's HF_ENDPOINT or huggingface.co) through
+    `HfApi.upload_folder`, with the token huggingface_hub picks. Returns the commit's URL."""
+    from huggingface_hub import HfApi
+
+    from yxanul_ray.hub import hf_token, with_retries
+
+    api = HfApi(endpoint=endpoint, token=hf_token())
+    what = f"--push-to-hub {repo}"
+    with_retries(lambda: api.create_repo(repo, repo_type="model", private=True, exist_ok=True), what, offline_fix="")
+    commit = with_retries(lambda: api.upload_folder(repo_id=repo, folder_path=out_dir, repo_type="model",
+                                                    commit_message=message), what, own_retries=True, offline_fix="")
+    return commit.commit_url

@@ -8,6 +8,7 @@ backoff on 429/5xx/timeouts; an unreachable Hub fails in seconds with a message 
 
 from __future__ import annotations
 
+import email.utils
 import functools
 import glob
 import hashlib
@@ -19,13 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-import yaml
-
 from yxanul_ray.hub_layout import (
     FORMAT_SUFFIXES,
     LayoutError,
+    card_front_matter,
     check_one_config,
     data_file_kinds,
+    is_data_file,
     named_as_other_format,
     of_format,
     split_patterns,
@@ -76,7 +77,11 @@ class SourceFiles:
 
 
 def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    """huggingface_hub's offline switch (HF_HUB_OFFLINE, or TRANSFORMERS_OFFLINE, as this process
+    started with them: the library reads them once, at its import)."""
+    from huggingface_hub import is_offline_mode
+
+    return is_offline_mode()
 
 
 def offline_refusal(what: str, question: str) -> SourceUnavailable:
@@ -87,17 +92,14 @@ def offline_refusal(what: str, question: str) -> SourceUnavailable:
 
 
 def hf_token() -> str | None:
-    """The token this process's Hub calls send: HF_TOKEN (or HUGGING_FACE_HUB_TOKEN) from the
-    environment, else the one `hf auth login` saved on this machine, which huggingface_hub sends
-    unasked unless HF_HUB_DISABLE_IMPLICIT_TOKEN is set. The driver pins and lists with it, so it
-    hands this one to the coordinator (preflight.hub_token): the cluster's other nodes have no such
-    file. Never logged, never written to a config or checkpoint."""
-    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-    if token:
-        return token
-    from huggingface_hub import constants, get_token
+    """The token this process's Hub calls send, as huggingface_hub picks it: HF_TOKEN (or
+    HUGGING_FACE_HUB_TOKEN) from the environment, else the one `hf auth login` saved on this
+    machine; none where HF_HUB_DISABLE_IMPLICIT_TOKEN is set. The driver pins and lists with it,
+    so it hands this one to the coordinator (preflight.hub_token): the cluster's other nodes have
+    no such file. Never logged, never written to a config or checkpoint."""
+    from huggingface_hub.utils import get_token_to_send
 
-    return None if constants.HF_HUB_DISABLE_IMPLICIT_TOKEN else get_token()
+    return get_token_to_send(None)
 
 
 def _http_error(exc: BaseException) -> tuple[int | None, str]:
@@ -120,10 +122,19 @@ OFFLINE_SOURCE_FIX = ("To run offline, point the source at local files (sources.
                       "HF_HUB_OFFLINE=1; the demo config runs entirely offline.")
 
 
-def with_retries(fn: Callable[[], T], what: str, *, attempts: int = 6, base_delay_s: float = 1.0,
-                 unreachable_attempts: int = 2, sleep=time.sleep, offline_fix: str = OFFLINE_SOURCE_FIX) -> T:
-    """Call fn, retrying transient Hub errors: 429/5xx with exponential backoff (1, 2, 4, ... s),
-    connection failures only briefly, so an unreachable Hub fails within a few seconds."""
+LONGEST_RETRY_AFTER_S = 120
+"""The longest `Retry-After` waited for; a Hub asking for longer ends the call with its figure."""
+
+
+def with_retries(fn: Callable[[], T], what: str, *, own_retries: bool = False, attempts: int = 6,
+                 base_delay_s: float = 1.0, unreachable_attempts: int = 2, sleep=time.sleep,
+                 offline_fix: str = OFFLINE_SOURCE_FIX) -> T:
+    """Call fn and turn a Hub failure into SourceUnavailable naming `what` and the fix. A call
+    without retries of its own (repo info, opening a file) is retried on 429/5xx after the
+    answer's `Retry-After`, else with exponential backoff (1, 2, 4, ... s), and on connection
+    failures only briefly, so an unreachable Hub fails within seconds. A call that retries itself
+    (`own_retries`: huggingface_hub's paged listings and downloads back off on 429/5xx and network
+    errors) is not retried again."""
     tries = 0
     while True:
         tries += 1
@@ -131,11 +142,15 @@ def with_retries(fn: Callable[[], T], what: str, *, attempts: int = 6, base_dela
             return fn()
         except Exception as exc:  # noqa: BLE001 - classified below, re-raised when not transient
             status, code = _http_error(exc)
-            if status in RETRYABLE_STATUS and tries < attempts:
-                sleep(base_delay_s * 2 ** (tries - 1))
+            if status in RETRYABLE_STATUS and tries < attempts and not own_retries:
+                wait = _retry_after_s(exc)
+                if wait is not None and wait > LONGEST_RETRY_AFTER_S:
+                    raise SourceUnavailable(f"{what}: the Hub answered HTTP {status} and asks to wait {wait:.0f} s "
+                                            "(Retry-After); start the run again later") from None
+                sleep(base_delay_s * 2 ** (tries - 1) if wait is None else wait)
                 continue
             if _is_network_error(exc):
-                if tries < unreachable_attempts:
+                if tries < unreachable_attempts and not own_retries:
                     sleep(0.5 * tries)
                     continue
                 raise SourceUnavailable(
@@ -147,6 +162,24 @@ def with_retries(fn: Callable[[], T], what: str, *, attempts: int = 6, base_dela
                 code = f" {code}" if code else ""
                 raise SourceUnavailable(f"{what}: the Hub answered HTTP {status}{code}{hint}") from None
             raise
+
+
+def _retry_after_s(exc: BaseException) -> float | None:
+    """The seconds a failed answer's `Retry-After` header asks for (delay-seconds or an HTTP date)."""
+    for error in (exc, exc.__cause__):
+        headers = getattr(getattr(error, "response", None), "headers", None)
+        value = headers.get("Retry-After") if headers is not None else None
+        if value is None:
+            continue
+        value = value.strip()
+        if value.isdigit():
+            return float(value)
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - time.time())
+    return None
 
 
 def hf_filesystem(mirror: str | None = None, token: str | None = None, endpoint: str | None = None):
@@ -178,38 +211,41 @@ def resolve_files(spec: SourceSpec, endpoint: str | None = None) -> SourceFiles:
     what = f"source {spec.name} (hf://{hub_root(spec)}{_on_hub(endpoint)})"
     if hub_offline() and not spec.hf_mirror:
         raise offline_refusal(what, "asked for the source's files")
-    fs = hf_filesystem(spec.hf_mirror, hf_token(), endpoint)
+    token = hf_token()
+    fs = hf_filesystem(spec.hf_mirror, token, endpoint)
     root = hub_root(spec)
+    if not spec.hf_mirror:  # the repo's info, which HfFileSystem asks once and keeps, has no retries of its own
+        with_retries(lambda: fs.resolve_path(root), what)
     try:
         card = with_retries(lambda: _read_card(fs, root), what)
-        layout = split_patterns(card, spec.hf_config, spec.split, spec.name)
+        if spec.hf_config and not card.get("configs") and not with_retries(
+                lambda: fs.isdir(f"{root}/{spec.hf_config}"), what, own_retries=True):
+            # A card without configs makes hf_config a folder (the parquet copy's one per config):
+            # a misspelt one is named as such, not as a dataset without files of the format.
+            folders = with_retries(lambda: sorted(e["name"].rsplit("/", 1)[-1] for e in fs.ls(root, detail=True)
+                                                  if e.get("type") == "directory"), what, own_retries=True)
+            raise LayoutError(f"config {spec.hf_config!r} is not a folder of the dataset, whose card names no configs "
+                              f"(its folders: {', '.join(folders) or 'none'}); "
+                              f"fix: sources.{spec.name}.hf_config, one of them")
+        layout = split_patterns(card, spec.hf_config, spec.split, spec.name,
+                                lambda base: with_retries(lambda: _data_patterns(spec, token, endpoint, base), what,
+                                                          own_retries=True))
     except LayoutError as e:
         raise SourceUnavailable(f"{what}: {e}") from None
-    others: set[str] = set()  # what the globs found that is not of the source's format, for the error
-    for group in layout.groups:
-        found: dict[str, dict] = {}  # path -> its listing entry (name, size, type)
-        for pattern in group:
-            found.update(with_retries(lambda p=f"{root}/{pattern}": fs.glob(p, detail=True), what))
-        data = [p for p, info in found.items() if info.get("type") != "directory"]
-        files = of_format(data, spec.format)
-        if files:
-            try:
-                check_one_config(hub_relative(spec, files), layout, spec.hf_config, spec.split, spec.name)
-            except LayoutError as e:
-                raise SourceUnavailable(f"{what}: {e}") from None
-            return SourceFiles(spec.name, "hf", tuple(files), spec.format, mirror=spec.hf_mirror,
-                               sizes=_listed_sizes(found, files), endpoint=endpoint)
-        others |= data_file_kinds(data)
-    config_dir = f"{root}/{spec.hf_config}"
-    if layout.by_conventions and spec.hf_config and not with_retries(lambda: fs.isdir(config_dir), what):
-        # A card without configs makes hf_config a folder (the parquet copy's one per config):
-        # a misspelt one is named as such, not as a dataset without files of the format.
-        folders = with_retries(lambda: sorted(e["name"].rsplit("/", 1)[-1] for e in fs.ls(root, detail=True)
-                                              if e.get("type") == "directory"), what)
-        raise SourceUnavailable(f"{what}: config {spec.hf_config!r} is not a folder of the dataset, whose card names "
-                                f"no configs (its folders: {', '.join(folders) or 'none'}); "
-                                f"fix: sources.{spec.name}.hf_config, one of them")
-    looked_at = "; ".join(", ".join(group) for group in layout.groups)
+    found: dict[str, dict] = {}  # path -> its listing entry (name, size, type)
+    for pattern in layout.patterns:
+        listed = with_retries(lambda p=f"{root}/{pattern}": fs.glob(p, detail=True), what, own_retries=True)
+        found.update((p, info) for p, info in listed.items()
+                     if info.get("type") != "directory" and is_data_file(p.removeprefix(root + "/"), pattern))
+    files = of_format(found, spec.format)
+    if files:
+        try:
+            check_one_config(hub_relative(spec, files), layout, spec.hf_config, spec.split, spec.name)
+        except LayoutError as e:
+            raise SourceUnavailable(f"{what}: {e}") from None
+        return SourceFiles(spec.name, "hf", tuple(files), spec.format, mirror=spec.hf_mirror,
+                           sizes=_listed_sizes(found, files), endpoint=endpoint)
+    others = data_file_kinds(found)
     found_note = f"; found only {', '.join(sorted(others))} files" if others else ""
     readable = [fmt for fmt, suffixes in FORMAT_SUFFIXES.items() if any(o in suffixes for o in others)]
     fix = (f"fix: sources.{spec.name}.format: {readable[0]}" if readable else
@@ -217,7 +253,25 @@ def resolve_files(spec: SourceSpec, endpoint: str | None = None) -> SourceFiles:
            f"has a parquet copy on the Hub (sources.{spec.name}.revision: refs/convert/parquet, with "
            f"sources.{spec.name}.hf_config naming the config: its folder there)")
     raise SourceUnavailable(f"{what}: no {spec.format} files for config {spec.hf_config or 'default'!r}, split "
-                            f"{spec.split!r} in {layout.origin} (looked at {looked_at}){found_note}; {fix}")
+                            f"{spec.split!r} in {layout.origin} (looked at {', '.join(layout.patterns)}){found_note}; "
+                            f"{fix}")
+
+
+def _data_patterns(spec: SourceSpec, token: str | None, endpoint: str | None, base: str) -> dict[str, list[str]]:
+    """`datasets`' get_data_patterns for a folder of the source's dataset ('' for its root): on
+    the mirror, or over hf:// on the Hub at `endpoint` with `token`."""
+    from datasets import DownloadConfig
+    from datasets.data_files import get_data_patterns
+
+    root = hub_root(spec)
+    if spec.hf_mirror:
+        folder = os.path.join(os.path.abspath(os.path.expanduser(spec.hf_mirror)), root, base)
+        return get_data_patterns(folder.rstrip("/"))
+    from huggingface_hub import constants
+
+    options = {"hf": {"token": token, "endpoint": endpoint or constants.ENDPOINT}}
+    return get_data_patterns(f"hf://{root}/{base}".rstrip("/"),
+                             DownloadConfig(token=token, storage_options=options))
 
 
 def _check_format(spec: SourceSpec, paths: list[str]) -> None:
@@ -366,24 +420,19 @@ def download_hub_file(repo: str, filename: str, revision: str | None, what: str,
                 raise e.__cause__ from None
             raise
 
-    # hf_hub_download retries a network error itself (~23 s), so it is not retried here.
-    return with_retries(download, what, unreachable_attempts=1, offline_fix=OFFLINE_TOKENIZER_FIX)
+    return with_retries(download, what, own_retries=True, offline_fix=OFFLINE_TOKENIZER_FIX)
 
 
 def _read_card(fs, root: str) -> dict:
+    """The dataset card's front matter ({} without a card), parsed by huggingface_hub."""
     try:
         with fs.open(f"{root}/README.md", "r", encoding="utf-8") as f:
             text = f.read()
-    except FileNotFoundError:
+    except FileNotFoundError as e:
+        if _http_error(e)[0] is not None:
+            raise  # the repo or its revision, not the card, is missing: the Hub's answer says which
         return {}
-    if not text.startswith("---"):
-        return {}
-    front = text.split("---", 2)[1]
-    try:
-        data = yaml.safe_load(front)
-    except yaml.YAMLError as e:
-        raise LayoutError(f"the dataset card's front matter ({root}/README.md) is not YAML ({e})") from None
-    return data if isinstance(data, dict) else {}
+    return card_front_matter(text, f"{root}/README.md")
 
 
 class Redacted:

@@ -1,34 +1,29 @@
-"""Which files of a Hub dataset are one config's split, as the `datasets` library decides it (pure).
+"""Which files of a Hub dataset are one config's split, decided by the `datasets` library itself.
 
-A dataset card's `configs:` is the Hub's own mapping from a config and split to file globs. This
-module reads it by `datasets`' rules (datasets/utils/metadata.py and data_files.py, 5.x): the
-default config is the only one, the one named `default`, or the one marked `default: true`;
-`data_files` is a glob, a list of globs (both the `train` split) or a list of `{split, path}`;
-globs are relative to the config's `data_dir`. A card without configs falls back on the
-layout conventions, tried in order, the first that matches winning: `data/<split>-NNNNN-of-
-NNNNN*`, a folder named for the split, a file named for it, and, for `train` only, every file.
-Reading the card's rules differently would read another split's documents, or none. Which file
-names a source's format reads (compressed jsonl included) is decided here too.
+The card's front matter is parsed by huggingface_hub (`DatasetCard`), its `configs:` by
+`datasets` (`MetadataConfigs`: the default config, `data_files` as `sanitize_patterns` reads it,
+globs under the config's `data_dir`), and a folder without configs by `datasets`'
+`get_data_patterns`, whose conventions pick one layout for all splits at once (a sharded
+`data/test-00000-of-00001.parquet` leaves `train/a.parquet` in no split). What stays here is the
+project's own: errors that name the setting to change, the Hub's parquet copy told apart by its file
+names, and which file names a source's format reads (compressed jsonl included).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
-SPLIT_KEYWORDS = {"train": ("train", "training"), "validation": ("validation", "valid", "dev", "val"),
-                  "test": ("test", "testing", "eval", "evaluation")}
-"""Names `datasets` takes for a split in a folder or file name."""
-_SEP = "[-._ 0-9]"
-"""Characters that may sit beside a split's name in a file or folder name (`datasets`' NON_WORDS_CHARS)."""
 JSONL_CODECS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".lz4": "lz4"}
 """A jsonl file compressed as its name says (`part-0.jsonl.zst`, as Hub corpora often are) ->
 the pyarrow codec that reads it."""
 FORMAT_SUFFIXES = {"parquet": (".parquet",), "jsonl": (".jsonl", *(".jsonl" + s for s in JSONL_CODECS))}
 """A source's `format` -> the file names it reads."""
-REPO_FILES = {"README.md", "config.json", "dataset_info.json", "dataset_infos.json", "dataset_dict.json",
-              "dummy_data.zip"}
-"""A dataset repo's own files, never data (`datasets`' FILES_TO_IGNORE)."""
+REPO_FILES = frozenset({"README.md", "config.json", "dataset_info.json", "dataset_infos.json", "dataset_dict.json",
+                        "dummy_data.zip"})
+"""A dataset repo's own files, never data (`datasets`' FILES_TO_IGNORE, tested equal; `datasets`
+itself is imported only where a Hub layout is read, being a second's import)."""
 
 
 class LayoutError(ValueError):
@@ -36,51 +31,72 @@ class LayoutError(ValueError):
 
 
 @dataclass(frozen=True)
-class PatternGroups:
-    """Globs relative to the dataset's root, as groups tried in order: the first group that
-    matches any file of the source's format is the split's files."""
+class SplitPatterns:
+    """Globs relative to the dataset's root whose files (of the source's format) are the split."""
 
-    groups: tuple[tuple[str, ...], ...]
+    patterns: tuple[str, ...]
     origin: str
     """Where they came from, for messages: "the card's config 'x'" or "the layout conventions"."""
     by_conventions: bool = False
     """The card names no configs, so no config was chosen unless the source names one."""
 
 
-def split_patterns(card: dict, config: str | None, split: str, source: str) -> PatternGroups:
-    """The globs for `config`'s `split` of a dataset whose card front matter is `card` ({} for none).
-    Raises LayoutError naming the configs or splits there are and the setting to change."""
+Conventions = Callable[[str], dict[str, list[str]]]
+"""A folder of the dataset ('' for its root) -> {split: globs relative to it}, as `datasets`'
+get_data_patterns finds them there; raises EmptyDatasetError where it holds no data file."""
+
+
+def card_front_matter(text: str, where: str) -> dict:
+    """The dataset card's YAML front matter as huggingface_hub parses it ({} for none)."""
+    import yaml
+    from huggingface_hub import DatasetCard
+
+    if not text.lstrip().startswith("---"):
+        return {}
+    try:
+        return DatasetCard(text).data.to_dict()
+    except (ValueError, yaml.YAMLError) as e:
+        raise LayoutError(f"the dataset card's front matter ({where}) is not a YAML mapping ({e})") from None
+
+
+def split_patterns(card: dict, config: str | None, split: str, source: str,
+                   conventions: Conventions) -> SplitPatterns:
+    """The globs for `config`'s `split` of a dataset whose card front matter is `card` ({} for
+    none), as `datasets` builds that config. Raises LayoutError naming the configs or splits there
+    are and the setting to change."""
+    from datasets.data_files import sanitize_patterns
+
     configs = _card_configs(card)
     if not configs:
         base = config or ""
-        return PatternGroups(layout_groups(base, split), f"the layout conventions{f' under {base}/' if base else ''}",
+        origin = f"the layout conventions{f' under {base}/' if base else ''}"
+        return SplitPatterns(_split_of(_conventions(conventions, base, origin), split, origin, source, base), origin,
                              by_conventions=True)
-    chosen = _chosen_config(configs, config, source)
-    name = chosen.get("config_name", "default")
+    name = _chosen_config(configs, config, source)
+    chosen = configs[name]
     base = str(chosen.get("data_dir") or "").strip("/")
     data_files = chosen.get("data_files")
     if data_files is None:  # `datasets` infers the splits under data_dir, as for a card without configs
-        return PatternGroups(layout_groups(base, split), f"the card's config {name!r} (data_dir {base!r})")
-    splits = _splits_of(data_files)
+        origin = f"the card's config {name!r} (data_dir {base!r})"
+        return SplitPatterns(_split_of(_conventions(conventions, base, origin), split, origin, source, base), origin)
+    origin = f"the card's config {name!r}"
+    return SplitPatterns(_split_of(sanitize_patterns(data_files), split, origin, source, base), origin)
+
+
+def _conventions(conventions: Conventions, base: str, origin: str) -> dict[str, list[str]]:
+    from datasets.data_files import EmptyDatasetError
+
+    try:
+        return conventions(base)
+    except EmptyDatasetError:
+        raise LayoutError(f"{origin} find no data file") from None
+
+
+def _split_of(splits: dict, split: str, origin: str, source: str, base: str) -> tuple[str, ...]:
     if split not in splits:
-        raise LayoutError(f"the card's config {name!r} has no split {split!r} (its splits: {', '.join(splits)}); "
+        raise LayoutError(f"{origin} has no split {split!r} (its splits: {', '.join(map(str, splits)) or 'none'}); "
                           f"fix: sources.{source}.split")
-    return PatternGroups((tuple(_join(base, p) for p in splits[split]),), f"the card's config {name!r}")
-
-
-def layout_groups(base: str, split: str) -> tuple[tuple[str, ...], ...]:
-    """`datasets`' conventions for a split in a folder without card configs (get_data_patterns),
-    most specific first."""
-    keywords = SPLIT_KEYWORDS.get(split, (split,))
-    groups = [
-        (f"data/{split}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]*.*",),
-        tuple(p for kw in keywords for p in (f"**/{kw}/**", f"**/{kw}{_SEP}*/**", f"**/*{_SEP}{kw}/**",
-                                             f"**/*{_SEP}{kw}{_SEP}*/**")),
-        tuple(p for kw in keywords for p in (f"**/{kw}{_SEP}*", f"**/*{_SEP}{kw}{_SEP}*")),
-    ]
-    if split == "train":
-        groups.append(("**",))
-    return tuple(tuple(_join(base, p) for p in group) for group in groups)
+    return tuple(_join(base, str(p)) for p in splits[split])
 
 
 _CONVERSION_FILE = re.compile(r"([^/]+)/(?:partial-)?[^/]+/[0-9]{4}\.parquet")
@@ -105,7 +121,7 @@ def is_partial_copy(relative_paths) -> bool:
                                                              for p in relative_paths)
 
 
-def check_one_config(relative_paths, layout: PatternGroups, config: str | None, split: str, source: str) -> None:
+def check_one_config(relative_paths, layout: SplitPatterns, config: str | None, split: str, source: str) -> None:
     """Raise LayoutError when the files found for a source that names no config span several
     configs of the parquet copy's layout (conversion_configs), naming them and the setting."""
     if config is not None or not layout.by_conventions:
@@ -147,55 +163,47 @@ def data_file_kinds(paths) -> set[str]:
     return kinds
 
 
-def _card_configs(card: dict) -> list[dict]:
-    configs = card.get("configs") if isinstance(card, dict) else None
-    if configs is None:
-        return []
-    if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs):
-        raise LayoutError("the dataset card's `configs:` is not a list of mappings")
-    return configs
+def _card_configs(card: dict) -> dict[str, dict]:
+    """The card's `configs:` as `datasets` reads them: {name: its settings}."""
+    from datasets.utils.metadata import MetadataConfigs
+
+    try:
+        return dict(MetadataConfigs.from_dataset_card_data(card if isinstance(card, dict) else {}))
+    except (ValueError, TypeError, KeyError) as e:
+        raise LayoutError(f"the dataset card's `configs:` is not as `datasets` reads it: {str(e).strip()}") from None
 
 
-def _chosen_config(configs: list[dict], config: str | None, source: str) -> dict:
-    names = [str(c.get("config_name", "default")) for c in configs]
+def _chosen_config(configs: dict[str, dict], config: str | None, source: str) -> str:
+    names = ", ".join(configs)
     if config is not None:
-        for name, c in zip(names, configs):
-            if name == config:
-                return c
-        raise LayoutError(f"config {config!r} is not in the dataset card (its configs: {', '.join(names)}); "
-                          f"fix: sources.{source}.hf_config")
-    defaults = [c for name, c in zip(names, configs) if len(configs) == 1 or name == "default" or c.get("default")]
-    if len(defaults) == 1:
-        return defaults[0]
-    if not defaults:
-        raise LayoutError(f"the dataset card names no default config (its configs: {', '.join(names)}); "
+        if config not in configs:
+            raise LayoutError(f"config {config!r} is not in the dataset card (its configs: {names}); "
+                              f"fix: sources.{source}.hf_config")
+        return config
+    from datasets.utils.metadata import MetadataConfigs
+
+    try:
+        default = MetadataConfigs(configs).get_default_config_name()
+    except ValueError:
+        marked = [n for n, c in configs.items() if n == "default" or c.get("default")]
+        raise LayoutError(f"the dataset card marks several configs default ({', '.join(marked)}); "
+                          f"fix: sources.{source}.hf_config, one of them") from None
+    if default is None:
+        raise LayoutError(f"the dataset card names no default config (its configs: {names}); "
                           f"fix: sources.{source}.hf_config, one of them")
-    raise LayoutError(f"the dataset card marks several configs default "
-                      f"({', '.join(str(c.get('config_name', 'default')) for c in defaults)}); "
-                      f"fix: sources.{source}.hf_config, one of them")
-
-
-def _splits_of(data_files) -> dict[str, list[str]]:
-    """`data_files` as {split: globs} (datasets' sanitize_patterns): a glob or a list of globs is
-    the train split."""
-    if isinstance(data_files, str):
-        return {"train": [data_files]}
-    if isinstance(data_files, dict):
-        return {str(k): [str(p) for p in (v if isinstance(v, list) else [v])] for k, v in data_files.items()}
-    if isinstance(data_files, list) and any(isinstance(e, dict) for e in data_files):
-        splits: dict[str, list[str]] = {}
-        for entry in data_files:
-            if not (isinstance(entry, dict) and "split" in entry and isinstance(entry.get("path"), str | list)):
-                raise LayoutError(f"the dataset card's data_files entry {entry!r} is not {{split, path}}")
-            path = entry["path"]
-            splits[str(entry["split"])] = [str(p) for p in (path if isinstance(path, list) else [path])]
-        return splits
-    if isinstance(data_files, list):
-        return {"train": [str(p) for p in data_files]}
-    raise LayoutError(f"the dataset card's data_files {data_files!r} is not a glob, a list of globs or a list of "
-                      "{split, path}")
+    return default
 
 
 def _join(base: str, pattern: str) -> str:
     pattern = pattern[2:] if pattern.startswith("./") else pattern
     return f"{base}/{pattern}" if base else pattern
+
+
+def is_data_file(relative_path: str, pattern: str) -> bool:
+    """Whether a file a glob matched is data as `datasets` resolves a pattern: not the repo's own
+    files, and not in a hidden (`.x`) or special (`__x`) folder or name the pattern does not ask for."""
+    if relative_path.rsplit("/", 1)[-1] in REPO_FILES:
+        return False
+    hidden = sum(part.startswith((".", "__")) for part in relative_path.split("/"))
+    asked = sum(part.startswith((".", "__")) for part in pattern.split("/"))
+    return hidden <= asked

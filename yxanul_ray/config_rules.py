@@ -13,6 +13,7 @@ import urllib.parse
 from yxanul_ray.presets import PRESETS, SHAPE_FIELDS, ModelShape
 from yxanul_ray.specs import ConfigError, JobSpec, StageSpec
 from yxanul_ray.storage import is_uri
+from yxanul_ray.tracker import TRACKERS
 
 
 def validate(job: JobSpec, check_files: bool = True) -> None:
@@ -79,6 +80,8 @@ def validate(job: JobSpec, check_files: bool = True) -> None:
         fail("run.keep_checkpoints", f"must be >= 0 (null keeps every checkpoint), got {run.keep_checkpoints}")
     if run.max_failures < -1:
         fail("run.max_failures", "must be >= 0, or -1 for no limit")
+    if run.tracker not in TRACKERS:
+        fail("run.tracker", f"{run.tracker!r} is not one of {', '.join(TRACKERS)}")
     if job.data.tokenize_tasks < 1 or job.data.data_cpus <= 0:
         fail("data.tokenize_tasks" if job.data.tokenize_tasks < 1 else "data.data_cpus", "must be > 0")
     if job.data.object_store_mb_per_source < 16:

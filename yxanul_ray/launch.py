@@ -213,6 +213,7 @@ def start_and_fit(job: JobSpec, listing: SourceListing, resume: str | None, run_
     reclaim_sigterm()  # ray.init put its own SIGTERM handler in place of run_training's
     check_local_resources(ray, job)
     from yxanul_ray.coordinator import CurriculumCoordinator
+    from yxanul_ray.tracker import tracker_environment
     from yxanul_ray.train_loop import train_loop_per_worker
 
     warn_of_node_local_paths(ray, job)
@@ -233,8 +234,9 @@ def start_and_fit(job: JobSpec, listing: SourceListing, resume: str | None, run_
         # steps in, on the demo) finds the held-out rows ready; the coordinator keeps one copy.
         coordinator.validation_rows.remote(cur.validation_seq_len, cur.validation_rows)
     trainer = make_trainer(job, train_loop or train_loop_per_worker, run_name, {
-        "job": job.to_dict(), "coordinator": coordinator, "run_dir": run_dir, "resume_from": resume,
-        "started_at": started_at}, num_to_keep)
+        "job": job.to_dict(), "coordinator": coordinator, "run_dir": run_dir, "run_name": run_name,
+        "resume_from": resume, "started_at": started_at, "tracker_env": tracker_environment(job.run.tracker)},
+        num_to_keep)
     print(f"run {run_name}: {job.run.workers} worker(s), storage {run_dir}", flush=True)
     result = trainer.fit()
     ray.kill(coordinator, no_restart=True)  # a driver that runs more (compare's arms) holds no idle actors

@@ -14,8 +14,10 @@ import torch
 
 from yxanul_ray.accounting import progress_line
 from yxanul_ray.checkpoint import TrainState
+from yxanul_ray.hub import Redacted
 from yxanul_ray.presets import flops_per_token
 from yxanul_ray.specs import JobSpec
+from yxanul_ray.tracker import Tracker, open_tracker
 
 PEAK_BF16_FLOPS = (
     # (a substring of torch.cuda.get_device_name(), datasheet dense bf16 FLOP/s); first match wins
@@ -45,7 +47,9 @@ def peak_flops(device_name: str | None, env: Mapping[str, str] = os.environ) -> 
 class Metrics:
     """One worker's log interval, and rank 0's lines, TensorBoard writer and gauges."""
 
-    def __init__(self, job: JobSpec, rank: int, world: int, device: torch.device, coord, artifacts: str):
+    def __init__(self, job: JobSpec, rank: int, world: int, device: torch.device, coord, artifacts: str,
+                 tracker: tuple[str, Redacted | None] | None = None):
+        """`tracker`: the run's name and the driver's tracker variables (tracker.open_tracker)."""
         self.job, self.rank, self.world, self.coord = job, rank, world, coord
         self.shape = job.model.shape
         self.interval = self._new_interval()
@@ -59,6 +63,9 @@ class Metrics:
 
             os.makedirs(artifacts, exist_ok=True)
             self.writer = SummaryWriter(os.path.join(artifacts, "tensorboard"))
+        self.tracker = Tracker()
+        if rank == 0 and tracker is not None:
+            self.tracker = open_tracker(job.run.tracker, tracker[0], job.to_dict(), tracker[1])
 
     @staticmethod
     def _new_interval() -> dict:
@@ -98,8 +105,10 @@ class Metrics:
         print(progress_line(state.step, loss, rate, lr, stage_no, len(cur.stages), state.tokens, cur.target_tokens,
                             mfu, eta), flush=True)
         state.loss_history.append([state.tokens, loss])
-        for name, value in (("loss", loss), ("tokens_per_s", rate), ("lr", lr), ("stage", stage_no)):
-            self.writer.add_scalar(f"train/{name}", value, state.tokens)
+        scalars = {"train/loss": loss, "train/tokens_per_s": rate, "train/lr": lr, "train/stage": stage_no}
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, value, state.tokens)
+        self.tracker.scalars(scalars, state.tokens)
         self.coord.record_progress.remote({"tokens": state.tokens, "stage": stage_no, "tokens_per_s": rate,
                                            "loss": loss, "tokens_by_source": dict(state.tokens_by_source)})
 
@@ -144,11 +153,16 @@ class Metrics:
         if self.writer is not None:
             for s, v in losses.items():
                 self.writer.add_scalar(f"val/{s}", v, tokens)
+            self.tracker.scalars({f"val/{s}": v for s, v in losses.items()}, tokens)
 
     def flush(self) -> None:
         if self.writer is not None:
             self.writer.flush()
 
-    def close(self) -> None:
+    def close(self, plot: str | None = None, final_checkpoint: str | None = None) -> None:
+        """The run's end: the loss plot and the final checkpoint's path to the tracker, and the logs closed."""
         if self.writer is not None:
             self.writer.close()
+        if plot and os.path.exists(plot):
+            self.tracker.artifact(plot)
+        self.tracker.close(final_checkpoint)

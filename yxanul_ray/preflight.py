@@ -18,6 +18,7 @@ from yxanul_ray.config_rules import hub_endpoint_problem
 from yxanul_ray.hub import Redacted
 from yxanul_ray.specs import ConfigError, JobSpec, stage_stride
 from yxanul_ray.storage import StorageError, is_uri, open_storage, resolve_storage, storage_join
+from yxanul_ray.tracker import check_tracker
 
 if TYPE_CHECKING:
     from yxanul_ray.manifest import SourceListing
@@ -355,6 +356,7 @@ def preflight(job: JobSpec, resume: str | None = None) -> tuple[JobSpec, SourceL
     """Everything a run checks and settles before any cluster work: (the job as the run takes it,
     its sources' listing, the resume checkpoint resolved). Raises ConfigError for bad input."""
     check_plan(job)
+    check_tracker(job.run.tracker)
     job = absolute_paths(job)
     check_storage(job)
     # The tokenizer is checked at the Hub commit the run reads (a resume's is its run's).

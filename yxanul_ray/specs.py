@@ -207,7 +207,8 @@ class RunSpec:
     """The run on Ray: workers, storage, seed, logging and the failure budget."""
 
     name: str = "yxanul"
-    """The run's name; its directory under storage_path is NAME-<start time>."""
+    """The run's name; its directory under storage_path is NAME-<digest of the settings>, the same
+    for a resubmission of the same job, which goes on from its checkpoints."""
     workers: int = 1
     """Ray Train workers (one GPU each with use_gpu); every stage's batch divides among them."""
     use_gpu: bool = False
@@ -230,6 +231,11 @@ class RunSpec:
     """Rank 0 prints the progress line and records TensorBoard scalars this often."""
     max_failures: int = 2
     """Restarts from the last checkpoint after a train worker, or the coordinator, dies (-1: no limit)."""
+    tracker: str = "none"
+    """An experiment tracker rank 0 also writes to: none, mlflow or wandb (`pip install yxanul-ray[tracking]`).
+    The config, each log interval's metrics, validation, the loss plot and the final checkpoint's
+    path; one tracker run per run name. Configured by its own environment variables where the run
+    starts (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME; WANDB_PROJECT, WANDB_MODE, WANDB_API_KEY)."""
 
 
 @dataclass(frozen=True, kw_only=True)

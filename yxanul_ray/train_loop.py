@@ -20,6 +20,7 @@ from yxanul_ray.coordinator import SourceFilesChanged
 from yxanul_ray.curriculum import lr_at, plan_curriculum
 from yxanul_ray.errors import CannotContinue, cannot_continue
 from yxanul_ray.evaluation import TrainClock, point_crossed, weights_digest
+from yxanul_ray.hub import Redacted
 from yxanul_ray.metrics import Metrics
 from yxanul_ray.raycluster import quiet_ray_train
 from yxanul_ray.snapshot import STAGING_PREFIX, CheckpointSnapshot, HostStaging, remove_stale_staging_dirs, staging_dir
@@ -41,7 +42,8 @@ def train_loop_per_worker(config: dict) -> str | None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     coord = config["coordinator"]
-    run = Run(job, rank, world, coord, config["run_dir"], config.get("started_at"))
+    run = Run(job, rank, world, coord, config["run_dir"], config.get("started_at"),
+              tracker=(config.get("run_name") or os.path.basename(config["run_dir"]), config.get("tracker_env")))
     try:
         state = run.restore(ray.train.get_checkpoint(), config.get("resume_from"))
     except SourceFilesChanged as refused:
@@ -119,13 +121,16 @@ CHECKPOINT_WRITE_WAIT_S = 600
 class Run:
     """One worker's model, optimizer, clocks and logs."""
 
-    def __init__(self, job: JobSpec, rank: int, world: int, coord, run_dir: str, started_at: float | None = None):
+    def __init__(self, job: JobSpec, rank: int, world: int, coord, run_dir: str, started_at: float | None = None,
+                 tracker: tuple[str, Redacted | None] | None = None):
         self.job, self.rank, self.world, self.coord, self.run_dir = job, rank, world, coord, run_dir
         self.artifacts = artifacts_dir(run_dir)
         self.started_at = started_at
         self.device = ray.train.torch.get_device()
         self.raw_model, self.model, self.optimizer, self.fp8_recipe = worker_model(job, world, self.device)
-        self.metrics = Metrics(job, rank, world, self.device, coord, self.artifacts)
+        self.metrics = Metrics(job, rank, world, self.device, coord, self.artifacts, tracker)
+        self.last_checkpoint: str | None = None
+        """Rank 0's latest checkpoint in storage, once written."""
         self.clock = TrainClock()
         """Training wall time (rank 0's is recorded): switches counted, validation not."""
         self.last_ckpt_tokens = 0
@@ -234,7 +239,9 @@ class Run:
                 if snapshot is not None:
                     snapshot.write(checkpoint.path)
                     snapshot = None  # written: its buffers are free for the next snapshot
-                return storage.persist_current_checkpoint(checkpoint, dir_name)
+                persisted = storage.persist_current_checkpoint(checkpoint, dir_name)
+                self.last_checkpoint = storage_join(self.run_dir, dir_name)
+                return persisted
             except Exception as e:  # noqa: BLE001 - a disk that is full, storage that refuses writes
                 # Ray Train fails this worker for it; the group it restarts is refused at once.
                 message = (f"checkpoint {dir_name} could not be written to {self.run_dir} "
@@ -410,8 +417,10 @@ class Run:
 
         stats = ray.get(self.coord.total_stats.remote(self.incarnation))
         print(final_summary(self.job, state, stats), flush=True)
-        plot_loss(self.job, state, os.path.join(self.artifacts, "loss.png"))
+        plot = os.path.join(self.artifacts, "loss.png")
+        plot_loss(self.job, state, plot)
         self.publish_artifacts()
-        self.metrics.close()
+        self.checkpoint_written.wait(timeout=CHECKPOINT_WRITE_WAIT_S)  # the final one, for the tracker
+        self.metrics.close(plot, self.last_checkpoint)
         print(f"loss curve: {storage_join(self.run_dir, 'loss.png')}; TensorBoard: "
               f"{storage_join(self.run_dir, 'tensorboard')}", flush=True)

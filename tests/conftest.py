@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 
 import pytest
 
-from yxanul_ray.raycluster import local_ray_env
+from yxanul_ray.raycluster import local_ray_env, worker_soft_limit
 
 # Before anything imports Ray: loopback-only ports, token auth for clients, no usage stats.
 local_ray_env()
@@ -73,3 +75,37 @@ def ray_packers(ray_cluster):
     from yxanul_ray.stage_packers import StagePackers
 
     return StagePackers.remote()
+
+
+@pytest.fixture(scope="session")
+def job_address(tmp_path_factory):
+    """The Ray head's job API: CI's (YXANUL_RAY_JOB_ADDRESS), else a head started here."""
+    address = os.environ.get("YXANUL_RAY_JOB_ADDRESS")
+    if address:
+        yield address
+        return
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "token", "RAY_num_workers_soft_limit": str(worker_soft_limit())}
+    address = "http://127.0.0.1:8275"
+    # In the foreground of its own process (--block): ending that process ends this cluster and no
+    # other (`ray stop` would end every Ray cluster on the machine); at once, without draining
+    # (which waited its whole 30 s for idle workers).
+    env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
+    log = tmp_path_factory.mktemp("ray-head") / "head.log"
+    with open(log, "w") as out:
+        head = subprocess.Popen(["ray", "start", "--head", "--num-cpus=4", "--port=6390", "--dashboard-host=127.0.0.1",
+                                 "--dashboard-port=8275", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
+                                 "--block"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while subprocess.run(["ray", "job", "list", "--address", address], env=env, capture_output=True).returncode:
+            assert head.poll() is None and time.monotonic() < deadline, f"the Ray head did not start: {log.read_text()}"
+            time.sleep(1)
+        yield address
+    finally:
+        head.terminate()  # SIGTERM: the node drains and ends the processes it started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()

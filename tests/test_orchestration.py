@@ -27,7 +27,6 @@ from yxanul_ray.config import load_job
 from yxanul_ray.cursors import SourceCursor, SourceStats
 from yxanul_ray.hub import resolve_files
 from yxanul_ray.local_data import local_global_batches
-from yxanul_ray.raycluster import worker_soft_limit
 from yxanul_ray.reference_loop import run_reference
 from yxanul_ray.report import final_summary
 from yxanul_ray.tokenizer import load_tokenizer
@@ -114,40 +113,6 @@ def undisturbed_source_summary(job) -> list[str]:
     finally:
         os.chdir(cwd)
     return source_summary(final_summary(job, TrainState(), {s: st.to_dict() for s, st in totals.items()}))
-
-
-@pytest.fixture(scope="module")
-def job_address(tmp_path_factory):
-    """The Ray head's job API: CI's (YXANUL_RAY_JOB_ADDRESS), else a head started here."""
-    address = os.environ.get("YXANUL_RAY_JOB_ADDRESS")
-    if address:
-        yield address
-        return
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_AUTH_MODE": "token", "RAY_num_workers_soft_limit": str(worker_soft_limit())}
-    address = "http://127.0.0.1:8275"
-    # In the foreground of its own process (--block): ending that process ends this cluster and no
-    # other (`ray stop` would end every Ray cluster on the machine); at once, without draining
-    # (which waited its whole 30 s for idle workers).
-    env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
-    log = tmp_path_factory.mktemp("ray-head") / "head.log"
-    with open(log, "w") as out:
-        head = subprocess.Popen(["ray", "start", "--head", "--num-cpus=4", "--port=6390", "--dashboard-host=127.0.0.1",
-                                 "--dashboard-port=8275", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
-                                 "--block"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while subprocess.run(["ray", "job", "list", "--address", address], env=env, capture_output=True).returncode:
-            assert head.poll() is None and time.monotonic() < deadline, f"the Ray head did not start: {log.read_text()}"
-            time.sleep(1)
-        yield address
-    finally:
-        head.terminate()  # SIGTERM: the node drains and ends the processes it started
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait()
 
 
 JOB_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}

@@ -5,7 +5,8 @@ and compile setting, the public baseline a user could pick instead: transformers
 `LlamaForCausalLM` (SDPA attention, fused AdamW, the same tokens per step). A benchmark, not a test.
 
     python benchmarks/benchmark_gpu_step.py --shape 270m --out runs/gpu-step
-    python benchmarks/benchmark_gpu_step.py --config configs/yxanul_270m_progressive_curriculum.yaml --modes compiled
+    python benchmarks/benchmark_gpu_step.py --config configs/yxanul_270m_progressive_curriculum.yaml --modes compiled \
+        --levers head_loss=liger,head_loss=sliced,attention=cudnn --gpus 1
 
 `--shape reference` is a d1024 L20 H16 KV4 FFN2816 model with a 32,768 vocabulary (tied);
 `--config` takes the stage table (seq_len and batch per worker) from a curriculum config.
@@ -13,7 +14,13 @@ Each side keeps one model per mode across every seq_len, as training keeps it ac
 (compiled once with the sequence length dynamic; `graphs` counts the compiles so far). Each
 seq_len's first compiled step checks its loss against the eager model's on the same batch.
 Writes DIR/project.json (`check --estimate --gpu-json` reads it) and prints a table with the
-project / baseline ratio per seq_len. `--device cpu --shape tiny` dry-runs the script.
+project / baseline ratio per seq_len. `--levers` adds a project variant per setting of the
+model's kernels (kernels.py: `head_loss=liger|cce|sliced|logits`, `attention=flash|cudnn|efficient`)
+or torch.compile's mode (`compile_mode=reduce-overhead`: CUDA graphs), each measured beside the
+plain one in the same process. With `--config`, each variant's projected
+wall time for the whole curriculum on `--gpus` GPUs (projection.py: stage tokens at the measured
+rate, plus the measured compile time and `--switch-s` per stage switch), the baseline's beside it.
+`--device cpu --shape tiny` dry-runs the script.
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ import os
 import time
 
 import torch
+from projection import project_curriculum
 
 from yxanul_ray.config import load_job
 from yxanul_ray.curriculum import lr_at
+from yxanul_ray.kernels import ATTENTION_BACKENDS, HEAD_LOSSES, attention_backends, choose_head_loss
 from yxanul_ray.model import build_model, compile_model, mark_seq_dynamic
 from yxanul_ray.presets import ModelShape, count_params, flops_per_token, resolve_shape
 from yxanul_ray.specs import OptimizerSpec
@@ -59,11 +68,17 @@ class Variant:
     training keeps them across stages: one compile with the sequence length dynamic, and the
     recompiles that the stage shapes cause are the ones training pays."""
 
-    def __init__(self, shape, backend, compiled, fp8, opt_spec, device):
+    def __init__(self, shape, backend, compiled, fp8, opt_spec, device, lever: dict[str, str] | None = None):
         torch.manual_seed(0)
         self.shape, self.compiled, self.device, self.opt_spec = shape, compiled, device, opt_spec
         self.model = build_model(shape, backend, device)
-        self.runner = compile_model(self.model) if compiled else self.model
+        lever = lever or {}
+        device_type = torch.device(device).type
+        self.model.head_loss, note = choose_head_loss(lever.get("head_loss", "auto"), device_type)
+        self.model.attention = attention_backends(lever.get("attention", "auto"), device_type)
+        if note:
+            print(f"note: {note}", flush=True)
+        self.runner = compile_model(self.model, mode=lever.get("compile_mode")) if compiled else self.model
         self.optimizer = make_optimizer(self.model, opt_spec, device)
         self.recipe = None
         if fp8:
@@ -125,7 +140,22 @@ def main() -> None:
     ap.add_argument("--device", default="cuda", help="cuda; cpu only to dry-run the script")
     ap.add_argument("--out", default="runs/gpu-step", metavar="DIR", help="where project.json goes")
     ap.add_argument("--no-baseline", action="store_true", help="skip transformers' LlamaForCausalLM")
+    ap.add_argument("--levers", default="", help="settings measured each beside the plain step, comma-separated: "
+                    "head_loss=liger|cce|sliced|logits, attention=flash|cudnn|efficient, "
+                    "compile_mode=reduce-overhead (CUDA graphs)|max-autotune-no-cudagraphs")
+    ap.add_argument("--gpus", type=int, default=1, help="GPUs the --config projection assumes (each at the "
+                    "measured per-GPU rate)")
+    ap.add_argument("--switch-s", type=float, default=0.0, help="seconds per stage switch in the projection "
+                    "(a run's log: data start and first batch)")
     args = ap.parse_args()
+    levers = [dict([lever.split("=", 1)]) for lever in args.levers.split(",") if "=" in lever]
+    allowed = {"head_loss": HEAD_LOSSES, "attention": ATTENTION_BACKENDS,
+               "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")}
+    for lever in [x for x in args.levers.split(",") if x]:
+        key, _, value = lever.partition("=")
+        if value not in allowed.get(key, ()):
+            ap.error(f"--levers {lever}: expected one of "
+                     + "; ".join(f"{k}={'|'.join(v)}" for k, v in allowed.items()))
 
     shape = REFERENCE if args.shape == "reference" else resolve_shape(args.shape, {})
     if args.config:
@@ -141,27 +171,37 @@ def main() -> None:
     from yxanul_ray.precision import te_available
 
     te_ok, reason = te_available()
-    variants = [(m == "compiled", False, "torch") for m in args.modes.split(",")]
+    modes = args.modes.split(",")
+    variants = [(m == "compiled", False, "torch", {}) for m in modes]
+    variants += [(modes[-1] == "compiled", False, "torch", lever) for lever in levers]
     if te_ok:
-        variants += [(False, False, "te")] + ([(False, True, "te")] if args.fp8 else [])
+        variants += [(False, False, "te", {})] + ([(False, True, "te", {})] if args.fp8 else [])
     else:
         print(f"Transformer Engine: {reason}; torch twin only", flush=True)
     rows = []
     opt_spec = OptimizerSpec()
-    for compiled, fp8, backend in variants:
-        label = f"{backend}{'-fp8' if fp8 else ''}{'-compiled' if compiled else ''}"
-        rows += bench_rows(Variant(shape, backend, compiled, fp8, opt_spec, device), label, shape, plan, args.steps,
-                           device, peak)
+    for compiled, fp8, backend, lever in variants:
+        label = f"{backend}{'-fp8' if fp8 else ''}{'-compiled' if compiled else ''}" + "".join(
+            f" {k}={v}" for k, v in lever.items())
+        rows += bench_rows(Variant(shape, backend, compiled, fp8, opt_spec, device, lever), label, shape, plan,
+                           args.steps, device, peak)
     baseline_rows = [] if args.no_baseline else bench_baseline(shape, plan, args, device, peak)
     baseline = {(r["mode"], r["seq"]): r["tok_s"] for r in baseline_rows if "tok_s" in r}
     for r in rows:
         ref = baseline.get(("llama" + ("-compiled" if r["mode"].endswith("compiled") else ""), r["seq"]))
         if ref and "tok_s" in r:
             r["reference_tok_s"], r["ratio"] = ref, r["tok_s"] / ref
+    projections = {}
+    if args.config:
+        stages = [(st.seq_len, st.tokens) for st in job.curriculum.stages]
+        for label in dict.fromkeys(r["mode"] for r in rows + baseline_rows):
+            projections[label] = project_curriculum(stages, [r for r in rows + baseline_rows if r["mode"] == label],
+                                                    args.gpus, args.switch_s)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "project.json"), "w") as f:
         json.dump({"device": device_name, "torch": torch.__version__, "peak_tflops": peak,
-                   "params_m": count_params(shape) / 1e6, "rows": rows, "baseline_rows": baseline_rows}, f, indent=1)
+                   "params_m": count_params(shape) / 1e6, "rows": rows, "baseline_rows": baseline_rows,
+                   "projection": projections}, f, indent=1)
     print(f"\nparams {count_params(shape) / 1e6:.1f}M on {device_name}; baseline: transformers LlamaForCausalLM "
           f"at the same shape; written to {args.out}/project.json")
     print(f"{'mode':22} {'seq':>5} {'batch':>6} {'tok/s':>10} {'MFU':>6} {'ref tok/s':>10} {'ratio':>6} "
@@ -174,6 +214,13 @@ def main() -> None:
             r.setdefault("graphs_compiled", 0)
             print(f"{r['mode']:22} {r['seq']:>5} {r['batch']:>6} {r['tok_s']:>10.0f} {r['mfu']:>6.1%} {ref} "
                   f"{r['warmup_s']:>7.1f} {r['graphs_compiled']:>6}")
+    if projections:
+        print(f"\nprojected wall time of {args.config} ({job.curriculum.target_tokens:,} tokens) on {args.gpus} x "
+              f"{device_name}, {args.switch_s:.0f} s per switch:")
+        print(f"{'mode':34} {'total min':>9} {'steps min':>9} {'compile s':>9}")
+        for label, p in projections.items():
+            total = f"{p['total_s'] / 60:>9.1f}" if p["total_s"] is not None else f"{'stage ' + str(p['missing']):>9}"
+            print(f"{label:34} {total} {p['step_s'] / 60:>9.1f} {p['compile_s']:>9.0f}")
 
 
 class LlamaBaseline:

@@ -122,6 +122,12 @@ class GPT(nn.Module):
     def __init__(self, shape: ModelShape, backend: str = "torch"):
         super().__init__()
         self.shape, self.backend = shape, backend
+        self.head_loss = "auto"
+        """kernels.choose_head_loss's choice for the device the model trains on (`auto`: the device's default)."""
+        self.attention: list | None = None
+        """kernels.attention_backends's SDPA backends, or None for PyTorch's choice."""
+        self.kernel_note: str | None = None
+        """Why the head loss is not the one the config asked for (it cannot run here), or None."""
         block = TEBlock if backend == "te" else TorchBlock
         self.tok_emb = nn.Embedding(shape.vocab_size, shape.d_model)
         self.blocks = nn.ModuleList([block(shape) for _ in range(shape.n_layers)])
@@ -214,9 +220,11 @@ def mark_seq_dynamic(*tensors: torch.Tensor) -> None:
         torch._dynamo.mark_dynamic(t, 1)
 
 
-def compile_model(model: GPT, backend: str = "inductor"):
+def compile_model(model: GPT, backend: str = "inductor", mode: str | None = None):
+    """torch.compile with room for every stage's shape; `mode` is torch.compile's (None: default;
+    "reduce-overhead" adds CUDA graphs, one per shape)."""
     import torch._dynamo
 
     # Room for the stage lengths even if a shape still specialises (e.g. batch size per stage).
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
-    return torch.compile(model, backend=backend, dynamic=None)
+    return torch.compile(model, backend=backend, dynamic=None, mode=mode)

@@ -134,6 +134,12 @@ class ModelSpec:
     """auto: Transformer Engine when importable and on GPU, else the pure-PyTorch twin."""
     compile: bool = False
     """torch.compile the model (sequence dimension dynamic across stages)."""
+    head_loss: Literal["auto", "logits", "sliced", "liger", "cce"] = "auto"
+    """How the output layer and its loss run (kernels.py): auto (logits on GPU, sliced on CPU), logits,
+    sliced, liger (`pip install liger-kernel`) or cce (`pip install cut-cross-entropy`); one that
+    cannot run on the device falls back to the plain path, and rank 0 says so."""
+    attention: Literal["auto", "flash", "cudnn", "efficient", "math"] = "auto"
+    """SDPA's attention backend on GPU: auto (PyTorch's choice) or one pinned; ignored on CPU."""
     fp8_recipe: Literal["delayed", "current"] = "delayed"
     """Transformer Engine's scaling recipe for `fp8: true` stages: delayed (amax history) or current."""
     fp8_format: Literal["hybrid", "e4m3"] = "hybrid"

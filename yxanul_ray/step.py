@@ -10,6 +10,7 @@ from typing import NamedTuple
 import torch
 
 from yxanul_ray.accounting import valid_targets
+from yxanul_ray.kernels import attention_context, head_loss_function
 from yxanul_ray.lm_loss import IGNORE, sliced_lm_loss
 from yxanul_ray.model import mark_seq_dynamic
 from yxanul_ray.precision import data_parallel_group, fp8_autocast
@@ -75,16 +76,26 @@ def train_step(trainee: Trainee, tokens: torch.Tensor, settings: StepSettings, *
 
 def summed_loss(model, raw_model, x: torch.Tensor, y: torch.Tensor, *, amp: bool, fp8_recipe=None) -> torch.Tensor:
     """The summed cross-entropy of `model` on x [R, S] against y [R, S] (IGNORE left out), for
-    training and validation alike. `raw_model` is `model` without its DDP/compile wrappers."""
-    if x.device.type == "cpu":
+    training and validation alike. `raw_model` is `model` without its DDP/compile wrappers; its
+    `head_loss` and `attention` (kernels.py) say which kernels compute the loss and attention."""
+    head_loss = raw_model.head_loss
+    if head_loss == "auto":
         # On CPU the [tokens, vocab] logits cost more in page faults than in FLOPs (lm_loss.py);
-        # on GPU the caching allocator reuses them.
+        # on GPU the caching allocator reuses them and torch.compile fuses head and loss.
+        head_loss = "sliced" if x.device.type == "cpu" else "logits"
+    if x.device.type == "cpu" and head_loss == "sliced":
         hidden = model(x, return_hidden=True)
         return sliced_lm_loss(hidden.reshape(-1, hidden.shape[-1]), raw_model.head_weight, y.reshape(-1))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
     group = data_parallel_group() if fp8_recipe is not None else None
-    with autocast, fp8_autocast(fp8_recipe is not None, fp8_recipe, group):
-        return model(x, targets=y)
+    with attention_context(raw_model.attention), autocast:
+        with fp8_autocast(fp8_recipe is not None, fp8_recipe, group):
+            if head_loss == "logits":
+                return model(x, targets=y)
+            hidden = model(x, return_hidden=True)
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        # The head in the hidden state's dtype (bf16 under autocast), as the logits path runs it.
+        return head_loss_function(head_loss)(hidden, raw_model.head_weight.to(hidden.dtype), y.reshape(-1))
 
 
 @torch.no_grad()

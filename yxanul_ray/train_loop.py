@@ -150,6 +150,8 @@ class Run:
             if cur.validation_rows else None
         if rank == 0:
             print(f"rank 0 of {world}: {self.device}, {torch.get_num_threads()} torch thread(s)", flush=True)
+            if self.raw_model.kernel_note:
+                print(f"note: {self.raw_model.kernel_note}", flush=True)
             stale = remove_stale_staging_dirs()
             if stale:
                 print(f"removed {len(stale)} checkpoint staging director{'y' if len(stale) == 1 else 'ies'} that "

@@ -15,6 +15,7 @@ import ray.train
 import ray.train.collective
 import torch
 
+from yxanul_ray.kernels import attention_backends, choose_head_loss
 from yxanul_ray.model import build_model, compile_model
 from yxanul_ray.precision import make_recipe
 from yxanul_ray.specs import JobSpec
@@ -64,6 +65,8 @@ def worker_model(job: JobSpec, world: int, device):
     optimizer, its FP8 recipe or None). Seeded first, so every rank starts from the same weights."""
     torch.manual_seed(job.run.seed)
     raw_model = build_model(job.model.shape, job.model.backend, device)
+    raw_model.head_loss, raw_model.kernel_note = choose_head_loss(job.model.head_loss, torch.device(device).type)
+    raw_model.attention = attention_backends(job.model.attention, torch.device(device).type)
     model = ray.train.torch.prepare_model(raw_model) if world > 1 else raw_model
     if job.model.compile:
         model = compile_model(model)

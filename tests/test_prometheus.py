@@ -68,7 +68,7 @@ def head_session_dir() -> str:
     """The running head's session directory: the newest with the scrape config that Ray's
     dashboard writes (a cluster started without a dashboard, as in-process test clusters are,
     writes none)."""
-    written = glob.glob("/tmp/ray/session_*/metrics/prometheus/prometheus.yml")
+    written = {os.path.realpath(p) for p in glob.glob("/tmp/ray/session_*/metrics/prometheus/prometheus.yml")}
     assert written, "no Ray session has a Prometheus scrape config"
     return os.path.dirname(os.path.dirname(os.path.dirname(max(written, key=os.path.getmtime))))
 

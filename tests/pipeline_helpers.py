@@ -43,7 +43,7 @@ def run_stage(job, stage_index: int, cursors: dict, world: int, packers, files=N
     splits = sd.split(world)
     sd.start()
     with ThreadPoolExecutor(max_workers=world) as pool:
-        per_rank = list(pool.map(lambda it: list(iter_worker_batches(it, sd.schedule, ids)), splits))
+        per_rank = list(pool.map(lambda it: list(iter_worker_batches(it, sd.schedule, ids, world=world)), splits))
     end = ray.get(sd.end_state)
     return sd, per_rank, end
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 
 from tests.helpers import CONFIGS, REPO, base_config, write_yaml
 from yxanul_ray.cli import main
-from yxanul_ray.config import load_job, scaled_budget_overrides
+from yxanul_ray.config import job_from_dict, load_job, scaled_budget_overrides
 from yxanul_ray.specs import ConfigError, stage_stride
 
 USER_STAGES = [
@@ -346,9 +347,21 @@ def test_every_float_field_must_be_finite_and_every_integer_a_real_integer(tmp_p
                            ("model.overrides.rope_theta=.inf", "model.overrides.rope_theta: inf is not a finite"),
                            ("model.overrides.norm_eps=.nan", "model.overrides.norm_eps: nan is not a finite"),
                            ("optimizer.warmup_tokens=.inf", "optimizer.warmup_tokens: expected an integer, got inf"),
-                           ("run.workers=true", "run.workers: expected an integer, got True"),
+                           ("run.workers=true", "run.workers: expected an integer or a list of 2 integers, got True"),
                            ("model.overrides.n_layers=false", "model.overrides.n_layers: expected an integer")):
         _fails(tmp_path, base_config(placeholder_sources), said, overrides=[override])
     job = load_job(write_yaml(str(tmp_path / "ok.yaml"), base_config(placeholder_sources)),
                    ["model.overrides.n_layers=2.0", "model.overrides.rope_theta=500000"])
     assert job.model.overrides == {"n_layers": 2, "rope_theta": 500000.0}
+
+
+def test_workers_is_a_count_or_an_elastic_range(tmp_path, placeholder_sources):
+    path = write_yaml(str(tmp_path / "job.yaml"), base_config(placeholder_sources))
+    fixed = load_job(path, ["run.workers=2"])
+    assert (fixed.run.elastic, fixed.run.min_workers, fixed.run.max_workers) == (False, 2, 2)
+    elastic = load_job(path, ["run.workers=[1, 2]"])
+    assert elastic.run.workers == (1, 2) and elastic.run.elastic and elastic.run.min_workers == 1
+    assert job_from_dict(json.loads(json.dumps(elastic.to_dict())), "<job.json>").run.workers == (1, 2)
+    for bad, said in (("[2, 1]", "1 <= min <= max; got [2, 1]"), ("[0, 2]", "got [0, 2]"),
+                      ("[1, 2, 3]", "expected an integer or a list of 2 integers")):
+        _fails(tmp_path, base_config(placeholder_sources), said, overrides=[f"run.workers={bad}"])

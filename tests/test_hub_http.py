@@ -283,7 +283,7 @@ def test_a_gated_dataset_is_read_with_the_driver_s_token_and_no_log_holds_it(ray
             got = [ray.get(coord.stage_input.remote(0, rank), timeout=120) for rank in range(2)]
             with ThreadPoolExecutor(max_workers=2) as pool:  # the ranks of a split read together
                 reads = [pool.submit(lambda g=g: list(iter_worker_batches(g["iterator"], g["schedule"],
-                                                                           g["source_ids"]))) for g in got]
+                                                                           g["source_ids"], world=2))) for g in got]
                 per_rank = [r.result(timeout=120) for r in reads]
         finally:
             ray.kill(coord)

@@ -134,10 +134,10 @@ def test_mix_plan_totals_match_stage_rows():
     from yxanul_ray.specs import StageSpec
 
     st = StageSpec(name="x", seq_len=8, tokens=10_000, batch_size=64, mix={"a": 0.9, "b": 0.1, "c": 0.0})
-    plan = plan_stage(st, 0, 0, 2)
-    sched = build_schedule(st.mix, plan, 2)
+    plan = plan_stage(st, 0, 0)
+    sched = build_schedule(st.mix, plan)
     assert sched.sources == ("a", "b")
-    assert sum(sched.totals_per_worker().values()) * 2 == plan.rows
+    assert sum(sched.totals().values()) == plan.rows == 19 * 64 + 34  # 19 full steps, then 34 rows: 10,000 tokens
 
 
 def test_skip_rows_resumes_mid_stage_exactly():
@@ -151,14 +151,15 @@ def test_skip_rows_resumes_mid_stage_exactly():
     assert resumed_packer.end_cursor() == whole.end_cursor()  # the next stage starts at the same place
 
 
-def test_step_tokens_by_source_counts_masked_tail_on_last_ranks():
+def test_step_tokens_by_source_counts_the_step_s_masked_tail():
     from yxanul_ray.accounting import step_tokens_by_source, valid_targets
 
-    counts = {"a": 3, "b": 1}  # each rank: 3 rows of a, then 1 row of b
-    assert step_tokens_by_source(counts, 2 * 4 * 8, 2, 8) == {"a": 48, "b": 16}
-    # 10 masked positions: the last rank's final 10 (its b row and the end of its last a row)
-    assert step_tokens_by_source(counts, 2 * 4 * 8 - 10, 2, 8) == {"a": 46, "b": 8}
-    assert valid_targets(50, 1, 4, 8) == 18 and valid_targets(50, 0, 4, 8) == 32
+    counts = {"a": 6, "b": 2}  # the step: 6 rows of a, then 2 of b, split among the ranks in order
+    assert step_tokens_by_source(counts, 8 * 8, 8) == {"a": 48, "b": 16}
+    # 10 masked positions: the step's final 10 (its last b row and the end of the one before)
+    assert step_tokens_by_source(counts, 8 * 8 - 10, 8) == {"a": 48, "b": 6}
+    # on the last rank's last rows, which is where valid_targets puts them
+    assert valid_targets(54, 1, 4, 8) == 22 and valid_targets(54, 0, 4, 8) == 32
 
 
 def test_pack_step_rows_and_end_report_match_the_packer():
@@ -184,18 +185,19 @@ def test_pack_step_refuses_blocks_out_of_stream_order():
         pack(token_block([(0, 0, 5)]))
 
 
-def test_batch_assembler_gives_every_rank_the_steps_counts_whatever_the_arrival_order():
-    """The stage's batches come out in order (batch u: step u // world, for rank u % world) with
-    the schedule's counts and each source's rows in stream order, however the sources' rows
-    interleave on the way in; resuming at a step starts there."""
-    from yxanul_ray.mixing import BatchAssembler
+def test_batch_assembler_gives_the_ranks_the_steps_rows_whatever_the_arrival_order():
+    """The stage's batches come out in order (batch u: rank u % world's slice of step u // world):
+    joined in rank order they are the step, with the schedule's counts and each source's rows in
+    stream order, however the sources' rows interleave on the way in; resuming at a step starts
+    there. The steps are the same for any world size; one that does not divide is padded."""
+    from yxanul_ray.mixing import PAD_SOURCE, BatchAssembler
 
-    sched = MixSchedule(("a", "b"), (0.75, 0.25), (4, 4, 4, 2))
+    sched = MixSchedule(("a", "b"), (0.75, 0.25), (8, 8, 8, 3))
     ids = {"a": 0, "b": 1}
     rows = {s: np.arange(40 * (i + 1), 40 * (i + 1) + 30, dtype=np.int32).reshape(-1, 1) for i, s in enumerate(ids)}
 
-    def assemble(chunk: int, start_step: int = 0) -> list[dict]:
-        asm = BatchAssembler(sched, 2, ids, start_step)
+    def assemble(chunk: int, start_step: int = 0, world: int = 2) -> list[dict]:
+        asm = BatchAssembler(sched, world, ids, start_step)
         pos, out = dict.fromkeys(ids, 0), []
         while not asm.finished:
             if asm.ready():
@@ -206,19 +208,31 @@ def test_batch_assembler_gives_every_rank_the_steps_counts_whatever_the_arrival_
             pos[s] += chunk
         return out
 
+    def steps(batches: list[dict], world: int) -> list[dict]:
+        return [{k: np.concatenate([b[k] for b in batches[i:i + world]]) for k in ("tokens", "source")}
+                for i in range(0, len(batches), world)]
+
     batches = assemble(3)
-    assert len(batches) == 8
+    assert len(batches) == 8 and [len(b["tokens"]) for b in batches] == [4, 4, 4, 4, 4, 4, 2, 2]
     counts = list(sched.counts())
     used = dict.fromkeys(ids, 0)
-    for u, b in enumerate(batches):
-        want = counts[u // 2]
-        assert [int((b["source"] == ids[s]).sum()) for s in ids] == [want["a"], want["b"]]
-        assert (np.diff(b["source"]) >= 0).all()  # a's rows, then b's
+    for k, step in enumerate(steps(batches, 2)):
+        real = step["source"] != PAD_SOURCE
+        assert [int((step["source"] == ids[s]).sum()) for s in ids] == [counts[k]["a"], counts[k]["b"]]
+        assert (np.diff(step["source"][real]) >= 0).all()  # a's rows, then b's
         for s in ids:
-            got = b["tokens"][b["source"] == ids[s], 0]
-            assert (got == rows[s][used[s]:used[s] + want[s], 0]).all()  # stream order, nothing skipped
-            used[s] += want[s]
+            got = step["tokens"][step["source"] == ids[s], 0]
+            assert (got == rows[s][used[s]:used[s] + counts[k][s], 0]).all()  # stream order, nothing skipped
+            used[s] += counts[k][s]
+    # The last step's 3 rows on 2 ranks: 2 each, its final row padding (zeros, wholly masked by the step's budget).
+    assert list(batches[-1]["source"]) == [ids["b"] if counts[3]["b"] == 1 else ids["a"], PAD_SOURCE]
+    assert not batches[-1]["tokens"][-1].any()
     for x, y in zip(batches, assemble(1)):
         assert (x["tokens"] == y["tokens"]).all()
+    # One rank, or four: the same steps, row for row (the padding aside).
+    for world in (1, 4):
+        for a, b in zip(steps(batches, 2), steps(assemble(3, world=world), world)):
+            keep_a, keep_b = a["source"] != PAD_SOURCE, b["source"] != PAD_SOURCE
+            assert (a["tokens"][keep_a] == b["tokens"][keep_b]).all()
     resumed = assemble(5, start_step=2)
-    assert len(resumed) == 4 and int((resumed[0]["source"] == 0).sum()) == counts[2]["a"]
+    assert len(resumed) == 4 and int((steps(resumed, 2)[0]["source"] == 0).sum()) == counts[2]["a"]

@@ -11,7 +11,7 @@ import pytest
 from tests.helpers import CONFIGS, REPO, base_config, write_yaml
 from yxanul_ray.cli import main
 from yxanul_ray.config import load_job
-from yxanul_ray.curriculum import lr_at, plan_curriculum, plan_stage
+from yxanul_ray.curriculum import check_world_size, lr_at, plan_curriculum, plan_stage
 from yxanul_ray.specs import OptimizerSpec
 
 USER_CONFIG = os.path.join(CONFIGS, "yxanul_270m_progressive_curriculum.yaml")
@@ -35,12 +35,12 @@ def test_plan_prints_all_ten_stages_and_target():
 
 def test_plan_steps_and_exact_budgets():
     job = load_job(USER_CONFIG)
-    plans = plan_curriculum(job.curriculum, job.run.workers)
+    plans = plan_curriculum(job.curriculum)
     for st, p in zip(job.curriculum.stages, plans):
         trained = sum(p.step_tokens(k) for k in range(p.steps))
         assert trained == st.tokens  # every stage ends exactly on its budget
-        assert p.rows_per_step % job.run.workers == 0 and p.last_rows % job.run.workers == 0
-        assert 0 <= p.last_masked_tokens < (job.run.workers + 1) * st.seq_len
+        assert p.rows_per_step % job.run.workers == 0
+        assert 0 <= p.last_masked_tokens < st.seq_len  # only the last row is cut: no row is drawn to be masked
     assert plans[-1].end_tokens == 1_000_000_000
     assert plans[0].steps == 77  # 10M / 131,072 = 76.3 -> 76 full steps + 1 partial
 
@@ -48,21 +48,22 @@ def test_plan_steps_and_exact_budgets():
 def test_plan_stage_divisible_budget_has_no_partial_step():
     job = load_job(USER_CONFIG)
     st = job.curriculum.stages[0]
-    p = plan_stage(st, 0, 0, 8)
+    p = plan_stage(st, 0, 0)
     assert (p.full_steps, p.last_rows * 8 - p.last_masked_tokens) == (76, 10_000_000 - 76 * 131_072)
-    whole = plan_stage(st.__class__(**{**st.__dict__, "tokens": 3 * 131_072}), 0, 0, 8)
+    whole = plan_stage(st.__class__(**{**st.__dict__, "tokens": 3 * 131_072}), 0, 0)
     assert (whole.full_steps, whole.last_rows, whole.last_masked_tokens, whole.steps) == (3, 0, 0, 3)
 
 
 def test_plan_rejects_batch_not_divisible_by_workers():
     job = load_job(USER_CONFIG)
     with pytest.raises(ValueError, match="does not divide among 3 workers"):
-        plan_stage(job.curriculum.stages[0], 0, 0, 3)
+        check_world_size(job.curriculum, 3)
+    check_world_size(job.curriculum, 8)
 
 
 def test_stage_plans_tile_the_target_without_gaps():
     job = load_job(USER_CONFIG)
-    plans = plan_curriculum(job.curriculum, 8)
+    plans = plan_curriculum(job.curriculum)
     assert plans[0].start_tokens == 0 and plans[-1].end_tokens == job.curriculum.target_tokens
     for before, after in zip(plans, plans[1:]):
         assert before.end_tokens == after.start_tokens and after.index == before.index + 1

@@ -101,10 +101,11 @@ def test_the_seed_may_change_until_a_source_is_past_its_first_pass():
     assert fields_of(wrapped.conflicts) == ["run.seed"]
 
 
-def test_a_mid_stage_checkpoint_resumes_on_as_many_workers():
+def test_a_mid_stage_checkpoint_resumes_on_another_number_of_workers():
+    """The steps' rows do not depend on the workers: a note, not a conflict."""
     review = review_resume(saved_demo_job(), load_job(DEMO, ["run.workers=1"]), state_at(4, 5))
-    assert fields_of(review.conflicts) == ["run.workers"]
-    assert "5 steps into stage 5" in review.conflicts[0]
+    assert review.conflicts == [] and fields_of(review.notes) == ["run.workers"]
+    assert "the same steps, split among 1 from step 6 of stage 5 on" in review.notes[0]
 
 
 def test_a_checkpoint_in_a_stage_the_config_no_longer_has(tmp_path):

@@ -12,17 +12,13 @@ def valid_targets(global_valid: int, rank: int, rows_per_rank: int, seq_len: int
     return max(0, min(capacity, global_valid - rank * capacity))
 
 
-def step_tokens_by_source(counts: dict[str, int], global_valid: int, world: int, seq_len: int) -> dict[str, int]:
-    """Trained tokens per source in one global step: every rank's batch holds `counts` rows per
-    source, in this order, with its valid targets first."""
-    rows_per_rank = sum(counts.values())
-    out = dict.fromkeys(counts, 0)
-    for rank in range(world):
-        valid = valid_targets(global_valid, rank, rows_per_rank, seq_len)
-        offset = 0
-        for source, n in counts.items():
-            out[source] += max(0, min(n * seq_len, valid - offset * seq_len))
-            offset += n
+def step_tokens_by_source(counts: dict[str, int], global_valid: int, seq_len: int) -> dict[str, int]:
+    """Trained tokens per source in one global step: its rows hold `counts` rows per source, in
+    this order (the ranks' slices joined in rank order), and its valid targets come first."""
+    out, offset = dict.fromkeys(counts, 0), 0
+    for source, n in counts.items():
+        out[source] = max(0, min(n * seq_len, global_valid - offset * seq_len))
+        offset += n
     return out
 
 

@@ -141,7 +141,7 @@ def arm_job(base: JobSpec, arm: Arm, seed_index: int) -> JobSpec:
     weights every arm of that index shares), validated as any config is."""
     job = scale_job(base, arm.scale) if arm.kind == "compressed" else base
     cur = job.curriculum
-    stages = cur.stages if arm.kind in ("curriculum", "compressed") else arm_stages(cur, arm, job.run.workers)
+    stages = cur.stages if arm.kind in ("curriculum", "compressed") else arm_stages(cur, arm, job.run.max_workers)
     slug = arm.name.replace(":", "")
     run = dataclasses.replace(job.run, name=f"{base.run.name}-{slug}-seed{seed_index}", seed=base.run.seed + seed_index)
     job = dataclasses.replace(job, run=run, curriculum=dataclasses.replace(cur, stages=stages))

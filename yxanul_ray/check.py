@@ -197,7 +197,7 @@ def estimate(job: JobSpec, pipeline_rates: dict[int, float],
     fallback = float(np.median(measured)) if measured else None
     for k, st in enumerate(job.curriculum.stages):
         gpu = st.estimate_tokens_per_s or gpu_by_seq.get(st.seq_len) or default_tokens_per_s(st.seq_len)
-        gpu *= job.run.workers if (gpu_by_seq.get(st.seq_len) and not st.estimate_tokens_per_s) else 1
+        gpu *= job.run.max_workers if (gpu_by_seq.get(st.seq_len) and not st.estimate_tokens_per_s) else 1
         data = pipeline_rates.get(k, fallback)
         rate = min(gpu, data) if data else gpu
         secs = st.tokens / rate

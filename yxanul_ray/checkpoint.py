@@ -49,6 +49,9 @@ class TrainState:
     source's file list (names and sizes), which the cursors index, and the tokenizer's identity
     (tokenizer.tokenizer_identity)."""
     resumes: int = 0
+    workers: int = 0
+    """The worker count that wrote the checkpoint (0 in an earlier version's): a restart on
+    another count is a resize, and the console says so."""
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -123,7 +123,7 @@ def describe(jobs: list[JobSpec], spec: CompareSpec) -> str:
     lines = [f"compare: {len(jobs)} arm(s) x {spec.seeds} seed(s); validation at seq_len {spec.eval_seq_len} every "
              f"{jobs[0].curriculum.validation_every_tokens:,} tokens"]
     for arm, job in zip(spec.arms, jobs):
-        plans = plan_curriculum(job.curriculum, job.run.workers)
+        plans = plan_curriculum(job.curriculum)
         stages = "; ".join(f"{st.seq_len}x{st.global_batch}: {st.tokens:,}" for st in job.curriculum.stages)
         lines.append(f"  {arm.name:<16} {job.curriculum.target_tokens:>12,} tokens in {sum(p.steps for p in plans):,} "
                      f"steps, {len(plans)} stage(s) [seq_len x batch: tokens]: {stages}")
@@ -175,7 +175,7 @@ def write_json(spec: CompareSpec, base: JobSpec, runs: dict[str, list[dict]], su
            "eval_seq_len": spec.eval_seq_len, "eval_every_tokens": base.curriculum.validation_every_tokens,
            "validation_rows": base.curriculum.validation_rows,
            "validation_docs": {name: src.validation_docs for name, src in base.sources.items()},
-           "model": dataclasses.asdict(base.model.shape), "workers": base.run.workers,
+           "model": dataclasses.asdict(base.model.shape), "workers": base.run.max_workers,
            "runs": runs, "summary": summary, "verdict": verdict}
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:

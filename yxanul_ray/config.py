@@ -198,7 +198,15 @@ def _build(tp: Any, value: Any, path: str, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _build(inner[0], value, path, where)
+        for i, a in enumerate(inner):  # the first type the value is (int before a pair of ints)
+            try:
+                return _build(a, value, path, where)
+            except ConfigError as e:
+                if i == len(inner) - 1:
+                    if len(inner) == 1:
+                        raise
+                    raise ConfigError(f"{path}: {label}: expected an integer or a list of "
+                                      f"{len(typing.get_args(inner[-1]))} integers, got {value!r}") from e
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{path}: {label}: {value!r} is not one of {', '.join(map(repr, args))}")

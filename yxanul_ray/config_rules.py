@@ -68,14 +68,19 @@ def validate(job: JobSpec, check_files: bool = True) -> None:
         fail("optimizer.grad_clip" if opt.grad_clip < 0 else "optimizer.weight_decay", "must be >= 0")
 
     run = job.run
-    if run.workers < 1:
-        fail("run.workers", "must be >= 1")
+    if run.min_workers < 1 or run.max_workers < run.min_workers:
+        given = list(run.workers) if run.elastic else run.workers
+        fail("run.workers", f"must be a count >= 1, or [min, max] with 1 <= min <= max; got {given}")
+    if run.resize_check_s < 0:
+        fail("run.resize_check_s", "must be >= 0")
     if run.cpus_per_worker <= 0:
         fail("run.cpus_per_worker", "must be > 0")
     if run.log_every_steps < 1:
         fail("run.log_every_steps", f"must be >= 1, got {run.log_every_steps}")
     if run.checkpoint_every_tokens < 0:
         fail("run.checkpoint_every_tokens", "must be >= 0 (0: stage boundaries only)")
+    if run.checkpoint_every_s < 0:
+        fail("run.checkpoint_every_s", "must be >= 0 (0: off)")
     if run.keep_checkpoints is not None and run.keep_checkpoints < 0:
         fail("run.keep_checkpoints", f"must be >= 0 (null keeps every checkpoint), got {run.keep_checkpoints}")
     if run.max_failures < -1:

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from yxanul_ray.config import validated_job
 from yxanul_ray.cursors import SourceCursor, SourceStats
@@ -52,12 +53,14 @@ log = logging.getLogger(__name__)
 class _Build:
     data: StageData
     splits: list[dict[str, Any]]
+    world: int
+    """The ranks it is split among."""
     handed: set[int] = field(default_factory=set)
     group: str | None = None
     """The worker group it was handed to (None until the first rank asks)."""
 
-    def open_to(self, group: str) -> bool:
-        return self.group in (None, group)
+    def open_to(self, group: str, world: int) -> bool:
+        return self.group in (None, group) and self.world == world
 
 
 @ray.remote(num_cpus=0, max_concurrency=64)
@@ -162,18 +165,21 @@ class CurriculumCoordinator:
                                        "stage data; the group restarts from its last checkpoint")
 
     async def stage_input(self, stage: int, rank: int, start_step: int = 0, group: str = "",
-                          incarnation: str | None = None) -> dict:
+                          incarnation: str | None = None, world: int | None = None) -> dict:
         """This rank's DataIterator over `stage`'s batches from `start_step`, plus what it needs
         to take them. `group` names the worker group (one id per start of the group, shared by
-        its ranks): every rank of a group gets the same build, and a restarted group a fresh one
-        (Ray Data iterators cannot be rewound). A build the StagePackers actor lost in a restart
-        is never handed out: it is built again."""
+        its ranks) and `world` its size: every rank of a group gets the same build, and a
+        restarted group a fresh one (Ray Data iterators cannot be rewound), split among as many
+        ranks as it has (an elastic group may restart on another count; later stages are built
+        ahead for that count). A build the StagePackers actor lost in a restart is never handed
+        out: it is built again."""
         self._check(incarnation)
+        world = self.world = world or self.world
         key = (stage, start_step)
         while True:
             fut = self._builds.get(key)
-            if fut is None or (fut.done() and not fut.result().open_to(group)):
-                fut = self._builds[key] = asyncio.ensure_future(self._build(stage, start_step))
+            if fut is None or (fut.done() and not fut.result().open_to(group, world)):
+                fut = self._builds[key] = asyncio.ensure_future(self._build(stage, start_step, world))
             build = await fut
             if build.group is None and not await self.packers.holds.remote(build.data.stage_key):
                 if self._builds.get(key) is fut:  # not replaced by another rank meanwhile
@@ -181,20 +187,20 @@ class CurriculumCoordinator:
                                 "again", stage + 1)
                     del self._builds[key]
                 continue
-            if build.open_to(group):  # not claimed by another group while `holds` was asked
+            if build.open_to(group, world):  # not claimed by another group while `holds` was asked
                 break
         build.group = group
         build.handed.add(rank)
         build.data.start()  # its sources' pipelines run from the first rank's request on
         iterator = build.splits[rank]
-        if len(build.handed) == self.world:
+        if len(build.handed) == build.world:
             # Every rank holds its iterator now. Kept here too, they would keep the split's
             # coordinator actor (a process) alive to the end of the run: one idle process per
             # stage. Released, it ends with the workers' last use of its stage.
             build.splits = []
         d = build.data
         return {"iterator": iterator, "schedule": d.schedule, "source_ids": self.source_ids,
-                "start_step": start_step}
+                "start_step": start_step, "world": build.world}
 
     def prepare(self, stages: int) -> None:
         """Build the first `stages` stages now and start their pipelines as each is built, before
@@ -205,12 +211,12 @@ class CurriculumCoordinator:
         stages ahead of training)."""
         self._start_on_build = stages
         if (0, 0) not in self._builds:
-            self._builds[(0, 0)] = asyncio.ensure_future(self._build(0, 0))
+            self._builds[(0, 0)] = asyncio.ensure_future(self._build(0, 0, self.world))
 
-    async def _build(self, stage: int, start_step: int) -> _Build:
+    async def _build(self, stage: int, start_step: int, world: int) -> _Build:
         cursors = await self._cursors_at(stage)
         data = build_stage_data(self.job, stage, {s: SourceCursor.from_dict(c) for s, c in cursors.items()},
-                                self.world, self.files, self.eos_id, self.packers, start_step=start_step,
+                                world, self.files, self.eos_id, self.packers, start_step=start_step,
                                 tokenizer=self.tokenizer_for_tasks)
         # A stage is built again only for a restarted worker group: the earlier build's source
         # pipelines would otherwise wait forever, holding their tasks' worker processes.
@@ -221,7 +227,7 @@ class CurriculumCoordinator:
         # Registered before anything of it runs, so a restart of the packing actor is seen
         # (stage_input asks `holds`) instead of leaving reads waiting for rows that are gone.
         await self.packers.begin.remote(data.stage_key)
-        build = _Build(data, data.split(self.world))
+        build = _Build(data, data.split(world), world)
         if start_step == 0 and stage < self._start_on_build:
             data.start()
         asyncio.ensure_future(self._after_stage_produced(stage, data))
@@ -255,7 +261,7 @@ class CurriculumCoordinator:
             self.stage_cursors[nxt] = cursors
             self._cursor_event(nxt).set()
         if nxt < len(self.job.curriculum.stages) and (nxt, 0) not in self._builds:
-            self._builds[(nxt, 0)] = asyncio.ensure_future(self._build(nxt, 0))
+            self._builds[(nxt, 0)] = asyncio.ensure_future(self._build(nxt, 0, self.world))
 
     # ---- state, validation, progress ----------------------------------------------------------
 
@@ -332,7 +338,9 @@ def _start_packers(name: str | None):
     deadline = time.monotonic() + PACKERS_NAME_WAIT_S
     while True:
         try:
-            return (StagePackers.options(name=name) if name else StagePackers).remote()
+            # Beside the coordinator (on the head node): see launch.on_head_node.
+            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+            return StagePackers.options(**({"name": name} if name else {}), scheduling_strategy=here).remote()
         except ray.exceptions.ActorAlreadyExistsError:
             if time.monotonic() > deadline:
                 raise

@@ -14,7 +14,7 @@ from yxanul_ray.specs import CurriculumSpec, OptimizerSpec, StageSpec
 
 @dataclass(frozen=True)
 class StagePlan:
-    """How one stage's token budget becomes optimizer steps for a given number of workers."""
+    """How one stage's token budget becomes optimizer steps (the same for any number of workers)."""
 
     index: int
     seq_len: int
@@ -51,33 +51,38 @@ class StagePlan:
         return self.last_rows * self.seq_len - self.last_masked_tokens
 
 
-def plan_stage(stage: StageSpec, index: int, start_tokens: int, world_size: int) -> StagePlan:
-    """Split a stage budget into full steps plus, if needed, one smaller masked step.
-
-    The last step's rows are rounded up to a multiple of `world_size` so every worker gets an equal
-    share (unequal shards deadlock the all-reduce); the excess target positions are masked.
-    """
-    if stage.global_batch % world_size:
-        raise ValueError(
-            f"stage {stage.name!r}: batch of {stage.global_batch} sequences does not divide among "
-            f"{world_size} workers; choose a batch that is a multiple of the worker count"
-        )
+def plan_stage(stage: StageSpec, index: int, start_tokens: int) -> StagePlan:
+    """Split a stage budget into full steps plus, if needed, one smaller step whose last target
+    positions are masked, so the stage ends exactly on budget. The same for any number of
+    workers: which rows form each step never depends on how they are split (mixing.BatchAssembler
+    pads a last step that does not divide among the workers with rows that are wholly masked)."""
     step_tokens = stage.step_tokens
     full_steps, remainder = divmod(stage.tokens, step_tokens)
     last_rows = masked = 0
     if remainder:
-        last_rows = math.ceil(math.ceil(remainder / stage.seq_len) / world_size) * world_size
+        last_rows = math.ceil(remainder / stage.seq_len)
         masked = last_rows * stage.seq_len - remainder
     return StagePlan(index, stage.seq_len, stage.tokens, start_tokens, stage.global_batch, full_steps,
                      last_rows, masked)
 
 
-def plan_curriculum(cur: CurriculumSpec, world_size: int) -> list[StagePlan]:
+def plan_curriculum(cur: CurriculumSpec) -> list[StagePlan]:
     plans, start = [], 0
     for i, stage in enumerate(cur.stages):
-        plans.append(plan_stage(stage, i, start, world_size))
+        plans.append(plan_stage(stage, i, start))
         start += stage.tokens
     return plans
+
+
+def check_world_size(cur: CurriculumSpec, world_size: int) -> None:
+    """Raise ValueError naming the first stage whose batch does not divide among `world_size`
+    workers (each full step's rows are split evenly; DDP's all-reduce needs every rank's step)."""
+    for stage in cur.stages:
+        if stage.global_batch % world_size:
+            raise ValueError(
+                f"stage {stage.name!r}: batch of {stage.global_batch} sequences does not divide among "
+                f"{world_size} workers; choose a batch that is a multiple of the worker count"
+            )
 
 
 def lr_at(opt: OptimizerSpec, target_tokens: int, tokens_done: int, lr_scale: float = 1.0) -> float:

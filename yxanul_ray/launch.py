@@ -63,7 +63,9 @@ def make_trainer(job: JobSpec, train_loop, run_name: str, loop_config: dict, num
         train_loop,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=job.run.workers, use_gpu=job.run.use_gpu,
-                                     resources_per_worker={"CPU": job.run.cpus_per_worker}),
+                                     resources_per_worker={"CPU": job.run.cpus_per_worker},
+                                     **({"elastic_resize_monitor_interval_s": job.run.resize_check_s}
+                                        if job.run.elastic else {})),
         run_config=RunConfig(name=run_name, storage_path=job.run.storage_path,
                              failure_config=FailureConfig(max_failures=job.run.max_failures),
                              checkpoint_config=checkpoint_config(job, num_to_keep),
@@ -85,11 +87,11 @@ def check_local_resources(ray, job: JobSpec) -> None:
         return
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
-    if job.run.use_gpu and gpus < job.run.workers:
+    if job.run.use_gpu and gpus < job.run.min_workers:
         fix = f"--set run.workers={gpus}" if gpus else "--set run.use_gpu=false (CPU workers)"
-        raise ConfigError(f"{job.path}: run.use_gpu: {job.run.workers} GPU worker(s), but no Ray cluster was running "
-                          f"and the one started here, this machine alone, has {gpus} GPU(s); fix: {fix}, or start or "
-                          "join a cluster with GPU nodes (`ray start`, `ray job submit`)")
+        raise ConfigError(f"{job.path}: run.use_gpu: {job.run.min_workers} GPU worker(s), but no Ray cluster was "
+                          f"running and the one started here, this machine alone, has {gpus} GPU(s); fix: {fix}, or "
+                          "start or join a cluster with GPU nodes (`ray start`, `ray job submit`)")
     cpus = resources.get("CPU", 0)
     shortfall = cpu_shortfall(job, cpus)
     if shortfall:
@@ -205,6 +207,18 @@ def checkpoint_config(job: JobSpec, num_to_keep: int | None = None):
                             checkpoint_score_order="max")
 
 
+def on_head_node(ray):
+    """Scheduling on the cluster's head node where it has room (soft; the driver's node where no
+    head is found): the run's control actors (the coordinator, its packing actor, and the Ray
+    Data machinery they start, Ray's own autoscaling coordinator among it, which stays pinned to
+    its first node) belong on the node that lives as long as the cluster, not on a preemptible
+    worker node."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    heads = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})]
+    return NodeAffinitySchedulingStrategy(heads[0] if heads else ray.get_runtime_context().get_node_id(), soft=True)
+
+
 def start_and_fit(job: JobSpec, listing: SourceListing, resume: str | None, run_name: str, run_dir: str,
                   started_at: float, train_loop=None, num_to_keep: int | None = None):
     """Ray's start (or the cluster this process joined), the coordinator and the trainer, and the
@@ -220,8 +234,9 @@ def start_and_fit(job: JobSpec, listing: SourceListing, resume: str | None, run_
     # Restartable as the workers are: a crash of its process costs a restart from the last
     # checkpoint, as a worker's does, instead of the run (see coordinator.py).
     coordinator = CurriculumCoordinator.options(name=f"yxanul-coordinator-{run_name}-{uuid.uuid4().hex[:6]}",
-                                                max_restarts=job.run.max_failures).remote(
-        job.to_dict(), job.run.workers, listing, hub_token(job), run_name)
+                                                max_restarts=job.run.max_failures,
+                                                scheduling_strategy=on_head_node(ray)).remote(
+        job.to_dict(), job.run.max_workers, listing, hub_token(job), run_name)
     if resume is None:
         from yxanul_ray.stage_data import STAGES_AHEAD
 
@@ -237,7 +252,9 @@ def start_and_fit(job: JobSpec, listing: SourceListing, resume: str | None, run_
         "job": job.to_dict(), "coordinator": coordinator, "run_dir": run_dir, "run_name": run_name,
         "resume_from": resume, "started_at": started_at, "tracker_env": tracker_environment(job.run.tracker)},
         num_to_keep)
-    print(f"run {run_name}: {job.run.workers} worker(s), storage {run_dir}", flush=True)
+    workers = (f"{job.run.min_workers}-{job.run.max_workers} worker(s), elastic" if job.run.elastic
+               else f"{job.run.workers} worker(s)")
+    print(f"run {run_name}: {workers}, storage {run_dir}", flush=True)
     result = trainer.fit()
     ray.kill(coordinator, no_restart=True)  # a driver that runs more (compare's arms) holds no idle actors
     return result

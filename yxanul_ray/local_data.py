@@ -88,7 +88,7 @@ def local_stage(job: JobSpec, stage_index: int, cursors: dict[str, SourceCursor]
 
 def _stage_assembly(job: JobSpec, stage_index: int, cursors: dict[str, SourceCursor], files: dict[str, SourceFiles],
                     eos_id: int, world: int) -> tuple[MixSchedule, LocalAssembly]:
-    _, schedule, plans = plan_stage_sources(job, stage_index, world)
+    _, schedule, plans = plan_stage_sources(job, stage_index)
     sources = {s: LocalSource(job, files[s], sp, cursors.get(s, SourceCursor()), eos_id) for s, sp in plans.items()}
     return schedule, LocalAssembly(sources, BatchAssembler(schedule, world, source_ids(job)))
 

@@ -85,19 +85,25 @@ class Metrics:
         if self.interval["steps"] == 0:
             self.interval["t0"] = now
 
-    def log(self, state: TrainState, lr: float, plan, sum_over_ranks: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def log(self, state: TrainState, lr: float, plan, sum_over_ranks: Callable[[torch.Tensor], torch.Tensor],
+            rank0_value: float = 0.0) -> float | None:
         """Close the interval: every rank joins the loss all-reduce; rank 0 prints the progress
-        line and records the scalars and the dashboard's gauges."""
+        line and records the scalars and the dashboard's gauges. Returns rank 0's `rank0_value`
+        on every rank (it rides the same all-reduce: one clock for decisions all ranks must
+        share), or None where the interval was empty and nothing was reduced."""
         iv = self.interval
         if iv["steps"] == 0:
-            return
+            return None
         # The interval's one wait for the GPU: its summed loss, still on the device, all-reduced there.
-        loss = sum_over_ranks(iv["loss"].reshape(1)).item() / max(1, iv["tokens"])
+        loss_sum = torch.as_tensor(iv["loss"], dtype=torch.float64).reshape(1)
+        shared = torch.tensor([rank0_value if self.rank == 0 else 0.0], dtype=torch.float64, device=loss_sum.device)
+        reduced = sum_over_ranks(torch.cat([loss_sum, shared]))
+        loss, agreed = reduced[0].item() / max(1, iv["tokens"]), reduced[1].item()
         rate = iv["tokens"] / max(time.perf_counter() - iv["t0"], 1e-9)
         self.interval = self._new_interval()
         self.latest = {"loss": loss, "lr": lr, "tokens_per_s": rate}
         if self.rank != 0:
-            return
+            return agreed
         cur = self.job.curriculum
         mfu = rate * flops_per_token(self.shape, plan.seq_len) / self.peak if self.peak else None
         eta = (cur.target_tokens - state.tokens) / rate if rate > 0 else None
@@ -111,6 +117,7 @@ class Metrics:
         self.tracker.scalars(scalars, state.tokens)
         self.coord.record_progress.remote({"tokens": state.tokens, "stage": stage_no, "tokens_per_s": rate,
                                            "loss": loss, "tokens_by_source": dict(state.tokens_by_source)})
+        return agreed
 
     def stage_banner(self, state: TrainState, plan, fp8: bool) -> None:
         if self.rank != 0:

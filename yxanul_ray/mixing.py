@@ -1,10 +1,12 @@
 """Exact, deterministic per-batch mixing of packed rows (pure).
 
 Every source is packed to rows of the same length first, so rows are tokens and a row ratio
-is a token ratio. Each worker batch of B rows takes floor(w_s * B) rows of source s, and the
+is a token ratio. Each global step of B rows takes floor(w_s * B) rows of source s, and the
 B - sum(floor) leftover rows go to the sources furthest behind their cumulative target (a
-deficit round-robin). So every worker batch is within one row of each source's share, the
-stage total is within one row per worker of it, and the schedule is the same on every rank.
+deficit round-robin). So every step is within one row of each source's share, the stage total
+is within one row of it, and neither depends on how many workers share the steps: each rank
+takes a contiguous slice of the step's rows (BatchAssembler), so a run resized or resumed on
+another worker count trains the same batches.
 
 Ray Data's own `Dataset.mix` balances blocks, not batches, and `streaming_split` hands blocks to
 workers dynamically, so neither alone can hold a worker's batch to one row; drawing each
@@ -24,13 +26,13 @@ from yxanul_ray.curriculum import StagePlan
 
 @dataclass(frozen=True)
 class MixSchedule:
-    """Per-worker row counts per source for every step of one stage."""
+    """Global row counts per source for every step of one stage (all workers together)."""
 
     sources: tuple[str, ...]
     """Sources with a positive weight, in config order."""
     weights: tuple[float, ...]
     step_rows: tuple[int, ...]
-    """Rows per worker in each step of the stage."""
+    """Rows in each step of the stage, all workers together."""
 
     def counts(self) -> Iterator[dict[str, int]]:
         given = [0] * len(self.sources)
@@ -48,8 +50,8 @@ class MixSchedule:
                 given[i] += n
             yield dict(zip(self.sources, base))
 
-    def totals_per_worker(self, first_step: int = 0, end_step: int | None = None) -> dict[str, int]:
-        """Rows each worker takes from each source over steps [first_step, end_step)."""
+    def totals(self, first_step: int = 0, end_step: int | None = None) -> dict[str, int]:
+        """Rows taken from each source over steps [first_step, end_step)."""
         totals = dict.fromkeys(self.sources, 0)
         for i, step in enumerate(self.counts()):
             if end_step is not None and i >= end_step:
@@ -60,22 +62,32 @@ class MixSchedule:
         return totals
 
 
-def build_schedule(mix: dict[str, float], plan: StagePlan, world_size: int) -> MixSchedule:
+def build_schedule(mix: dict[str, float], plan: StagePlan) -> MixSchedule:
     active = [(s, w) for s, w in mix.items() if w > 0]
-    step_rows = [plan.rows_per_step // world_size] * plan.full_steps
+    step_rows = [plan.rows_per_step] * plan.full_steps
     if plan.last_rows:
-        step_rows.append(plan.last_rows // world_size)
+        step_rows.append(plan.last_rows)
     return MixSchedule(tuple(s for s, _ in active), tuple(w for _, w in active), tuple(step_rows))
+
+
+def rows_per_rank(step_rows: int, world: int) -> int:
+    """Rows of one rank's batch in a step of `step_rows` rows: its even share, rounded up (the
+    last ranks' batches end in padding rows where the step does not divide)."""
+    return -(-step_rows // world)
+
+
+PAD_SOURCE = -1
+"""The source id of a padding row: wholly masked (its positions lie past the step's valid targets)."""
 
 
 class BatchAssembler:
     """A stage's worker batches, assembled in order from its sources' packed rows (pure).
 
-    Rows arrive per source in stream order, interleaved however the pipelines run; batch u is
-    step (start_step + u // world)'s counts, and every rank's batch at a step has the same
-    counts, so batch u is rank u % world's share of that step whichever rank it goes to. Within
-    a batch the rows are in schedule order (sources in config order), as StageBatches always
-    assembled them."""
+    Rows arrive per source in stream order, interleaved however the pipelines run. Step k's rows
+    are its schedule counts, sources in config order, whatever the world size; batch u is rank
+    u % world's contiguous slice of step (start_step + u // world), so the ranks' batches joined
+    in rank order are the step. A step that does not divide among the ranks (a stage's last,
+    smaller step) is padded at its end with rows of zeros from PAD_SOURCE, past its valid targets."""
 
     def __init__(self, schedule: MixSchedule, world: int, source_ids: dict[str, int], start_step: int = 0):
         self.steps = [c for c in schedule.counts()][start_step:]
@@ -84,6 +96,8 @@ class BatchAssembler:
         self.next_batch = 0
         self._queues: dict[str, list] = {s: [] for s in schedule.sources}
         self._queued: dict[str, int] = dict.fromkeys(schedule.sources, 0)
+        self._step: dict | None = None
+        """The current step's rows, padded, while its ranks' batches are taken."""
 
     @property
     def total_batches(self) -> int:
@@ -103,8 +117,8 @@ class BatchAssembler:
 
     def missing(self) -> dict[str, int]:
         """Rows still missing per source before the next batch can be taken."""
-        if self.finished:
-            return {}
+        if self.finished or self.next_batch % self.world:
+            return {}  # inside a step: its rows are all here
         need = self.steps[self.next_batch // self.world]
         return {s: n - self._queued[s] for s, n in need.items() if n > self._queued[s]}
 
@@ -113,21 +127,32 @@ class BatchAssembler:
 
     def step_ready(self) -> bool:
         """Whether the rows of every batch left in the next batch's step are here."""
-        if self.finished:
-            return False
-        need = self.steps[self.next_batch // self.world]
-        left = self.world - self.next_batch % self.world
-        return all(self._queued[s] >= n * left for s, n in need.items())
+        return self.ready()
 
     def take(self) -> dict:
         """The next batch {"tokens": [rows, seq_len+1], "source": [rows] int16}."""
         assert self.ready(), "take() before ready()"
+        rank = self.next_batch % self.world
+        if rank == 0:
+            self._step = self._assemble(self.steps[self.next_batch // self.world])
+        per_rank = len(self._step["tokens"]) // self.world
+        batch = {k: v[rank * per_rank:(rank + 1) * per_rank] for k, v in self._step.items()}
+        self.next_batch += 1
+        if self.next_batch % self.world == 0:
+            self._step = None
+        return batch
+
+    def _assemble(self, counts: dict[str, int]) -> dict:
         tokens, sources = [], []
-        for s, n in self.steps[self.next_batch // self.world].items():
+        for s, n in counts.items():
             if n:
                 tokens.append(self._pop(s, n))
                 sources.append(np.full(n, self.source_ids[s], dtype=np.int16))
-        self.next_batch += 1
+        rows = sum(len(t) for t in tokens)
+        pad = rows_per_rank(rows, self.world) * self.world - rows
+        if pad:
+            tokens.append(np.zeros((pad, tokens[0].shape[1]), dtype=tokens[0].dtype))
+            sources.append(np.full(pad, PAD_SOURCE, dtype=np.int16))
         return {"tokens": np.concatenate(tokens), "source": np.concatenate(sources)}
 
     def _pop(self, source: str, n: int):

@@ -24,9 +24,10 @@ def plan_warnings(job: JobSpec) -> list[str]:
                 f"stage {i + 1} ({st.name}): overlap {stage_overlap(cur, st):.0%} trains {st.tokens:,} "
                 f"target positions from only ~{distinct:,} distinct source tokens"
             )
-        if st.global_batch % job.run.workers:
-            out.append(f"stage {i + 1} ({st.name}): batch {st.global_batch} does not divide among "
-                       f"{job.run.workers} workers")
+        for workers in sorted({job.run.min_workers, job.run.max_workers}):
+            if st.global_batch % workers:
+                out.append(f"stage {i + 1} ({st.name}): batch {st.global_batch} does not divide among "
+                           f"{workers} workers")
     prev = None
     for i, st in enumerate(cur.stages):
         if prev is not None and st.step_tokens > 2 * prev:
@@ -41,10 +42,9 @@ def plan_warnings(job: JobSpec) -> list[str]:
 def render_plan(job: JobSpec) -> str:
     """The plan as text. Raises ValueError when a stage's batch cannot be split across workers."""
     cur, opt = job.curriculum, job.optimizer
-    workers = job.run.workers
+    workers = job.run.workers if not job.run.elastic else f"{job.run.min_workers}-{job.run.max_workers}"
     # A batch that does not split across the workers is a warning here (the run itself refuses it).
-    divisible = all(st.global_batch % workers == 0 for st in cur.stages)
-    plans = plan_curriculum(cur, workers if divisible else 1)
+    plans = plan_curriculum(cur)
     names = list(job.sources)
     shape = job.model.shape
     lines = [

@@ -325,13 +325,16 @@ def check_resume(job: JobSpec, checkpoint: str) -> tuple[JobSpec, SourceListing]
 
 
 def check_plan(job: JobSpec) -> None:
-    """The stages' batches divide among the workers (curriculum.plan_stage), else a ConfigError."""
-    from yxanul_ray.curriculum import plan_curriculum
+    """The stages' batches divide among the workers (curriculum.check_world_size), else a
+    ConfigError; for an elastic group, among its min and max counts (a count between that does
+    not divide pads its steps, which the run survives)."""
+    from yxanul_ray.curriculum import check_world_size
 
-    try:
-        plan_curriculum(job.curriculum, job.run.workers)
-    except ValueError as e:
-        raise ConfigError(f"{job.path}: curriculum.stages: {e} (run.workers={job.run.workers})") from None
+    for workers in sorted({job.run.min_workers, job.run.max_workers}):
+        try:
+            check_world_size(job.curriculum, workers)
+        except ValueError as e:
+            raise ConfigError(f"{job.path}: curriculum.stages: {e} (run.workers={job.run.workers})") from None
 
 
 def cpu_shortfall(job: JobSpec, cpus: float) -> tuple[str, str] | None:
@@ -339,16 +342,16 @@ def cpu_shortfall(job: JobSpec, cpus: float) -> tuple[str, str] | None:
     the fix), or None. Train workers hold theirs for the whole run; Ray Data's tasks need
     data.data_cpus each beside them."""
     run, data_cpus = job.run, job.data.data_cpus
-    train = run.workers * run.cpus_per_worker
+    train = run.min_workers * run.cpus_per_worker
     if train + data_cpus <= cpus:
         return None
     if data_cpus > cpus:
         return (f"data.data_cpus: each data task asks for {data_cpus:g} logical CPUs",
                 f"--set data.data_cpus={min(0.25, cpus):g}")
-    fits = math.floor((cpus - data_cpus) / run.workers * 1000) / 1000  # rounded down, so it does fit
+    fits = math.floor((cpus - data_cpus) / run.min_workers * 1000) / 1000  # rounded down, so it does fit
     fix = (f"--set run.cpus_per_worker={fits:g}" if fits >= 0.1 else
            f"--set run.workers={max(1, int((cpus - data_cpus) // run.cpus_per_worker))}")
-    return (f"run.cpus_per_worker: {run.workers} train worker(s) x {run.cpus_per_worker:g} logical CPUs and a data "
+    return (f"run.cpus_per_worker: {run.min_workers} train worker(s) x {run.cpus_per_worker:g} logical CPUs and a data "
             f"task of {data_cpus:g} (data.data_cpus) ask for {train + data_cpus:g}", fix)
 
 

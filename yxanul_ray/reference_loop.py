@@ -69,10 +69,10 @@ def _run(job: JobSpec) -> tuple[float, list[ReferenceStage]]:
     cursors: dict[str, SourceCursor] = {}
     state = TrainState(tokens_by_source=dict.fromkeys(job.sources, 0))
     stages = []
-    for k, plan in enumerate(plan_curriculum(cur, job.run.workers)):
+    for k, plan in enumerate(plan_curriculum(cur)):
         stage = cur.stages[k]
         data_s = steps_s = 0.0
-        batch_iter, sources = local_global_batches(job, k, cursors, files, eos_id, job.run.workers)
+        batch_iter, sources = local_global_batches(job, k, cursors, files, eos_id, 1)
         for step in range(plan.steps):
             t0 = time.perf_counter()
             batch = next(batch_iter)

@@ -8,7 +8,8 @@ were, or the run would go on wrong: the weights would not load, or the data woul
 documents, or the token accounting would no longer add up to the target. Those are conflicts. Everything else
 may change, and the changes that alter the run's course from here are named (notes): the stages
 not yet begun (and with them the target, over which the LR decays), the optimizer, and the number
-of workers at a stage boundary. Logging, storage, failures and the like pass silently.
+of workers (anywhere: the steps' rows are the same for any number). Logging, storage, failures and
+the like pass silently.
 
 A source's `path`, `hf_mirror` or `revision` may change (a corpus may move), but its files must
 be the ones the run read: the cursors index its file list. A checkpoint records that list (names,
@@ -159,13 +160,11 @@ def review_resume(saved: JobSpec, job: JobSpec, state: TrainState,
         for key in was:
             differ(f"curriculum.stages.{i}.{key}", was[key], now[key],
                    f"stage {i + 1} was {'trained' if i < stage else 'begun'} with it", conflicts)
-    if step_in_stage and saved.run.workers != job.run.workers:
-        conflicts.append(f"run.workers: checkpoint {saved.run.workers}, now {job.run.workers} (the checkpoint is "
-                         f"{step_in_stage} steps into stage {stage + 1}, whose rows are dealt per worker; resume a "
-                         "mid-stage checkpoint on as many workers, or a stage-boundary one on any number)")
-
-    if not step_in_stage:
-        differ("run.workers", saved.run.workers, job.run.workers, f"from stage {stage + 1} on", notes)
+    # Which rows form each step does not depend on the workers (mixing.BatchAssembler): any
+    # number whose share of every batch is whole goes on with the same steps (preflight.check_plan).
+    differ("run.workers", saved.run.workers, job.run.workers,
+           f"the same steps, split among {job.run.workers} from step {step_in_stage + 1} of stage {stage + 1} on",
+           notes)
     changed_later = [i + 1 for i in range(fixed, max(len(old_stages), len(new_stages)))
                      if i >= len(old_stages) or i >= len(new_stages) or old_stages[i] != new_stages[i]]
     if changed_later:

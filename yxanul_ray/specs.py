@@ -215,8 +215,14 @@ class RunSpec:
     name: str = "yxanul"
     """The run's name; its directory under storage_path is NAME-<digest of the settings>, the same
     for a resubmission of the same job, which goes on from its checkpoints."""
-    workers: int = 1
-    """Ray Train workers (one GPU each with use_gpu); every stage's batch divides among them."""
+    workers: int | tuple[int, int] = 1
+    """Ray Train workers (one GPU each with use_gpu), or [min, max]: an elastic group that Ray Train
+    resizes as nodes come and go (preemptible nodes), restarting from the latest checkpoint. The
+    steps' rows are the same for any count; a count that does not divide a stage's batch pads
+    each of its steps with masked rows (compute spent on nothing), so every stage's batch should
+    divide by the counts the cluster will give."""
+    resize_check_s: float = 60
+    """With workers [min, max]: how often Ray Train looks for room to grow the group while it is healthy."""
     use_gpu: bool = False
     """Train on GPUs (NCCL); otherwise CPU workers (gloo)."""
     cpus_per_worker: float = 0.25
@@ -225,6 +231,9 @@ class RunSpec:
     one data task that do not fit are refused (launch.check_local_resources)."""
     checkpoint_every_tokens: int = 0
     """Checkpoint this often (0: only at stage boundaries and the end)."""
+    checkpoint_every_s: float = 0
+    """Also checkpoint when this many seconds have passed since the last checkpoint (0: off), so a
+    preempted node loses at most about this much training; checked at each log interval."""
     keep_checkpoints: int | None = 3
     """Mid-stage checkpoints kept besides every stage-boundary checkpoint and the latest; older
     ones are deleted as new ones are written. null keeps every checkpoint."""
@@ -242,6 +251,18 @@ class RunSpec:
     The config, each log interval's metrics, validation, the loss plot and the final checkpoint's
     path; one tracker run per run name. Configured by its own environment variables where the run
     starts (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME; WANDB_PROJECT, WANDB_MODE, WANDB_API_KEY)."""
+
+    @property
+    def min_workers(self) -> int:
+        return self.workers[0] if isinstance(self.workers, tuple) else self.workers
+
+    @property
+    def max_workers(self) -> int:
+        return self.workers[1] if isinstance(self.workers, tuple) else self.workers
+
+    @property
+    def elastic(self) -> bool:
+        return isinstance(self.workers, tuple)
 
 
 @dataclass(frozen=True, kw_only=True)

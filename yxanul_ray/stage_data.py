@@ -32,7 +32,7 @@ import numpy as np
 from yxanul_ray.curriculum import StagePlan, plan_curriculum
 from yxanul_ray.cursors import SourceCursor
 from yxanul_ray.hub import SourceFiles
-from yxanul_ray.mixing import MixSchedule, build_schedule
+from yxanul_ray.mixing import MixSchedule, build_schedule, rows_per_rank
 from yxanul_ray.packing import PackSpec
 from yxanul_ray.read_plan import planned_reads
 from yxanul_ray.readers import ReadSpec
@@ -142,18 +142,19 @@ class SourcePlan:
     """Rows of the steps before `start_step` (resuming mid-stage): made again, not emitted."""
 
 
-def plan_stage_sources(job: JobSpec, stage_index: int, world_size: int,
+def plan_stage_sources(job: JobSpec, stage_index: int,
                        start_step: int = 0) -> tuple[StagePlan, MixSchedule, dict[str, SourcePlan]]:
-    """The stage's plan, its mix schedule and, per source with rows in it, what to produce.
-    Pure: the Ray pipeline (build_stage_data) and the in-process one (local_data) share it."""
+    """The stage's plan, its mix schedule and, per source with rows in it, what to produce: the
+    same for any number of workers. Pure: the Ray pipeline (build_stage_data) and the in-process
+    one (local_data) share it."""
     stage = job.curriculum.stages[stage_index]
-    plan = plan_curriculum(job.curriculum, world_size)[stage_index]
-    schedule = build_schedule(stage.mix, plan, world_size)
-    done = schedule.totals_per_worker(0, start_step)
+    plan = plan_curriculum(job.curriculum)[stage_index]
+    schedule = build_schedule(stage.mix, plan)
+    done = schedule.totals(0, start_step)
     ids = source_ids(job)
     stride = stage_stride(job.curriculum, stage)
-    sources = {s: SourcePlan(ids[s], stage.seq_len, stride, n * world_size, done[s] * world_size)
-               for s, n in schedule.totals_per_worker().items() if n > 0}
+    sources = {s: SourcePlan(ids[s], stage.seq_len, stride, n, done[s])
+               for s, n in schedule.totals().items() if n > 0}
     return plan, schedule, sources
 
 
@@ -173,12 +174,12 @@ def build_stage_data(job: JobSpec, stage_index: int, cursors: dict[str, SourceCu
     its Dataset of worker batches for steps from `start_step` on, packed and assembled by
     `packers` (the run's StagePackers actor). Lazy: nothing runs until `split`. `tokenizer` is
     what the tokenize tasks load (tokenizer.run_tokenizer's; job.data.tokenizer if None)."""
-    plan, schedule, sources = plan_stage_sources(job, stage_index, world_size, start_step)
+    plan, schedule, sources = plan_stage_sources(job, stage_index, start_step)
     # Unique per build: a rebuilt stage (resume, retry) must never read an older build's report.
     stage_key = (run_key, stage_index, uuid.uuid4().hex)
     store_bytes = job.data.object_store_mb_per_source << 20
     mix = {"schedule": schedule, "world": world_size, "start_step": start_step, "source_ids": source_ids(job),
-           "budget_rows": assembly_budget_rows(schedule, store_bytes, plan.seq_len, world_size)}
+           "budget_rows": assembly_budget_rows(schedule, store_bytes, plan.seq_len)}
     datasets = {}
     for s, sp in sources.items():
         read = read_spec(job, files[s])
@@ -197,15 +198,15 @@ def row_bytes(seq_len: int) -> int:
     return 4 * (seq_len + 1)
 
 
-def assembly_budget_rows(schedule: MixSchedule, store_bytes: int, seq_len: int, world: int = 1) -> dict[str, int]:
+def assembly_budget_rows(schedule: MixSchedule, store_bytes: int, seq_len: int) -> dict[str, int]:
     """Packed rows a source may queue for the assembly before its pipeline waits: its share of
-    the object-store budget, and never less than two steps' worth of `world` batches (a step's
-    batches are made together: less would deadlock)."""
+    the object-store budget, and never less than two steps' rows (a step's batches are made
+    together: less would deadlock)."""
     most = {s: 0 for s in schedule.sources}
     for counts in schedule.counts():
         for s, n in counts.items():
             most[s] = max(most[s], n)
-    return {s: max(2 * world * most[s], store_bytes // row_bytes(seq_len)) for s in schedule.sources}
+    return {s: max(2 * most[s], store_bytes // row_bytes(seq_len)) for s in schedule.sources}
 
 
 def batch_dataset(packers, stage_key, mix: dict, seq_len: int, data_cpus: float):
@@ -218,7 +219,7 @@ def batch_dataset(packers, stage_key, mix: dict, seq_len: int, data_cpus: float)
     from ray.data.datasource import Datasource, ReadTask
 
     steps = mix["schedule"].step_rows[mix["start_step"]:]
-    rows = [n for n in steps for _ in range(mix["world"])]
+    rows = [rows_per_rank(n, mix["world"]) for n in steps for _ in range(mix["world"])]
 
     class StageBatchesDatasource(Datasource):
         def get_name(self) -> str:
@@ -297,9 +298,11 @@ class StageBatches:
     `prime()` starts the stage's reads (call it ahead of time to hide a stage switch)."""
 
     def __init__(self, iterator, schedule: MixSchedule, source_ids: dict[str, int], start_step: int = 0,
-                 prefetch_batches: int = 2):
+                 prefetch_batches: int = 2, world: int = 1):
         self.reader = _RowReader(iterator, prefetch_batches)
-        self.schedule, self.source_ids, self.start_step = schedule, source_ids, start_step
+        self.schedule, self.source_ids, self.start_step, self.world = schedule, source_ids, start_step, world
+        self.step_counts = list(schedule.counts())
+        """Each step's global rows per source (the whole step, every rank's slice together)."""
         self._primed = False
 
     def prime(self) -> None:
@@ -310,9 +313,9 @@ class StageBatches:
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         self.prime()
         for rows in self.schedule.step_rows[self.start_step:]:
-            yield self.reader.take(rows)
+            yield self.reader.take(rows_per_rank(rows, self.world))
 
 
 def iter_worker_batches(iterator, schedule: MixSchedule, source_ids: dict[str, int], prefetch_batches: int = 2,
-                        start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    return iter(StageBatches(iterator, schedule, source_ids, start_step, prefetch_batches))
+                        start_step: int = 0, world: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    return iter(StageBatches(iterator, schedule, source_ids, start_step, prefetch_batches, world))

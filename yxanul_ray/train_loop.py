@@ -25,10 +25,10 @@ from yxanul_ray.metrics import Metrics
 from yxanul_ray.raycluster import quiet_ray_train
 from yxanul_ray.snapshot import STAGING_PREFIX, CheckpointSnapshot, HostStaging, remove_stale_staging_dirs, staging_dir
 from yxanul_ray.specs import JobSpec
-from yxanul_ray.stage_data import STAGES_AHEAD, StageBatches
+from yxanul_ray.stage_data import STAGES_AHEAD
 from yxanul_ray.step import StepSettings, Trainee, adamw_state_like, train_step
 from yxanul_ray.storage import StorageError, artifacts_dir, storage_join, upload
-from yxanul_ray.worker import Prefetch, held_out_losses, worker_group_id, worker_model
+from yxanul_ray.worker import Prefetch, StepDigests, held_out_losses, worker_group_id, worker_model
 
 
 def train_loop_per_worker(config: dict) -> str | None:
@@ -64,7 +64,7 @@ def train_loop_per_worker(config: dict) -> str | None:
 
 def train_stages(job: JobSpec, run: Run, state: TrainState, world: int) -> None:
     """Every stage from `state` on, to the target."""
-    plans = plan_curriculum(job.curriculum, world)
+    plans = plan_curriculum(job.curriculum)
     group = worker_group_id()
     ahead = {state.stage: Prefetch(run, group, state.stage, state.step_in_stage)}
     run.reserve_checkpoint_buffers()  # while the first batch is on its way
@@ -81,13 +81,15 @@ def train_stages(job: JobSpec, run: Run, state: TrainState, world: int) -> None:
         tokens_before = state.tokens
         for batch in batches:
             run.note_first_batch(state)
+            if run.digests is not None:
+                run.digests.write(state.stage, state.step_in_stage, world, batch)
             # --- train step ---
             step_in_stage = state.step_in_stage
             global_valid = plan.step_tokens(step_in_stage)
             lr = lr_at(job.optimizer, job.curriculum.target_tokens, state.tokens, stage.lr_scale)
             loss_sum = run.train_step(batch["tokens"], global_valid, lr, stage)
             # --- accounting/logging ---
-            counts = _counts_of(batch, batches)
+            counts = batches.step_counts[step_in_stage]  # the whole step's, every rank's slice together
             tokens_before = state.tokens
             run.account(state, counts, global_valid, stage.seq_len, loss_sum)
             state.step_in_stage += 1
@@ -104,11 +106,6 @@ def train_stages(job: JobSpec, run: Run, state: TrainState, world: int) -> None:
         state.stage += 1
         state.step_in_stage = 0
         run.stage_boundary(state, validate=run.validates_at_stage_end(tokens_before, state, len(plans)))
-
-
-def _counts_of(batch: dict, batches: StageBatches) -> dict[str, int]:
-    ids = batches.source_ids
-    return {s: int(np.count_nonzero(batch["source"] == ids[s])) for s in batches.schedule.sources}
 
 
 BOUNDARY_SCORE = 10**18
@@ -129,11 +126,15 @@ class Run:
         self.device = ray.train.torch.get_device()
         self.raw_model, self.model, self.optimizer, self.fp8_recipe = worker_model(job, world, self.device)
         self.metrics = Metrics(job, rank, world, self.device, coord, self.artifacts, tracker)
+        self.digests = StepDigests.from_environment(rank)
         self.last_checkpoint: str | None = None
         """Rank 0's latest checkpoint in storage, once written."""
         self.clock = TrainClock()
         """Training wall time (rank 0's is recorded): switches counted, validation not."""
         self.last_ckpt_tokens = 0
+        self.last_ckpt_time = time.monotonic()
+        self.seconds_since_checkpoint = 0.0
+        """Rank 0's seconds since the last checkpoint, as the last log interval shared them."""
         self.checkpoint_written = threading.Event()
         """Set when rank 0's latest checkpoint is written and copied (set while none is pending)."""
         self.checkpoint_written.set()
@@ -179,6 +180,10 @@ class Run:
         # Before any stage's data is asked for: a restarted coordinator knows no cursors but this
         # checkpoint's. It may refuse them, so the resume is announced only after.
         self.incarnation = ray.get(self.coord.join.remote(state.coordinator))
+        if shown and self.rank == 0 and state.workers and state.workers != self.world:
+            print(f"resized: {state.workers} -> {self.world} workers at {time.strftime('%H:%M:%S')}; the same steps, "
+                  f"split among {self.world}, from step {state.step + 1} (stage {state.stage + 1}, "
+                  f"{state.step_in_stage} into it)", flush=True)
         if shown and self.rank == 0:
             print(f"Resumed from {shown}: stage {state.stage + 1}, step {state.step} "
                   f"({state.step_in_stage} into the stage), {state.tokens:,} tokens; the stage's data is "
@@ -194,12 +199,15 @@ class Run:
         # Rank 0's generators, on every rank: they were seeded alike and have drawn alike.
         restore_rng(path)
         state.resumes += 1
-        self.last_ckpt_tokens = state.tokens
+        self.last_ckpt_tokens, self.last_ckpt_time = state.tokens, time.monotonic()
         return state
 
     def checkpoint_due(self, state: TrainState) -> bool:
-        every = self.job.run.checkpoint_every_tokens
-        return bool(every) and state.tokens - self.last_ckpt_tokens >= every
+        """A mid-stage checkpoint is due: run.checkpoint_every_tokens trained since the last, or
+        run.checkpoint_every_s of rank 0's clock as the last log interval shared it (every rank
+        decides alike: a checkpoint is a report every rank makes)."""
+        return checkpoint_due(state.tokens - self.last_ckpt_tokens, self.seconds_since_checkpoint,
+                              self.job.run.checkpoint_every_tokens, self.job.run.checkpoint_every_s)
 
     def report(self, state: TrainState, checkpoint: bool, boundary: bool = False) -> None:
         """Every rank reports (Ray Train requires it); rank 0 attaches the checkpoint. The
@@ -212,7 +220,9 @@ class Run:
         if state.validation and state.validation[-1]["tokens"] == state.tokens:
             metrics.update({f"val_{s}": v for s, v in state.validation[-1]["loss"].items()})
         if checkpoint:  # on every rank, so all ranks agree when the next one is due
+            state.workers = self.world
             self.last_ckpt_tokens = state.tokens
+            self.last_ckpt_time, self.seconds_since_checkpoint = time.monotonic(), 0.0
             state.train_seconds = self.clock.seconds()
         if self.rank != 0 or not checkpoint:
             ray.train.report(metrics)
@@ -302,7 +312,7 @@ class Run:
                 loss_sum: torch.Tensor) -> None:
         state.step += 1
         state.tokens += global_valid
-        by_source = step_tokens_by_source(counts, global_valid, self.world, seq_len)
+        by_source = step_tokens_by_source(counts, global_valid, seq_len)
         for s, n in by_source.items():
             state.tokens_by_source[s] = state.tokens_by_source.get(s, 0) + n
         while len(state.stage_tokens_by_source) <= state.stage:
@@ -313,8 +323,11 @@ class Run:
         self.metrics.add_step(loss_sum, global_valid)
 
     def log(self, state: TrainState, lr: float, plan) -> None:
-        """Close the log interval (every rank: the loss all-reduce); rank 0 prints it."""
-        self.metrics.log(state, lr, plan, self.sum_over_ranks)
+        """Close the log interval (every rank: the loss all-reduce, which also shares rank 0's
+        seconds since the last checkpoint); rank 0 prints it."""
+        agreed = self.metrics.log(state, lr, plan, self.sum_over_ranks, time.monotonic() - self.last_ckpt_time)
+        if agreed is not None:
+            self.seconds_since_checkpoint = agreed
 
     def sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
         """t summed element-wise over all ranks (every rank must call it), back on the CPU."""
@@ -426,3 +439,8 @@ class Run:
         self.metrics.close(plot, self.last_checkpoint)
         print(f"loss curve: {storage_join(self.run_dir, 'loss.png')}; TensorBoard: "
               f"{storage_join(self.run_dir, 'tensorboard')}", flush=True)
+
+
+def checkpoint_due(tokens_since: int, seconds_since: float, every_tokens: int, every_s: float) -> bool:
+    """Whether a mid-stage checkpoint is due (pure): either setting met; 0 turns a setting off."""
+    return bool(every_tokens and tokens_since >= every_tokens) or bool(every_s and seconds_since >= every_s)

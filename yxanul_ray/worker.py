@@ -4,7 +4,11 @@ computes its share of."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -44,8 +48,10 @@ class Prefetch:
 
     def _run(self, run: Run, group: str, stage: int, start_step: int) -> None:
         try:
-            got = ray.get(run.coord.stage_input.remote(stage, run.rank, start_step, group, run.incarnation))
-            batches = StageBatches(got["iterator"], got["schedule"], got["source_ids"], got["start_step"])
+            got = ray.get(run.coord.stage_input.remote(stage, run.rank, start_step, group, run.incarnation,
+                                                       run.world))
+            batches = StageBatches(got["iterator"], got["schedule"], got["source_ids"], got["start_step"],
+                                   world=got["world"])
             batches.prime()
             self._result = batches
         except BaseException as e:  # noqa: BLE001 - re-raised on the training thread
@@ -90,3 +96,30 @@ def held_out_losses(model, rows: dict[str, np.ndarray], rank: int, world: int, d
     model.train()
     sums = sum_over_ranks(sums)
     return {s: float(sums[2 * i] / max(1.0, float(sums[2 * i + 1]))) for i, s in enumerate(rows)}
+
+
+STEP_DIGESTS_ENV = "YXANUL_STEP_DIGESTS"
+"""A directory: each rank writes a digest of every row it trains there (StepDigests)."""
+
+
+class StepDigests:
+    """Which rows formed each step, as a rank saw them: a JSON line per step (stage, step in
+    stage, rank, world, a short digest and the source id of each row) in its own file, so a run
+    resized or resumed on another worker count can be checked row for row against one that was
+    not. Off unless YXANUL_STEP_DIGESTS names a directory (tests, debugging)."""
+
+    def __init__(self, directory: str, rank: int):
+        os.makedirs(directory, exist_ok=True)
+        self.path = os.path.join(directory, f"rank{rank}-{os.getpid()}-{uuid.uuid4().hex[:6]}.jsonl")
+        self.rank = rank
+
+    @classmethod
+    def from_environment(cls, rank: int) -> StepDigests | None:
+        directory = os.environ.get(STEP_DIGESTS_ENV)
+        return cls(directory, rank) if directory else None
+
+    def write(self, stage: int, step_in_stage: int, world: int, batch: dict) -> None:
+        rows = [hashlib.sha1(row.tobytes()).hexdigest()[:12] for row in batch["tokens"]]
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"stage": stage, "step": step_in_stage, "rank": self.rank, "world": world,
+                                "at": time.time(), "rows": rows, "sources": [int(s) for s in batch["source"]]}) + "\n")

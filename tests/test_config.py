@@ -329,7 +329,9 @@ def test_a_config_path_that_is_no_text_file_is_one_line_naming_it(tmp_path, caps
 def test_ctrl_c_before_a_run_begins_is_one_line_and_exit_130():
     """Ctrl-C while a command reads its config or data (before any run could name a checkpoint):
     the user's own stop, so one line and the shell's code for it, not a traceback."""
+    # SIGINT handled as in a terminal: a shell's background job (a CI started so) inherits it ignored.
     code = ("import os, signal, sys; from yxanul_ray.cli import reporting_errors; "
+            "signal.signal(signal.SIGINT, signal.default_int_handler); "
             "sys.exit(reporting_errors(lambda: os.kill(os.getpid(), signal.SIGINT) or 0))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 130, proc.stderr

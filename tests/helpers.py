@@ -74,3 +74,33 @@ def train_tokenizer_json(path: str, special_tokens: tuple[str, ...] = ("<|endoft
     tok.train_from_iterator(TOKENIZER_TEXTS, trainer)
     tok.save(path)
     return path
+
+
+def undisturbed_run(job) -> tuple[dict[tuple[int, int], list[str]], dict]:
+    """An undisturbed run's data, made in this process (local_data, the pipeline's own functions),
+    each stage from where the last one stopped: (stage, step in stage) -> a digest of each of the
+    step's rows, and source -> its SourceStats over the run."""
+    import hashlib
+
+    from yxanul_ray.cursors import SourceCursor, SourceStats
+    from yxanul_ray.hub import resolve_files
+    from yxanul_ray.local_data import local_global_batches
+    from yxanul_ray.tokenizer import load_tokenizer
+
+    cwd = os.getcwd()
+    os.chdir(REPO)  # the demo configs' corpus paths are relative to the repo
+    try:
+        files = {s: resolve_files(spec) for s, spec in job.sources.items()}
+        eos_id = load_tokenizer(job.data.tokenizer).eos_id
+        cursors, steps, totals = {}, {}, {}
+        for k in range(len(job.curriculum.stages)):
+            batches, sources = local_global_batches(job, k, cursors, files, eos_id, 1)
+            for i, batch in enumerate(batches):
+                steps[(k, i)] = [hashlib.sha1(row.tobytes()).hexdigest()[:12] for row in batch["tokens"]]
+            for s, src in sources.items():
+                report = src.end_report()
+                cursors[s] = SourceCursor.from_dict(report["cursor"])
+                totals[s] = totals.get(s, SourceStats()).add(SourceStats.from_dict(report["stats"]))
+    finally:
+        os.chdir(cwd)
+    return steps, totals

@@ -21,15 +21,11 @@ import uuid
 import pytest
 import yaml
 
-from tests.helpers import REPO, demo_subset, write_yaml
+from tests.helpers import REPO, demo_subset, undisturbed_run, write_yaml
 from yxanul_ray.checkpoint import TrainState
 from yxanul_ray.config import load_job
-from yxanul_ray.cursors import SourceCursor, SourceStats
-from yxanul_ray.hub import resolve_files
-from yxanul_ray.local_data import local_global_batches
 from yxanul_ray.reference_loop import run_reference
 from yxanul_ray.report import final_summary
-from yxanul_ray.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.ray
 DEMO = os.path.join(REPO, "configs", "demo.yaml")
@@ -94,24 +90,8 @@ def source_summary(output: str) -> list[str]:
 
 
 def undisturbed_source_summary(job) -> list[str]:
-    """source_summary of an undisturbed run of `job`: its stages' data made in this process
-    (local_data, the pipeline's own functions), each stage from where the last one stopped."""
-    cwd = os.getcwd()
-    os.chdir(REPO)  # the demo configs' corpus paths are relative to the repo
-    try:
-        files = {s: resolve_files(spec) for s, spec in job.sources.items()}
-        eos_id = load_tokenizer(job.data.tokenizer).eos_id
-        cursors, totals = {}, {}
-        for k in range(len(job.curriculum.stages)):
-            steps, sources = local_global_batches(job, k, cursors, files, eos_id, 1)
-            for _ in steps:
-                pass
-            for s, src in sources.items():
-                report = src.end_report()
-                cursors[s] = SourceCursor.from_dict(report["cursor"])
-                totals[s] = totals.get(s, SourceStats()).add(SourceStats.from_dict(report["stats"]))
-    finally:
-        os.chdir(cwd)
+    """source_summary of an undisturbed run of `job` (tests.helpers.undisturbed_run)."""
+    _, totals = undisturbed_run(job)
     return source_summary(final_summary(job, TrainState(), {s: st.to_dict() for s, st in totals.items()}))
 
 

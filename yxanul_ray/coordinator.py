@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from yxanul_ray.config import validated_job
 from yxanul_ray.cursors import SourceCursor, SourceStats
@@ -41,7 +40,7 @@ from yxanul_ray.errors import CannotContinue
 from yxanul_ray.hub import Redacted
 from yxanul_ray.local_data import holdout_rows
 from yxanul_ray.manifest import SourceListing, list_sources, manifest_differences
-from yxanul_ray.raycluster import actor_was_restarted
+from yxanul_ray.raycluster import actor_was_restarted, head_node_strategy
 from yxanul_ray.stage_data import StageData, build_stage_data, source_ids
 from yxanul_ray.stage_packers import StagePackers
 from yxanul_ray.tokenizer import identity_compares, load_tokenizer, run_tokenizer
@@ -338,9 +337,8 @@ def _start_packers(name: str | None):
     deadline = time.monotonic() + PACKERS_NAME_WAIT_S
     while True:
         try:
-            # Beside the coordinator (on the head node): see launch.on_head_node.
-            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-            return StagePackers.options(**({"name": name} if name else {}), scheduling_strategy=here).remote()
+            return StagePackers.options(**({"name": name} if name else {}),
+                                        scheduling_strategy=head_node_strategy(ray)).remote()
         except ray.exceptions.ActorAlreadyExistsError:
             if time.monotonic() > deadline:
                 raise

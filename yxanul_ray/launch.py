@@ -207,18 +207,6 @@ def checkpoint_config(job: JobSpec, num_to_keep: int | None = None):
                             checkpoint_score_order="max")
 
 
-def on_head_node(ray):
-    """Scheduling on the cluster's head node where it has room (soft; the driver's node where no
-    head is found): the run's control actors (the coordinator, its packing actor, and the Ray
-    Data machinery they start, Ray's own autoscaling coordinator among it, which stays pinned to
-    its first node) belong on the node that lives as long as the cluster, not on a preemptible
-    worker node."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    heads = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})]
-    return NodeAffinitySchedulingStrategy(heads[0] if heads else ray.get_runtime_context().get_node_id(), soft=True)
-
-
 def start_and_fit(job: JobSpec, listing: SourceListing, resume: str | None, run_name: str, run_dir: str,
                   started_at: float, train_loop=None, num_to_keep: int | None = None):
     """Ray's start (or the cluster this process joined), the coordinator and the trainer, and the
@@ -227,6 +215,7 @@ def start_and_fit(job: JobSpec, listing: SourceListing, resume: str | None, run_
     reclaim_sigterm()  # ray.init put its own SIGTERM handler in place of run_training's
     check_local_resources(ray, job)
     from yxanul_ray.coordinator import CurriculumCoordinator
+    from yxanul_ray.raycluster import head_node_strategy
     from yxanul_ray.tracker import tracker_environment
     from yxanul_ray.train_loop import train_loop_per_worker
 
@@ -235,7 +224,7 @@ def start_and_fit(job: JobSpec, listing: SourceListing, resume: str | None, run_
     # checkpoint, as a worker's does, instead of the run (see coordinator.py).
     coordinator = CurriculumCoordinator.options(name=f"yxanul-coordinator-{run_name}-{uuid.uuid4().hex[:6]}",
                                                 max_restarts=job.run.max_failures,
-                                                scheduling_strategy=on_head_node(ray)).remote(
+                                                scheduling_strategy=head_node_strategy(ray)).remote(
         job.to_dict(), job.run.max_workers, listing, hub_token(job), run_name)
     if resume is None:
         from yxanul_ray.stage_data import STAGES_AHEAD

@@ -123,11 +123,8 @@ class BatchAssembler:
         return {s: n - self._queued[s] for s, n in need.items() if n > self._queued[s]}
 
     def ready(self) -> bool:
+        """Whether the next batch can be taken: its whole step's rows are here."""
         return not self.finished and not self.missing()
-
-    def step_ready(self) -> bool:
-        """Whether the rows of every batch left in the next batch's step are here."""
-        return self.ready()
 
     def take(self) -> dict:
         """The next batch {"tokens": [rows, seq_len+1], "source": [rows] int16}."""

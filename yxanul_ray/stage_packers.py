@@ -127,7 +127,7 @@ class StagePackers:
         changed = self._changed(stage_key)
         async with changed:
             await changed.wait_for(lambda: index in made or stage_key in self._failed or assembler.next_batch > index
-                                   or (assembler.next_batch == first and assembler.step_ready()))
+                                   or (assembler.next_batch == first and assembler.ready()))
             if index not in made:
                 self._raise_if_failed(stage_key)
                 if assembler.next_batch != first:

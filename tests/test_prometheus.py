@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import pathlib
 import re
 import shutil
 import socket
@@ -71,7 +72,7 @@ def head_session_dir(gcs: str) -> str:
     port = gcs.rpartition(":")[2]
     written = [os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(p))))
                for p in glob.glob("/tmp/ray/session_*/metrics/prometheus/prometheus.yml")]
-    ours = [s for s in written if any(open(f, encoding="utf-8").read().strip() == port
+    ours = [s for s in written if any(pathlib.Path(f).read_text(encoding="utf-8").strip() == port
                                       for f in glob.glob(os.path.join(s, "gcs_server_port_*")))]
     assert ours, f"no Ray session of the head at {gcs} has a Prometheus scrape config"
     return max(ours, key=os.path.getmtime)

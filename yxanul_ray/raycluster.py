@@ -81,9 +81,9 @@ def head_node_strategy(ray):
     """Where the run's control actors go (the coordinator, its packing actor, and through them
     the Ray Data machinery, Ray's autoscaling coordinator among it, which stays pinned to the
     node that first asks for it): the head node, which lives as long as the cluster, not a
-    preemptible worker node. Hard, because Ray 2.60 does not honour a soft affinity for an actor
-    that asks for no CPU (1 in 4 landed on the head of a three-node cluster), and a lost head
-    ends the cluster anyway. Ray's own choice where no head is found."""
+    preemptible worker node. Hard, because Ray 2.60 places an actor that asks for no CPU on any
+    node despite a soft affinity (tests/test_elastic.py), and a lost head ends the cluster
+    anyway. Ray's own choice where no head is found."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     heads = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})]
